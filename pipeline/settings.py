@@ -1,0 +1,89 @@
+"""Frozen settings, read once at start-up from `MINNOW_*` environment variables (see docs/configuration.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Precision = Literal["int8", "fp32"]
+
+
+def _default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "minnow"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class EngineSettings(_Frozen):
+    """The mini model and how batches are formed."""
+
+    cache_dir: Path = Field(default_factory=_default_cache_dir, description="where built ONNX artifacts live")
+    precision: Precision = "int8"
+    intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime threads per batch; 0 = one per core")
+    max_batch_size: int = Field(default=32, ge=1, le=1024)
+    max_tokens_per_batch: int = Field(default=4096, ge=256, description="padded tokens (rows x longest) per batch")
+    max_seq_tokens: int = Field(default=256, ge=16, le=512, description="model token window per chunk")
+    max_chunks_per_text: int = Field(
+        default=256, ge=1, description="chunks embedded per text; beyond this the result says `truncated`"
+    )
+    max_text_chars: int = Field(default=100_000, ge=1, description="longer texts are cut and marked `truncated`")
+    inflight_batches: int = Field(default=2, ge=1, description="batches running in the executor at once")
+
+    @model_validator(mode="after")
+    def _batch_fits_window(self) -> EngineSettings:
+        if self.max_tokens_per_batch < self.max_seq_tokens:
+            raise ValueError(
+                f"max_tokens_per_batch ({self.max_tokens_per_batch}) must be at least max_seq_tokens "
+                f"({self.max_seq_tokens}), or a full-length chunk could never be batched"
+            )
+        return self
+
+
+class RoutingSettings(_Frozen):
+    """Confidence thresholds that decide `route`: below them an item is escalated."""
+
+    classify_min_confidence: float = Field(default=0.55, ge=0, le=1)
+    moderation_min_confidence: float = Field(default=0.7, ge=0, le=1)
+    summary_min_confidence: float = Field(default=0.0, ge=0, le=1)
+    anomaly_escalate_above: float = Field(default=0.8, ge=0, le=1)
+    escalate_flagged: bool = Field(default=False, description="send every flagged item to the large model too")
+
+
+class SummarySettings(_Frozen):
+    max_sentences: int = Field(default=3, ge=1)
+    max_chars: int = Field(default=600, ge=40)
+    min_sentences_to_summarize: int = Field(default=4, ge=2, description="shorter texts get no summary")
+    redundancy: float = Field(default=0.7, ge=0, le=1, description="MMR weight on relevance vs novelty")
+
+
+class Settings(BaseSettings):
+    """Everything Minnow reads from the environment. Nested fields use `__`: MINNOW_ENGINE__PRECISION=fp32."""
+
+    model_config = SettingsConfigDict(env_prefix="MINNOW_", env_nested_delimiter="__", frozen=True, extra="ignore")
+
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    summary: SummarySettings = Field(default_factory=SummarySettings)
+    labels_file: Path | None = Field(default=None, description="YAML label sets; the bundled ones when unset")
+    head_file: Path | None = Field(default=None, description="a trained classification head from `minnow train`")
+    bounds_file: Path | None = Field(default=None, description="YAML per-metric IoT bounds")
+
+
+def load_settings() -> Settings:
+    """Read settings once; a bad value raises ConfigError naming the variable."""
+    from pydantic import ValidationError
+
+    from pipeline.errors import ConfigError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"MINNOW_{'__'.join(str(p).upper() for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from exc

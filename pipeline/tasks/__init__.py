@@ -1,0 +1,1 @@
+"""The tasks the mini model performs over embeddings: classify, moderate, summarize, anomaly, route."""

@@ -1,0 +1,31 @@
+"""Shared fixtures: the real encoder, built once per test session into a temporary cache."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.engine import Encoder, load_encoder
+from pipeline.settings import EngineSettings
+
+
+@pytest.fixture(scope="session")
+def model_cache() -> Iterator[Path]:
+    # Reuse the developer's cache when present (MINNOW_TEST_CACHE); CI builds into its own folder.
+    path = Path(os.environ.get("MINNOW_TEST_CACHE", Path.home() / ".cache" / "minnow"))
+    path.mkdir(parents=True, exist_ok=True)
+    yield path
+
+
+@pytest.fixture(scope="session")
+def encoder(model_cache: Path) -> Encoder:
+    """The real int8 encoder (built on first use)."""
+    return load_encoder(EngineSettings(cache_dir=model_cache, precision="int8"))
+
+
+@pytest.fixture(scope="session")
+def encoder_fp32(model_cache: Path) -> Encoder:
+    return load_encoder(EngineSettings(cache_dir=model_cache, precision="fp32"))
