@@ -62,8 +62,9 @@ class IoTMessage(_Contract):
     text: str | None = None
 
 
-Event = Annotated[FeedEvent | TranscriptSegment | Conversation | IoTMessage, Field(discriminator="kind")]
-EVENT_ADAPTER: TypeAdapter[FeedEvent | TranscriptSegment | Conversation | IoTMessage] = TypeAdapter(Event)
+AnyEvent = FeedEvent | TranscriptSegment | Conversation | IoTMessage
+Event = Annotated[AnyEvent, Field(discriminator="kind")]
+EVENT_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(Event)
 
 
 # ---------------------------------------------------------------------------------------------- results

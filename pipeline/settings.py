@@ -23,9 +23,9 @@ class EngineSettings(_Frozen):
     """The mini model and how batches are formed."""
 
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="where built ONNX artifacts live")
-    precision: Precision = "int8"
+    precision: Precision = Field(default="int8", description="int8 (quantized, default) or fp32")
     intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime threads per batch; 0 = one per core")
-    max_batch_size: int = Field(default=32, ge=1, le=1024)
+    max_batch_size: int = Field(default=32, ge=1, le=1024, description="model windows per encoder batch")
     max_tokens_per_batch: int = Field(default=4096, ge=256, description="padded tokens (rows x longest) per batch")
     max_seq_tokens: int = Field(default=256, ge=16, le=512, description="model token window per chunk")
     max_chunks_per_text: int = Field(
@@ -47,16 +47,24 @@ class EngineSettings(_Frozen):
 class RoutingSettings(_Frozen):
     """Confidence thresholds that decide `route`: below them an item is escalated."""
 
-    classify_min_confidence: float = Field(default=0.55, ge=0, le=1)
-    moderation_min_confidence: float = Field(default=0.7, ge=0, le=1)
-    summary_min_confidence: float = Field(default=0.0, ge=0, le=1)
-    anomaly_escalate_above: float = Field(default=0.8, ge=0, le=1)
+    classify_min_confidence: float = Field(
+        default=0.55, ge=0, le=1, description="below this classification confidence, escalate"
+    )
+    moderation_min_confidence: float = Field(
+        default=0.7, ge=0, le=1, description="below this moderation confidence, escalate"
+    )
+    summary_min_confidence: float = Field(
+        default=0.0, ge=0, le=1, description="below this summary confidence, escalate (0 = never)"
+    )
+    anomaly_escalate_above: float = Field(
+        default=0.8, ge=0, le=1, description="above this IoT anomaly score, escalate"
+    )
     escalate_flagged: bool = Field(default=False, description="send every flagged item to the large model too")
 
 
 class SummarySettings(_Frozen):
-    max_sentences: int = Field(default=3, ge=1)
-    max_chars: int = Field(default=600, ge=40)
+    max_sentences: int = Field(default=3, ge=1, description="sentences in a summary at most")
+    max_chars: int = Field(default=600, ge=40, description="characters in a summary at most")
     min_sentences_to_summarize: int = Field(default=4, ge=2, description="shorter texts get no summary")
     redundancy: float = Field(default=0.7, ge=0, le=1, description="MMR weight on relevance vs novelty")
 
@@ -71,7 +79,10 @@ class Settings(BaseSettings):
     summary: SummarySettings = Field(default_factory=SummarySettings)
     labels_file: Path | None = Field(default=None, description="YAML label sets; the bundled ones when unset")
     head_file: Path | None = Field(default=None, description="a trained classification head from `minnow train`")
-    bounds_file: Path | None = Field(default=None, description="YAML per-metric IoT bounds")
+    bounds_file: Path | None = Field(default=None, description="YAML per-metric IoT bounds; bundled when unset")
+    moderation_file: Path | None = Field(
+        default=None, description="YAML moderation thresholds and uncertain band; bundled when unset"
+    )
 
 
 def load_settings() -> Settings:
@@ -87,3 +98,20 @@ def load_settings() -> Settings:
             f"MINNOW_{'__'.join(str(p).upper() for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"invalid settings: {problems}") from exc
+
+
+def environment_variables() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting — docs/configuration.md is checked against this."""
+    rows: list[tuple[str, str, str]] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                walk(annotation, f"{prefix}{name.upper()}__")
+                continue
+            default = field.get_default(call_default_factory=True)
+            rows.append((f"{prefix}{name.upper()}", "" if default is None else str(default), field.description or ""))
+
+    walk(Settings, "MINNOW_")
+    return rows

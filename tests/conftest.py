@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.engine import Encoder, load_encoder
-from pipeline.settings import EngineSettings
+from pipeline.settings import EngineSettings, Settings
+from pipeline.stages.infer import MiniModel
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +30,14 @@ def encoder(model_cache: Path) -> Encoder:
 @pytest.fixture(scope="session")
 def encoder_fp32(model_cache: Path) -> Encoder:
     return load_encoder(EngineSettings(cache_dir=model_cache, precision="fp32"))
+
+
+@pytest.fixture(scope="session")
+def settings(model_cache: Path) -> Settings:
+    return Settings(engine=EngineSettings(cache_dir=model_cache))
+
+
+@pytest.fixture(scope="session")
+def mini_model(settings: Settings) -> MiniModel:
+    """The whole engine, loaded once: real encoder, label sets, moderation heads, bounds."""
+    return MiniModel.load(settings)

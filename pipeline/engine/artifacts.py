@@ -6,6 +6,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -136,9 +137,13 @@ def _build_into(folder: Path, src: Path, source: dict[str, Any]) -> dict[str, An
         out = Path(tmp) / "int8.onnx"
         # Only weight MatMuls are quantized: quantizing the activation x activation attention MatMuls
         # adds a DynamicQuantizeLinear per call and measured slower with no size gain.
-        quantize_dynamic(
-            str(fp32), str(out), weight_type=QuantType.QInt8, extra_options={"MatMulConstBOnly": True}
-        )
+        logging.disable(logging.WARNING)  # the quantizer advises shape pre-processing our graph does not need
+        try:
+            quantize_dynamic(
+                str(fp32), str(out), weight_type=QuantType.QInt8, extra_options={"MatMulConstBOnly": True}
+            )
+        finally:
+            logging.disable(logging.NOTSET)
         onnx.checker.check_model(str(out))
         os.replace(out, int8)
     tokenizer = folder / "tokenizer.json"

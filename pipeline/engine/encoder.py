@@ -17,6 +17,10 @@ from pipeline.errors import InferenceError, ModelError
 from pipeline.settings import EngineSettings
 
 Vectors = NDArray[np.float32]
+# Rows join a batch while they are at most 1.5x (+8 tokens) the batch's shortest row: fewer, fuller batches
+# for short texts, no pad-to-longest blow-up when lengths are spread.
+BUCKET_GROWTH = 1.5
+BUCKET_SLACK = 8
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,7 @@ class TextEmbedding:
     vector: Vectors  # (dim,), L2-normalised
     segments: list[str]  # the sentences (summary mode) or chunks the text was cut into
     segment_vectors: Vectors  # (len(segments), dim)
+    segment_sources: list[int]  # for each segment, the index of the sentence it came from
     tokens: int
     truncated: bool  # True when part of the input was not embedded (too many chunks or characters)
 
@@ -75,29 +80,35 @@ class Encoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack([d.vector for d in self.embed_documents(texts, [False] * len(texts))])
 
-    def embed_documents(self, texts: Sequence[str], by_sentence: Sequence[bool]) -> list[TextEmbedding]:
+    def embed_documents(
+        self, texts: Sequence[str | Sequence[str]], by_sentence: Sequence[bool]
+    ) -> list[TextEmbedding]:
         """Embed each text in one encoder pass.
 
         `by_sentence[i]` embeds text i sentence by sentence (what the summarizer needs); otherwise the text is
-        one window, or consecutive sentences packed into windows when it is longer than one.
+        one window, or consecutive sentences packed into windows when it is longer than one. A text given as a
+        list of strings is taken as already split (dialogue turns, say) and embedded piece by piece.
         """
         units: list[_Unit] = []
-        plans: list[tuple[list[str], list[int], int, bool]] = []  # segments, unit weights, tokens, truncated
+        plans: list[tuple[list[str], list[int], list[int], int, bool]] = []
         for owner, (raw, per_sentence) in enumerate(zip(texts, by_sentence, strict=True)):
-            cleaned = clean(raw, self.settings.max_text_chars)
-            segments, segment_ids = self._segment(cleaned.text, per_sentence)
-            truncated = cleaned.truncated
+            if isinstance(raw, str):
+                cleaned = clean(raw, self.settings.max_text_chars)
+                segments, segment_ids, sources = self._segment(cleaned.text, per_sentence)
+                truncated = cleaned.truncated
+            else:
+                segments, segment_ids, sources, truncated = self._segment_presplit(raw)
             if len(segment_ids) > self.settings.max_chunks_per_text:
-                segments = segments[: self.settings.max_chunks_per_text]
-                segment_ids = segment_ids[: self.settings.max_chunks_per_text]
+                keep = self.settings.max_chunks_per_text
+                segments, segment_ids, sources = segments[:keep], segment_ids[:keep], sources[:keep]
                 truncated = True
             weights = [max(len(ids), 1) for ids in segment_ids]
             units.extend(_Unit(owner, [self._cls, *ids, self._sep]) for ids in segment_ids)
-            plans.append((segments, weights, sum(len(ids) for ids in segment_ids), truncated))
+            plans.append((segments, sources, weights, sum(len(ids) for ids in segment_ids), truncated))
         vectors = self._run_units(units)
         out: list[TextEmbedding] = []
         pos = 0
-        for segments, weights, tokens, truncated in plans:
+        for segments, sources, weights, tokens, truncated in plans:
             seg_vecs = vectors[pos : pos + len(segments)]
             pos += len(segments)
             out.append(
@@ -105,6 +116,7 @@ class Encoder:
                     vector=_weighted_mean(seg_vecs, weights),
                     segments=segments,
                     segment_vectors=seg_vecs,
+                    segment_sources=sources,
                     tokens=tokens,
                     truncated=truncated,
                 )
@@ -115,34 +127,59 @@ class Encoder:
         return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
 
     # ---------------------------------------------------------------------------------------- segmenting
-    def _segment(self, text: str, per_sentence: bool) -> tuple[list[str], list[list[int]]]:
+    def _segment(self, text: str, per_sentence: bool) -> tuple[list[str], list[list[int]], list[int]]:
         """Cut a text into model windows: sentences, or sentences packed up to the window size."""
         if not text:
-            return [""], [[]]  # an empty text still gets a (defined) vector: [CLS][SEP]
+            return [""], [[]], [0]  # an empty text still gets a (defined) vector: [CLS][SEP]
         if not per_sentence:
             whole = self._tokenizer.encode(text, add_special_tokens=False)
             if len(whole.ids) <= self._window:
-                return [text], [whole.ids]
-        sentences = split_sentences(text) or [text]
-        encoded = self._tokenizer.encode_batch(sentences, add_special_tokens=False)
+                return [text], [whole.ids], [0]
+        return self._windows(split_sentences(text) or [text], pack=not per_sentence)
+
+    def _segment_presplit(self, pieces: Sequence[str]) -> tuple[list[str], list[list[int]], list[int], bool]:
+        total = 0
+        cleaned: list[str] = []
+        truncated = False
+        for piece in pieces:
+            c = clean(piece, self.settings.max_text_chars)
+            truncated |= c.truncated
+            total += len(c.text)
+            if total > self.settings.max_text_chars:
+                truncated = True
+                break
+            cleaned.append(c.text)
+        if not any(cleaned):
+            return [""], [[]], [0], truncated
+        segments, ids, sources = self._windows(cleaned, pack=False)
+        return segments, ids, sources, truncated
+
+    def _windows(self, sentences: Sequence[str], *, pack: bool) -> tuple[list[str], list[list[int]], list[int]]:
+        encoded = self._tokenizer.encode_batch(list(sentences), add_special_tokens=False)
         segments: list[str] = []
         segment_ids: list[list[int]] = []
-        for sentence, enc in zip(sentences, encoded, strict=True):
+        sources: list[int] = []
+        for source, (sentence, enc) in enumerate(zip(sentences, encoded, strict=True)):
             ids = list(enc.ids)
+            if not ids:
+                continue  # nothing the model can see (an empty dialogue turn)
             if len(ids) > self._window:  # a run-on "sentence": cut it into windows, keeping every token
                 for start in range(0, len(ids), self._window):
-                    piece = ids[start : start + self._window]
                     lo, hi = enc.offsets[start][0], enc.offsets[min(start + self._window, len(ids)) - 1][1]
                     segments.append(sentence[lo:hi])
-                    segment_ids.append(piece)
+                    segment_ids.append(ids[start : start + self._window])
+                    sources.append(source)
                 continue
-            if not per_sentence and segment_ids and len(segment_ids[-1]) + len(ids) <= self._window:
+            if pack and segment_ids and len(segment_ids[-1]) + len(ids) <= self._window:
                 segments[-1] = f"{segments[-1]} {sentence}"
                 segment_ids[-1] = segment_ids[-1] + ids
                 continue
             segments.append(sentence)
             segment_ids.append(ids)
-        return segments, segment_ids
+            sources.append(source)
+        if not segments:
+            return [""], [[]], [0]
+        return segments, segment_ids, sources
 
     # ----------------------------------------------------------------------------------------- batching
     def plan_batches(self, lengths: Sequence[int]) -> list[list[int]]:
@@ -155,6 +192,8 @@ class Encoder:
             if current and (
                 len(current) >= self.settings.max_batch_size
                 or (len(current) + 1) * longest > self.settings.max_tokens_per_batch
+                # a new length bucket once padding to the newcomer would waste a third of the shortest rows
+                or longest > BUCKET_GROWTH * lengths[current[0]] + BUCKET_SLACK
             ):
                 batches.append(current)
                 current = []
@@ -166,15 +205,13 @@ class Encoder:
     def _run_units(self, units: Sequence[_Unit]) -> Vectors:
         out = np.zeros((len(units), self.dim), dtype=np.float32)
         for batch in self.plan_batches([len(u.ids) for u in units]):
-            width = max(len(units[i].ids) for i in batch)
-            ids = np.zeros((len(batch), width), dtype=np.int64)
-            mask = np.zeros((len(batch), width), dtype=np.int64)
-            for row, i in enumerate(batch):
-                n = len(units[i].ids)
-                ids[row, :n] = units[i].ids
-                mask[row, :n] = 1
-            out[batch] = self.run_padded(ids, mask)
+            out[batch] = self.run_padded(*pad([units[i].ids for i in batch]))
         return out
+
+    def window_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """[CLS] ids [SEP] for each text's first window: what the bare encoder benchmark feeds the model."""
+        encoded = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        return [[self._cls, *e.ids[: self._window], self._sep] for e in encoded]
 
     def run_padded(self, ids: NDArray[np.int64], mask: NDArray[np.int64]) -> Vectors:
         """The bare encoder call: one padded batch in, one normalised vector per row out."""
@@ -186,6 +223,17 @@ class Encoder:
         if vectors.shape != (len(ids), self.dim):
             raise InferenceError(f"encoder returned shape {vectors.shape} for {len(ids)} rows")
         return vectors
+
+
+def pad(rows: Sequence[Sequence[int]]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Right-pad id rows to the longest one; the mask marks real tokens."""
+    width = max(len(r) for r in rows)
+    ids = np.zeros((len(rows), width), dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r
+        mask[i, : len(r)] = 1
+    return ids, mask
 
 
 def _weighted_mean(vectors: Vectors, weights: Sequence[int]) -> Vectors:

@@ -12,7 +12,7 @@ _SPACES = re.compile(r"[ \t\r\f\v]+")
 # A sentence ends at . ! ? … (and closing quotes/brackets) followed by whitespace, or at a blank line / newline.
 _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'”’)\]]*\s+|\n+")
 _ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof sr jr st vs etc e.g i.e inc ltd co corp no fig approx dept est gen gov sgt capt lt col".split()
+    "mr mrs ms dr prof sr jr st vs etc e.g i.e inc ltd co corp no fig approx dept est gen gov sgt capt lt col a.m p.m".split()
 )
 
 

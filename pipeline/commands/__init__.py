@@ -1,0 +1,1 @@
+"""What each `minnow` subcommand does, kept out of cli.py so it stays a thin parser."""

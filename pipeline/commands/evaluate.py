@@ -1,0 +1,171 @@
+"""`minnow eval`: how good the mini model is on labeled data, and what escalating the unsure part buys."""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from numpy.typing import NDArray
+
+from pipeline.commands.labeled import LabeledRow, read_labeled
+from pipeline.engine import Encoder, load_encoder
+from pipeline.settings import Settings
+from pipeline.tasks.calibration import expected_calibration_error
+from pipeline.tasks.classify import Classifier
+from pipeline.tasks.heads import HeadFile
+from pipeline.tasks.labels import load_label_sets
+
+ESCALATION_RATES = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
+
+
+def selective_accuracy(confidence: NDArray[np.float64], correct: NDArray[np.bool_]) -> list[dict[str, float]]:
+    """Accuracy on what stays with the mini model when the least confident share is escalated."""
+    order = np.argsort(-confidence, kind="stable")
+    rows = []
+    for rate in ESCALATION_RATES:
+        keep = order[: max(1, round(len(order) * (1 - rate)))]
+        rows.append(
+            {
+                "escalation_rate": rate,
+                "kept": float(len(keep)),
+                "accuracy": float(correct[keep].mean()),
+                "threshold": float(confidence[keep].min()),
+            }
+        )
+    return rows
+
+
+def evaluate_classification(
+    rows: list[LabeledRow], classifier: Classifier, encoder: Encoder, min_confidence: float
+) -> dict[str, Any]:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    report: dict[str, Any] = {}
+    by_family: dict[str, list[LabeledRow]] = defaultdict(list)
+    for row in rows:
+        if row.label is not None and row.family in classifier.label_sets:
+            by_family[row.family].append(row)
+    for family, fam in by_family.items():
+        labels, probs, method = classifier.probabilities(family, encoder.embed([r.text for r in fam]))
+        index = {name: i for i, name in enumerate(labels)}
+        y = np.asarray([index.get(r.label or "", -1) for r in fam])
+        pred = probs.argmax(axis=1)
+        conf = probs.max(axis=1)
+        correct = pred == y
+        escalated = conf < min_confidence
+        report[family] = {
+            "method": method,
+            "examples": len(fam),
+            "accuracy": float(accuracy_score(y, pred)),
+            "macro_f1": float(f1_score(y, pred, average="macro", labels=list(range(len(labels))), zero_division=0)),
+            "ece": expected_calibration_error(probs, y),
+            "at_threshold": {
+                "min_confidence": min_confidence,
+                "escalation_rate": float(escalated.mean()),
+                "accuracy_kept": float(correct[~escalated].mean()) if (~escalated).any() else None,
+            },
+            "selective": selective_accuracy(conf, correct),
+        }
+    return report
+
+
+def evaluate_moderation(rows: list[LabeledRow], settings: Settings, encoder: Encoder) -> dict[str, Any] | None:
+    from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
+
+    from pipeline.tasks.moderate import Moderator
+
+    mod_rows = [r for r in rows if r.flagged is not None]
+    if not mod_rows:
+        return None
+    moderator = Moderator.load(encoder, Path(settings.engine.cache_dir))
+    texts = [r.text for r in mod_rows]
+    results = moderator.moderate(texts, encoder.embed(texts))
+    y = np.asarray([bool(r.flagged) for r in mod_rows])
+    pred = np.asarray([m.flagged for m in results])
+    score = np.asarray([max(m.categories.values(), default=0.0) for m in results])
+    p, r, f, _ = precision_recall_fscore_support(y, pred, average="binary", zero_division=0)
+    report: dict[str, Any] = {
+        "examples": len(mod_rows),
+        "flagged": {"precision": float(p), "recall": float(r), "f1": float(f)},
+    }
+    if 0 < y.sum() < len(y):
+        report["flagged"]["auc"] = float(roc_auc_score(y, score))
+    return report
+
+
+def plot_selective(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for family, body in report.items():
+        xs = [row["escalation_rate"] * 100 for row in body["selective"]]
+        ys = [row["accuracy"] * 100 for row in body["selective"]]
+        ax.plot(xs, ys, marker="o", label=f"{family} ({body['method']})")
+    ax.set_xlabel("escalated to the large model (%)")
+    ax.set_ylabel("accuracy on what the mini model keeps (%)")
+    ax.set_title("Selective accuracy: escalate the least confident share")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = []
+    for family, body in report.get("classification", {}).items():
+        at = body["at_threshold"]
+        kept = at["accuracy_kept"]
+        lines += [
+            f"classification / {family} ({body['method']}, {body['examples']} examples)",
+            f"  accuracy {body['accuracy']:.3f}   macro-F1 {body['macro_f1']:.3f}   ECE {body['ece']:.3f}",
+            f"  at min_confidence {at['min_confidence']:.2f}: escalates {at['escalation_rate']:.1%}, "
+            f"accuracy on the rest {kept:.3f}" if kept is not None else "  everything escalates at this threshold",
+            "  escalated   kept   accuracy   confidence >=",
+        ]
+        lines += [
+            f"  {row['escalation_rate']:8.0%}  {int(row['kept']):5d}   {row['accuracy']:.3f}      {row['threshold']:.3f}"
+            for row in body["selective"]
+        ]
+    mod = report.get("moderation")
+    if mod:
+        fl = mod["flagged"]
+        lines.append(
+            f"moderation ({mod['examples']} examples): precision {fl['precision']:.3f} recall {fl['recall']:.3f} "
+            f"F1 {fl['f1']:.3f}" + (f" AUC {fl['auc']:.3f}" if "auc" in fl else "")
+        )
+    if report.get("plot"):
+        lines.append(f"plot: {report['plot']}")
+    return "\n".join(lines)
+
+
+def run(settings: Settings, data: Path, *, as_json: bool, plot: Path | None) -> int:
+    rows = read_labeled(data)
+    encoder = load_encoder(settings.engine)
+    heads = HeadFile.load(settings.head_file, encoder.files.version) if settings.head_file else None
+    classifier = Classifier.build(
+        load_label_sets(settings.labels_file), encoder, heads, min_confidence=settings.routing.classify_min_confidence
+    )
+    report: dict[str, Any] = {
+        "data": str(data),
+        "classification": evaluate_classification(rows, classifier, encoder, settings.routing.classify_min_confidence),
+    }
+    moderation = evaluate_moderation(rows, settings, encoder)
+    if moderation:
+        report["moderation"] = moderation
+    if report["classification"]:
+        plot = plot or data.with_suffix(".selective.png")
+        plot_selective(report["classification"], plot)
+        report["plot"] = str(plot)
+    if as_json:
+        sys.stdout.buffer.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        print(render(report))
+    return 0

@@ -1,0 +1,90 @@
+"""Score IoT readings against per-metric bounds from configuration."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from pipeline.errors import ConfigError
+from pipeline.models import Anomaly, MetricAnomaly
+
+# Inside the bounds a reading scores at most EDGE_SCORE as it nears an edge; outside it climbs towards 1
+# with the excess measured in tenths of the allowed range.
+EDGE_SCORE = 0.5
+EDGE_ZONE = 0.2  # the outer 20% of the half-range starts to count
+
+
+class Bounds(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min: float | None = None
+    max: float | None = None
+    unit: str | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Bounds:
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both")
+        if self.min is not None and self.max is not None and self.min >= self.max:
+            raise ValueError(f"min ({self.min}) must be below max ({self.max})")
+        return self
+
+
+def bundled_bounds_path() -> Path:
+    return Path(str(resources.files("pipeline") / "data" / "bounds.yaml"))
+
+
+def load_bounds(path: Path | None = None) -> dict[str, Bounds]:
+    path = path or bundled_bounds_path()
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read bounds file {path}: {exc}") from exc
+    metrics = raw.get("metrics") if isinstance(raw, dict) else None
+    if not isinstance(metrics, dict):
+        raise ConfigError(f"bounds file {path} needs a top-level 'metrics:' mapping of metric -> {{min, max}}")
+    try:
+        return {str(name): Bounds.model_validate(body) for name, body in metrics.items()}
+    except ValidationError as exc:
+        raise ConfigError(f"bounds file {path} is invalid: {exc}") from exc
+
+
+def _metric_score(value: float, b: Bounds) -> tuple[float, bool]:
+    if not math.isfinite(value):
+        return 1.0, True
+    width = (b.max - b.min) if (b.min is not None and b.max is not None) else max(abs(b.min or b.max or 1.0), 1.0)
+    scale = 0.1 * width
+    if b.max is not None and value > b.max:
+        return EDGE_SCORE + (1 - EDGE_SCORE) * (1 - math.exp(-(value - b.max) / scale)), True
+    if b.min is not None and value < b.min:
+        return EDGE_SCORE + (1 - EDGE_SCORE) * (1 - math.exp(-(b.min - value) / scale)), True
+    if b.min is None or b.max is None:
+        return 0.0, False
+    half = width / 2
+    off_centre = abs(value - (b.min + half)) / half  # 0 at the centre, 1 at an edge
+    return EDGE_SCORE * max(0.0, (off_centre - (1 - EDGE_ZONE)) / EDGE_ZONE), False
+
+
+def score_readings(readings: Mapping[str, float], bounds: Mapping[str, Bounds]) -> Anomaly:
+    """Per-metric scores and the message's score (the worst metric). Metrics without bounds score 0."""
+    metrics: dict[str, MetricAnomaly] = {}
+    reasons: list[str] = []
+    for name, value in readings.items():
+        b = bounds.get(name)
+        if b is None:
+            metrics[name] = MetricAnomaly(value=value, lower=None, upper=None, score=0.0, out_of_bounds=False)
+            continue
+        score, out = _metric_score(value, b)
+        metrics[name] = MetricAnomaly(value=value, lower=b.min, upper=b.max, score=round(score, 6), out_of_bounds=out)
+        if out:
+            reasons.append(f"{name}={value} is outside [{b.min}, {b.max}]{' ' + b.unit if b.unit else ''}")
+    unbounded = sorted(n for n in readings if n not in bounds)
+    if unbounded:
+        reasons.append(f"no bounds configured for: {', '.join(unbounded)}")
+    score = max((m.score for m in metrics.values()), default=0.0)
+    return Anomaly(score=score, metrics=metrics, reasons=reasons)

@@ -1,0 +1,87 @@
+"""Zero-shot and trained-head classification, with calibrated probabilities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.engine import Encoder
+from pipeline.errors import ConfigError
+from pipeline.tasks.calibration import expected_calibration_error, fit_temperature, softmax
+from pipeline.tasks.classify import Classifier
+from pipeline.tasks.heads import HeadFile, fit_head, new_head_file
+from pipeline.tasks.labels import Label, LabelSet, load_label_sets
+
+ANIMALS = LabelSet(
+    name="pets",
+    labels=[
+        Label(name="cat", description="cats, kittens, meowing, purring felines"),
+        Label(name="dog", description="dogs, puppies, barking, walking the dog on a leash"),
+        Label(name="fish", description="fish, aquariums, goldfish swimming in a tank"),
+    ],
+)
+TRAIN = {
+    "cat": ["my kitten purrs all night", "the cat knocked the glass off the table", "she adopted two tabby cats",
+            "the feline hissed at the vet", "a cat sleeping in the sun", "kittens chasing a toy mouse"],
+    "dog": ["the puppy chewed my shoes", "walking the dog in the park", "our labrador barks at the mailman",
+            "he trained his dog to fetch", "a dog wagging its tail", "the hound howled at night"],
+    "fish": ["the goldfish swims in circles", "cleaning the aquarium filter", "tropical fish need warm water",
+             "he fed the fish flakes", "a koi pond in the garden", "the betta fish built a bubble nest"],
+}
+
+
+def test_zero_shot_picks_the_described_label(encoder: Encoder) -> None:
+    clf = Classifier.build({"pets": ANIMALS}, encoder)
+    out = clf.classify("pets", encoder.embed(["my puppy barked at the neighbours", "the aquarium needs new water"]))
+    assert [c.label for c in out] == ["dog", "fish"]
+    for c in out:
+        assert c.method == "zero-shot"
+        assert sum(c.scores.values()) == pytest.approx(1.0, abs=1e-5)
+        assert c.confidence == max(c.scores.values())
+
+
+def test_low_confidence_carries_a_reason(encoder: Encoder) -> None:
+    clf = Classifier.build({"pets": ANIMALS}, encoder, min_confidence=0.99)
+    (c,) = clf.classify("pets", encoder.embed(["the weather was nice today"]))
+    assert c.confidence < 0.99 and "runner-up" in c.reasons[0]
+
+
+def test_trained_head_fits_calibrates_and_round_trips(encoder: Encoder, tmp_path: Path) -> None:
+    texts = [t for v in TRAIN.values() for t in v]
+    labels = [k for k, v in TRAIN.items() for _ in v]
+    head = fit_head(encoder.embed(texts), labels, ANIMALS.names, holdout=0.34)
+    assert head.temperature > 0 and head.examples == 18
+    path = tmp_path / "heads.json"
+    new_head_file({"pets": head}, {}, encoder.files.version).save(path)
+    loaded = HeadFile.load(path, encoder.files.version)
+    clf = Classifier.build({"pets": ANIMALS}, encoder, loaded)
+    (c,) = clf.classify("pets", encoder.embed(["a kitten curled up on the sofa"]))
+    assert c.label == "cat" and c.method == "trained-head"
+
+
+def test_head_for_another_label_set_is_refused(encoder: Encoder) -> None:
+    head = fit_head(encoder.embed([t for v in TRAIN.values() for t in v]), [k for k, v in TRAIN.items() for _ in v], ANIMALS.names)
+    other = LabelSet(name="pets", labels=[Label(name="cat", description="c"), Label(name="bird", description="b")])
+    with pytest.raises(ConfigError, match="retrain"):
+        Classifier.build({"pets": other}, encoder, new_head_file({"pets": head}, {}, "v"))
+
+
+def test_fit_temperature_recovers_a_known_temperature() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4000, 4)) * 3
+    true_t = 2.5
+    y = np.asarray([rng.choice(4, p=p) for p in softmax(logits, true_t)])
+    assert fit_temperature(logits, y) == pytest.approx(true_t, rel=0.15)
+    assert expected_calibration_error(softmax(logits, true_t), y) < expected_calibration_error(softmax(logits, 0.5), y)
+
+
+def test_label_file_errors_are_clear(tmp_path: Path) -> None:
+    bad = tmp_path / "labels.yaml"
+    bad.write_text("label_sets:\n  feed:\n    labels:\n      - {name: a, description: x}\n      - {name: a, description: y}\n")
+    with pytest.raises(ConfigError, match="duplicate label names: a"):
+        load_label_sets(bad)
+    bad.write_text("just: text")
+    with pytest.raises(ConfigError, match="label_sets"):
+        load_label_sets(bad)

@@ -1,0 +1,88 @@
+"""The `minnow` commands on files: one output line per input line, bad lines as error records, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from pipeline.cli import main
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples" / "events.jsonl"
+
+
+@pytest.fixture(autouse=True)
+def _cache(monkeypatch: pytest.MonkeyPatch, model_cache: Path) -> None:
+    monkeypatch.setenv("MINNOW_ENGINE__CACHE_DIR", str(model_cache))
+
+
+def _lines(out: str) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_infer_accounts_for_every_line_of_the_bundled_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["infer", str(EXAMPLES)]) == 0
+    out = _lines(capsys.readouterr().out)
+    sent = [line for line in EXAMPLES.read_text().splitlines() if line.strip()]
+    assert len(out) == len(sent)
+    errors = [r for r in out if "error" in r]
+    assert [(r.get("id"), r["line"]) for r in errors] == [("bad-1", 13), (None, 14), ("bad-2", 15)]
+    ok_ids = [r["id"] for r in out if "error" not in r]
+    assert ok_ids == [json.loads(line)["id"] for line in sent if line.startswith("{") and '"bad-' not in line]
+
+
+def test_embed_writes_unit_vectors_and_error_records(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "texts.jsonl"
+    src.write_text('{"id": "a", "text": "hello world"}\n{"id": "b"}\nnot json\n{"id": "c", "text": ""}\n')
+    assert main(["embed", str(src), "--precision", "fp32"]) == 0
+    out = _lines(capsys.readouterr().out)
+    assert [r.get("id") for r in out] == ["a", None, None, "c"]
+    vec = np.asarray(out[0]["embedding"])
+    assert vec.shape == (384,) and abs(float(np.linalg.norm(vec)) - 1) < 1e-4
+    assert [r.get("line") for r in out[1:3]] == [2, 3]
+
+
+def test_train_then_eval_uses_the_trained_head(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = []
+    texts = {
+        "billing": ["I was charged twice", "my invoice is wrong", "refund the extra fee", "why is my bill so high"],
+        "technical_support": ["the app crashes on start", "wifi keeps dropping", "I cannot log in", "error 500 on the site"],
+    }
+    for label, items in texts.items():
+        rows += [{"family": "transcript", "text": t, "label": label} for t in items]
+    data = tmp_path / "labeled.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    labels = tmp_path / "labels.yaml"
+    labels.write_text(
+        "label_sets:\n  transcript:\n    labels:\n"
+        "      - {name: billing, description: charges invoices refunds and payments}\n"
+        "      - {name: technical_support, description: something is broken or not working}\n"
+    )
+    heads = tmp_path / "heads.json"
+    assert main(["train", "--data", str(data), "--out", str(heads), "--labels", str(labels)]) == 0
+    assert "transcript: 2 labels, 8 examples" in capsys.readouterr().out
+    assert main(["eval", "--data", str(data), "--labels", str(labels), "--heads", str(heads), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    body = report["classification"]["transcript"]
+    assert body["method"] == "trained-head" and body["accuracy"] == 1.0
+    assert Path(report["plot"]).stat().st_size > 1000
+
+
+def test_config_errors_exit_2_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "labels.yaml"
+    bad.write_text("nope: 1\n")
+    assert main(["infer", str(EXAMPLES), "--labels", str(bad)]) == 2
+    assert "label_sets" in capsys.readouterr().err
+
+
+def test_bench_model_reports_both_figures_and_their_ratio(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "model", "--json", "--seconds", "0.3", "--batch-sizes", "4"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [(r["texts"], r["batch"]) for r in report["rows"]] == [("short", 4), ("long", 4)]
+    for r in report["rows"]:
+        assert r["bare_per_s"] > 0 and r["engine_per_s"] > 0
+        assert r["ratio"] == pytest.approx(r["engine_per_s"] / r["bare_per_s"], rel=0.01)
+    assert report["peak_rss_mb"] > 50

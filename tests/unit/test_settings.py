@@ -1,0 +1,42 @@
+"""Settings are validated with clear messages, and docs/configuration.md lists every variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import ConfigError
+from pipeline.settings import environment_variables, load_settings
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+
+
+def test_every_variable_is_documented() -> None:
+    text = DOCS.read_text()
+    missing = [name for name, _, _ in environment_variables() if f"`{name}`" not in text]
+    assert missing == []
+
+
+def test_every_variable_has_a_description() -> None:
+    assert [name for name, _, desc in environment_variables() if not desc] == []
+
+
+def test_nested_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MINNOW_ENGINE__PRECISION", "fp32")
+    monkeypatch.setenv("MINNOW_ROUTING__CLASSIFY_MIN_CONFIDENCE", "0.8")
+    s = load_settings()
+    assert s.engine.precision == "fp32" and s.routing.classify_min_confidence == 0.8
+
+
+def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MINNOW_ENGINE__MAX_BATCH_SIZE", "0")
+    with pytest.raises(ConfigError, match="MINNOW_ENGINE__MAX_BATCH_SIZE"):
+        load_settings()
+
+
+def test_token_budget_must_fit_a_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MINNOW_ENGINE__MAX_TOKENS_PER_BATCH", "300")
+    monkeypatch.setenv("MINNOW_ENGINE__MAX_SEQ_TOKENS", "400")
+    with pytest.raises(ConfigError, match="max_tokens_per_batch"):
+        load_settings()
