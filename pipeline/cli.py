@@ -65,7 +65,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from pipeline.commands import evaluate
 
-    return evaluate.run(_settings(args), Path(args.data), as_json=args.json, plot=Path(args.plot) if args.plot else None)
+    return evaluate.run(
+        _settings(args), Path(args.data), as_json=args.json, plot=Path(args.plot) if args.plot else None
+    )
 
 
 def cmd_bench_model(args: argparse.Namespace) -> int:
@@ -77,7 +79,7 @@ def cmd_bench_model(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minnow",
-        description="Classify, moderate and summarize events with a quantized mini model; escalate what it is unsure of.",
+        description="Classify, moderate and summarize events with a quantized mini model; escalate the unsure ones.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details to stderr")
     sub = parser.add_subparsers(dest="command", required=True)

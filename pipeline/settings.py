@@ -56,9 +56,7 @@ class RoutingSettings(_Frozen):
     summary_min_confidence: float = Field(
         default=0.0, ge=0, le=1, description="below this summary confidence, escalate (0 = never)"
     )
-    anomaly_escalate_above: float = Field(
-        default=0.8, ge=0, le=1, description="above this IoT anomaly score, escalate"
-    )
+    anomaly_escalate_above: float = Field(default=0.8, ge=0, le=1, description="above this IoT anomaly score, escalate")
     escalate_flagged: bool = Field(default=False, description="send every flagged item to the large model too")
 
 

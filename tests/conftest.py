@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,11 +13,11 @@ from pipeline.stages.infer import MiniModel
 
 
 @pytest.fixture(scope="session")
-def model_cache() -> Iterator[Path]:
+def model_cache() -> Path:
     # Reuse the developer's cache when present (MINNOW_TEST_CACHE); CI builds into its own folder.
     path = Path(os.environ.get("MINNOW_TEST_CACHE", Path.home() / ".cache" / "minnow"))
     path.mkdir(parents=True, exist_ok=True)
-    yield path
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,9 @@ def main(events_path: str, results_path: str) -> int:
         r = orjson.loads(raw)
         if "error" in r:
             counts["dead-letter"] += 1
-            print(f"{str(r.get('id') or 'line ' + str(r.get('line'))):10} {'-':12} {'error':9} {r['message'][:80]}")
+            print(
+                f"{str(r.get('id') or 'line ' + str(r.get('line'))):10} {'-':12} {'error':9} {r['message'][:80]}"
+            )
             continue
         counts[r["route"]] += 1
         parts = []
@@ -33,8 +35,10 @@ def main(events_path: str, results_path: str) -> int:
             parts.append("why: " + ",".join(r["escalation_reasons"]))
         print(f"{r['id']:10} {r['kind']:12} {r['route']:9} {'; '.join(parts)}")
     total = sum(counts.values())
-    print(f"\n{sent} events sent: {counts['sink']} to sink, {counts['escalate']} escalated, "
-          f"{counts['dead-letter']} error records — {total} accounted for")
+    print(
+        f"\n{sent} events sent: {counts['sink']} to sink, {counts['escalate']} escalated, "
+        f"{counts['dead-letter']} error records — {total} accounted for"
+    )
     return 0 if total == sent else 1
 
 

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import orjson
 
 from pipeline.engine import Encoder
@@ -21,14 +20,15 @@ from pipeline.models import FeedEvent
 from pipeline.settings import Settings
 from pipeline.stages.infer import MiniModel
 
-_WORDS = (
-    "market shares rose after the company reported strong quarterly earnings and raised its forecast for the year "
-    "the team won the final match in extra time with a late goal from the young striker "
-    "scientists announced a new battery design that charges faster and lasts longer than current cells "
-    "officials said the talks between the two governments would resume next week in the capital "
-    "customers complained that the update broke the login page and support tickets doubled overnight "
-    "the sensor reported a temperature spike in the server room before the cooling system recovered"
-).split()
+_SENTENCES = (
+    "market shares rose after the company reported strong quarterly earnings and raised its forecast for the year",
+    "the team won the final match in extra time with a late goal from the young striker",
+    "scientists announced a new battery design that charges faster and lasts longer than current cells",
+    "officials said the talks between the two governments would resume next week in the capital",
+    "customers complained that the update broke the login page and support tickets doubled overnight",
+    "the sensor reported a temperature spike in the server room before the cooling system recovered",
+)
+_WORDS = " ".join(_SENTENCES).split()
 REPEATS = 3
 
 
@@ -105,11 +105,19 @@ def measure(settings: Settings, *, seconds: float, batch_sizes: list[int]) -> di
         for batch in batch_sizes:
             bare = _rate(_bare(encoder, texts, batch), seconds)
             engine = _rate(_engine(model, texts, batch), seconds)
-            row = {"texts": name, "tokens": round(mean_tokens, 1), "batch": batch, "bare_per_s": round(bare, 1),
-                   "engine_per_s": round(engine, 1), "ratio": round(engine / bare, 3)}
+            row = {
+                "texts": name,
+                "tokens": round(mean_tokens, 1),
+                "batch": batch,
+                "bare_per_s": round(bare, 1),
+                "engine_per_s": round(engine, 1),
+                "ratio": round(engine / bare, 3),
+            }
             report["rows"].append(row)
-            print(f"  {name:5} batch {batch:3}: bare {bare:7.1f}/s  engine {engine:7.1f}/s  ratio {engine / bare:.2f}",
-                  file=sys.stderr)
+            print(
+                f"  {name:5} batch {batch:3}: bare {bare:7.1f}/s  engine {engine:7.1f}/s  ratio {engine / bare:.2f}",
+                file=sys.stderr,
+            )
     report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return report
 

@@ -127,11 +127,14 @@ def render(report: dict[str, Any]) -> str:
             f"classification / {family} ({body['method']}, {body['examples']} examples)",
             f"  accuracy {body['accuracy']:.3f}   macro-F1 {body['macro_f1']:.3f}   ECE {body['ece']:.3f}",
             f"  at min_confidence {at['min_confidence']:.2f}: escalates {at['escalation_rate']:.1%}, "
-            f"accuracy on the rest {kept:.3f}" if kept is not None else "  everything escalates at this threshold",
+            f"accuracy on the rest {kept:.3f}"
+            if kept is not None
+            else "  everything escalates at this threshold",
             "  escalated   kept   accuracy   confidence >=",
         ]
         lines += [
-            f"  {row['escalation_rate']:8.0%}  {int(row['kept']):5d}   {row['accuracy']:.3f}      {row['threshold']:.3f}"
+            f"  {row['escalation_rate']:8.0%}  {int(row['kept']):5d}   {row['accuracy']:.3f}"
+            f"      {row['threshold']:.3f}"
             for row in body["selective"]
         ]
     mod = report.get("moderation")
@@ -151,7 +154,10 @@ def run(settings: Settings, data: Path, *, as_json: bool, plot: Path | None) -> 
     encoder = load_encoder(settings.engine)
     heads = HeadFile.load(settings.head_file, encoder.files.version) if settings.head_file else None
     classifier = Classifier.build(
-        load_label_sets(settings.labels_file), encoder, heads, min_confidence=settings.routing.classify_min_confidence
+        load_label_sets(settings.labels_file),
+        encoder,
+        heads,
+        min_confidence=settings.routing.classify_min_confidence,
     )
     report: dict[str, Any] = {
         "data": str(data),

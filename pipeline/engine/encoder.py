@@ -58,9 +58,7 @@ class Encoder:
             options.intra_op_num_threads = settings.intra_op_threads
             options.inter_op_num_threads = 1
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            self._session = ort.InferenceSession(
-                str(files.onnx_path), options, providers=["CPUExecutionProvider"]
-            )
+            self._session = ort.InferenceSession(str(files.onnx_path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime and tokenizers raise their own untyped errors
             raise ModelError(f"cannot load the model from {files.directory}: {exc}") from exc
         tok.no_padding()
@@ -80,9 +78,7 @@ class Encoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack([d.vector for d in self.embed_documents(texts, [False] * len(texts))])
 
-    def embed_documents(
-        self, texts: Sequence[str | Sequence[str]], by_sentence: Sequence[bool]
-    ) -> list[TextEmbedding]:
+    def embed_documents(self, texts: Sequence[str | Sequence[str]], by_sentence: Sequence[bool]) -> list[TextEmbedding]:
         """Embed each text in one encoder pass.
 
         `by_sentence[i]` embeds text i sentence by sentence (what the summarizer needs); otherwise the text is
@@ -238,7 +234,8 @@ def pad(rows: Sequence[Sequence[int]]) -> tuple[NDArray[np.int64], NDArray[np.in
 
 def _weighted_mean(vectors: Vectors, weights: Sequence[int]) -> Vectors:
     if len(vectors) == 1:
-        return vectors[0]
-    mean = np.average(vectors, axis=0, weights=np.asarray(weights, dtype=np.float32))
+        only: Vectors = vectors[0]
+        return only
+    mean: Vectors = np.average(vectors, axis=0, weights=np.asarray(weights, dtype=np.float32)).astype(np.float32)
     norm = float(np.linalg.norm(mean))
-    return (mean / norm if norm > 0 else mean).astype(np.float32)
+    return mean / norm if norm > 0 else mean

@@ -80,74 +80,81 @@ class _GraphWriter:
         )
 
 
-def build_encoder_graph(weights: dict[str, NDArray[Any]], cfg: BertConfig) -> onnx.ModelProto:
-    """Return the fp32 sentence-encoder model for these BERT weights."""
-    g = _GraphWriter(weights)
-    hidden, heads = cfg.hidden_size, cfg.num_heads
-    head_dim = hidden // heads
-    i64 = np.int64
+def _f32(value: float) -> NDArray[np.float32]:
+    return np.array(value, dtype=np.float32)
 
-    # --- embeddings: word + position + token type 0 (single-segment input), then LayerNorm
+
+def _i64(values: list[int]) -> NDArray[np.int64]:
+    return np.array(values, dtype=np.int64)
+
+
+def _embeddings(g: _GraphWriter, cfg: BertConfig) -> str:
+    """Word + position + token type 0 (single-segment input), then LayerNorm."""
     word = g.op("Gather", [g.weight("embeddings.word_embeddings.weight"), "input_ids"], axis=0)
     # positions 0..seq-1 are the first seq rows of the position table: a Slice, which broadcasts over batch
     seq_len = g.op("Shape", ["input_ids"], start=1, end=2)
-    pos = g.op(
-        "Slice",
-        [g.weight("embeddings.position_embeddings.weight"), g.const(np.array([0], dtype=i64), "zero"), seq_len,
-         g.const(np.array([0], dtype=i64), "axis0")],
-    )
-    token_type0 = weights["embeddings.token_type_embeddings.weight"][0].astype(np.float32)
-    x = g.op("Add", [word, pos])
-    x = g.op("Add", [x, g.const(token_type0, "token_type0")])
-    x = g.layer_norm(x, "embeddings.LayerNorm", cfg.layer_norm_eps)
+    table = g.weight("embeddings.position_embeddings.weight")
+    pos = g.op("Slice", [table, g.const(_i64([0]), "zero"), seq_len, g.const(_i64([0]), "axis0")])
+    token_type0 = g.weights["embeddings.token_type_embeddings.weight"][0].astype(np.float32)
+    x = g.op("Add", [g.op("Add", [word, pos]), g.const(token_type0, "token_type0")])
+    return g.layer_norm(x, "embeddings.LayerNorm", cfg.layer_norm_eps)
 
-    # --- additive attention mask [batch, 1, 1, seq]: 0 where attended, a large negative where padding
-    mask_f = g.op("Cast", ["attention_mask"], to=TensorProto.FLOAT)
-    mask4 = g.op("Unsqueeze", [mask_f, g.const(np.array([1, 2], dtype=i64), "axes12")])
-    inv = g.op("Sub", [g.const(np.array(1.0, dtype=np.float32), "onef"), mask4])
-    add_mask = g.op("Mul", [inv, g.const(np.array(-10000.0, dtype=np.float32), "neg")])
 
-    split_heads = g.const(np.array([0, 0, heads, head_dim], dtype=i64), "split_heads")
-    merge_heads = g.const(np.array([0, 0, hidden], dtype=i64), "merge_heads")
-    scale = g.const(np.array(1.0 / math.sqrt(head_dim), dtype=np.float32), "scale")
-    sqrt2 = g.const(np.array(math.sqrt(2.0), dtype=np.float32), "sqrt2")
-    half = g.const(np.array(0.5, dtype=np.float32), "half")
-    onef = g.const(np.array(1.0, dtype=np.float32), "one_f")
+def _attention_mask(g: _GraphWriter, mask_f: str) -> str:
+    """Additive mask [batch, 1, 1, seq]: 0 where attended, a large negative where padding."""
+    mask4 = g.op("Unsqueeze", [mask_f, g.const(_i64([1, 2]), "axes12")])
+    inv = g.op("Sub", [g.const(_f32(1.0), "onef"), mask4])
+    return g.op("Mul", [inv, g.const(_f32(-10000.0), "neg")])
 
-    for i in range(cfg.num_layers):
-        p = f"encoder.layer.{i}"
 
-        def heads_of(t: str) -> str:
-            r = g.op("Reshape", [t, split_heads])
-            return g.op("Transpose", [r], perm=[0, 2, 1, 3])
+def _encoder_layer(g: _GraphWriter, x: str, add_mask: str, i: int, cfg: BertConfig) -> str:
+    p = f"encoder.layer.{i}"
+    head_dim = cfg.hidden_size // cfg.num_heads
+    split_heads = g.const(_i64([0, 0, cfg.num_heads, head_dim]), "split_heads")
 
-        q = heads_of(g.linear(x, f"{p}.attention.self.query"))
-        k = heads_of(g.linear(x, f"{p}.attention.self.key"))
-        v = heads_of(g.linear(x, f"{p}.attention.self.value"))
-        kt = g.op("Transpose", [k], perm=[0, 1, 3, 2])
-        scores = g.op("Mul", [g.op("MatMul", [q, kt]), scale])
-        probs = g.op("Softmax", [g.op("Add", [scores, add_mask])], axis=-1)
-        ctx = g.op("Transpose", [g.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
-        ctx = g.op("Reshape", [ctx, merge_heads])
-        attn = g.linear(ctx, f"{p}.attention.output.dense")
-        x = g.layer_norm(g.op("Add", [attn, x]), f"{p}.attention.output.LayerNorm", cfg.layer_norm_eps)
+    def heads_of(t: str) -> str:
+        return g.op("Transpose", [g.op("Reshape", [t, split_heads])], perm=[0, 2, 1, 3])
 
-        # exact (erf) GELU, as BERT's "gelu"
-        h = g.linear(x, f"{p}.intermediate.dense")
-        erf = g.op("Erf", [g.op("Div", [h, sqrt2])])
-        h = g.op("Mul", [g.op("Mul", [h, g.op("Add", [erf, onef])]), half])
-        out = g.linear(h, f"{p}.output.dense")
-        x = g.layer_norm(g.op("Add", [out, x]), f"{p}.output.LayerNorm", cfg.layer_norm_eps)
+    q = heads_of(g.linear(x, f"{p}.attention.self.query"))
+    k = heads_of(g.linear(x, f"{p}.attention.self.key"))
+    v = heads_of(g.linear(x, f"{p}.attention.self.value"))
+    kt = g.op("Transpose", [k], perm=[0, 1, 3, 2])
+    scores = g.op("Mul", [g.op("MatMul", [q, kt]), g.const(_f32(1.0 / math.sqrt(head_dim)), "scale")])
+    probs = g.op("Softmax", [g.op("Add", [scores, add_mask])], axis=-1)
+    ctx = g.op("Transpose", [g.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
+    ctx = g.op("Reshape", [ctx, g.const(_i64([0, 0, cfg.hidden_size]), "merge_heads")])
+    attn = g.linear(ctx, f"{p}.attention.output.dense")
+    x = g.layer_norm(g.op("Add", [attn, x]), f"{p}.attention.output.LayerNorm", cfg.layer_norm_eps)
 
-    # --- mean pooling over attended tokens, then L2 normalisation
-    mask3 = g.op("Unsqueeze", [mask_f, g.const(np.array([2], dtype=i64), "axis2")])
-    summed = g.op("ReduceSum", [g.op("Mul", [x, mask3]), g.const(np.array([1], dtype=i64), "axis1")], keepdims=0)
-    count = g.op("ReduceSum", [mask3, g.const(np.array([1], dtype=i64), "axis1b")], keepdims=0)
-    count = g.op("Max", [count, g.const(np.array(1e-9, dtype=np.float32), "eps_count")])
+    # exact (erf) GELU, as BERT's "gelu": 0.5 * h * (1 + erf(h / sqrt 2))
+    h = g.linear(x, f"{p}.intermediate.dense")
+    erf = g.op("Erf", [g.op("Div", [h, g.const(_f32(math.sqrt(2.0)), "sqrt2")])])
+    h = g.op("Mul", [g.op("Mul", [h, g.op("Add", [erf, g.const(_f32(1.0), "one_f")])]), g.const(_f32(0.5), "half")])
+    out = g.linear(h, f"{p}.output.dense")
+    return g.layer_norm(g.op("Add", [out, x]), f"{p}.output.LayerNorm", cfg.layer_norm_eps)
+
+
+def _pool_and_normalise(g: _GraphWriter, x: str, mask_f: str) -> None:
+    """Mean over attended tokens, then L2 normalisation, into the graph output `embedding`."""
+    mask3 = g.op("Unsqueeze", [mask_f, g.const(_i64([2]), "axis2")])
+    summed = g.op("ReduceSum", [g.op("Mul", [x, mask3]), g.const(_i64([1]), "axis1")], keepdims=0)
+    count = g.op("ReduceSum", [mask3, g.const(_i64([1]), "axis1b")], keepdims=0)
+    count = g.op("Max", [count, g.const(_f32(1e-9), "eps_count")])
     mean = g.op("Div", [summed, count])
     norm = g.op("ReduceL2", [mean], axes=[1], keepdims=1)  # axes is an attribute until opset 18
-    norm = g.op("Max", [norm, g.const(np.array(1e-12, dtype=np.float32), "eps_norm")])
+    norm = g.op("Max", [norm, g.const(_f32(1e-12), "eps_norm")])
     g.nodes.append(helper.make_node("Div", [mean, norm], ["embedding"]))
+
+
+def build_encoder_graph(weights: dict[str, NDArray[Any]], cfg: BertConfig) -> onnx.ModelProto:
+    """Return the fp32 sentence-encoder model for these BERT weights."""
+    g = _GraphWriter(weights)
+    x = _embeddings(g, cfg)
+    mask_f = g.op("Cast", ["attention_mask"], to=TensorProto.FLOAT)
+    add_mask = _attention_mask(g, mask_f)
+    for i in range(cfg.num_layers):
+        x = _encoder_layer(g, x, add_mask, i, cfg)
+    _pool_and_normalise(g, x, mask_f)
 
     graph = helper.make_graph(
         g.nodes,
@@ -156,7 +163,7 @@ def build_encoder_graph(weights: dict[str, NDArray[Any]], cfg: BertConfig) -> on
             helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
             helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
         ],
-        outputs=[helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", hidden])],
+        outputs=[helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", cfg.hidden_size])],
         initializer=g.inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="minnow")

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\ufeff]")
 _SPACES = re.compile(r"[ \t\r\f\v]+")
 # A sentence ends at . ! ? … (and closing quotes/brackets) followed by whitespace, or at a blank line / newline.
-_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'”’)\]]*\s+|\n+")
-_ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof sr jr st vs etc e.g i.e inc ltd co corp no fig approx dept est gen gov sgt capt lt col a.m p.m".split()
+_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'”’)\]]*\s+|\n+")  # noqa: RUF001 - typographic quotes close sentences
+_WORDS_ENDING_IN_A_DOT = (
+    "mr mrs ms dr prof sr jr st vs etc e.g i.e inc ltd co corp no fig approx dept est gen gov a.m p.m"
 )
+_ABBREVIATIONS = frozenset(_WORDS_ENDING_IN_A_DOT.split())
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,10 @@ class _Job:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def _as_text(text: str | list[str]) -> str:
+    return text if isinstance(text, str) else "\n".join(text)
+
+
 class MiniModel:
     """Everything the mini model does to a batch of events, synchronously (see runtime.py for async)."""
 
@@ -104,7 +108,9 @@ class MiniModel:
     def _job(self, event: AnyEvent) -> _Job:
         min_sentences = self.settings.summary.min_sentences_to_summarize
         if isinstance(event, FeedEvent):
-            long_post = len(split_sentences(clean(event.text, self.settings.engine.max_text_chars).text)) >= min_sentences
+            long_post = (
+                len(split_sentences(clean(event.text, self.settings.engine.max_text_chars).text)) >= min_sentences
+            )
             return _Job(event, event.text, "feed", moderate=True, by_sentence=long_post)
         if isinstance(event, TranscriptSegment):
             return _Job(event, event.text, "transcript", moderate=True, by_sentence=False)
@@ -155,7 +161,17 @@ class MiniModel:
         }
         results = []
         for i, (job, emb) in enumerate(zip(jobs, embeddings, strict=True)):
-            results.append(self._result(job, emb, classifications[i], moderations[i], summaries[i], anomalies[i], shared))
+            results.append(
+                self._result(
+                    job,
+                    emb=emb,
+                    classification=classifications[i],
+                    moderation=moderations[i],
+                    summary=summaries[i],
+                    anomaly=anomalies[i],
+                    timings=shared,
+                )
+            )
         if len(results) != n:  # the count invariant that keeps results aligned with offsets
             raise InferenceError(f"engine produced {len(results)} results for {n} events")
         return results
@@ -181,7 +197,7 @@ class MiniModel:
         idx = [i for i, j in enumerate(jobs) if j.moderate]
         if not idx:
             return out
-        texts = [jobs[i].text if isinstance(jobs[i].text, str) else "\n".join(jobs[i].text) for i in idx]
+        texts = [_as_text(jobs[i].text) for i in idx]
         vectors = np.stack([embeddings[i].vector for i in idx])
         for i, m in zip(idx, self.moderator.moderate(texts, vectors), strict=True):
             out[i] = m
@@ -198,6 +214,7 @@ class MiniModel:
     def _result(
         self,
         job: _Job,
+        *,
         emb: TextEmbedding,
         classification: Classification | None,
         moderation: Moderation | None,

@@ -9,7 +9,12 @@ from pipeline.errors import DecodeError, InputError, SchemaError
 from pipeline.models import EVENT_ADAPTER, AnyEvent, ErrorRecord
 
 DEFAULT_MAX_EVENT_BYTES = 1_048_576
-_KIND_BY_FIELDS = (("readings", "iot"), ("device_id", "iot"), ("conversation_id", "transcript"), ("segments", "conversation"))
+_KIND_BY_FIELDS = (
+    ("readings", "iot"),
+    ("device_id", "iot"),
+    ("conversation_id", "transcript"),
+    ("segments", "conversation"),
+)
 
 
 def _guess_kind(obj: dict[str, object]) -> str:
@@ -52,7 +57,9 @@ def parse_event(raw: bytes, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> AnyE
         raise SchemaError(f"{obj.get('kind')} event does not match its schema: {_schema_message(exc)}") from exc
 
 
-def decode_line(raw: bytes, line: int | None = None, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> AnyEvent | ErrorRecord:
+def decode_line(
+    raw: bytes, line: int | None = None, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES
+) -> AnyEvent | ErrorRecord:
     """An event, or an ErrorRecord carrying the line number and the event id when it could be read."""
     try:
         return parse_event(raw, max_bytes=max_bytes)

@@ -15,8 +15,9 @@ from pipeline.tasks.heads import HeadFile, LinearHead
 from pipeline.tasks.labels import LabelSet
 
 # Zero-shot logits are cosine similarities, which differ by a few hundredths between labels; this default
-# temperature (fitted on the bundled news set, see docs/classification.md) spreads them into probabilities.
-DEFAULT_ZERO_SHOT_TEMPERATURE = 0.05
+# temperature spreads them into probabilities. `minnow train` fits 0.038 on pipeline/data/eval/news_topics_train.jsonl;
+# a label set of your own deserves its own fit (docs/classification.md).
+DEFAULT_ZERO_SHOT_TEMPERATURE = 0.04
 DESCRIPTION_WEIGHT = 0.5  # the rest goes to the mean of the label's examples, when it has any
 
 
@@ -29,7 +30,9 @@ class Prototypes:
 
     @classmethod
     def build(cls, label_set: LabelSet, encoder: Encoder) -> Prototypes:
-        descriptions = encoder.embed([f"{label.name.replace('_', ' ')}: {label.description}" for label in label_set.labels])
+        descriptions = encoder.embed(
+            [f"{label.name.replace('_', ' ')}: {label.description}" for label in label_set.labels]
+        )
         rows = []
         for label, desc in zip(label_set.labels, descriptions, strict=True):
             proto = desc
@@ -72,7 +75,12 @@ class Classifier:
 
     @classmethod
     def build(
-        cls, label_sets: dict[str, LabelSet], encoder: Encoder, heads: HeadFile | None = None, *, min_confidence: float = 0.55
+        cls,
+        label_sets: dict[str, LabelSet],
+        encoder: Encoder,
+        heads: HeadFile | None = None,
+        *,
+        min_confidence: float = 0.55,
     ) -> Classifier:
         prototypes = {family: Prototypes.build(ls, encoder) for family, ls in label_sets.items()}
         return cls(label_sets, prototypes, heads, min_confidence=min_confidence)

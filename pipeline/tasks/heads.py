@@ -79,7 +79,12 @@ def _split(n: int, holdout: float, seed: int) -> tuple[NDArray[np.int64], NDArra
 
 
 def fit_head(
-    vectors: NDArray[np.float32], labels: list[str], label_names: list[str], *, holdout: float = 0.2, seed: int = 7
+    vectors: NDArray[np.float32],
+    labels: list[str],
+    label_names: list[str],
+    *,
+    holdout: float = 0.2,
+    seed: int = 7,
 ) -> LinearHead:
     """Fit on (1 - holdout), fit the temperature and measure on the held-out part, then refit on everything."""
     from sklearn.linear_model import LogisticRegression
@@ -160,4 +165,3 @@ def describe(head_file: HeadFile) -> str:
     for family, t in head_file.zero_shot_temperature.items():
         lines.append(f"  {family}: zero-shot temperature {t:.4f}")
     return "\n".join(lines)
-

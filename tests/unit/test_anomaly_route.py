@@ -50,7 +50,9 @@ def _mod(uncertain: list[str], confidence: float = 0.9, flagged: bool = False) -
 
 
 def test_confident_result_goes_to_sink() -> None:
-    route, reasons = decide(RoutingSettings(), classification=_cls(0.9), moderation=_mod([]), summary=None, anomaly=None)
+    route, reasons = decide(
+        RoutingSettings(), classification=_cls(0.9), moderation=_mod([]), summary=None, anomaly=None
+    )
     assert (route, reasons) == ("sink", [])
 
 
@@ -65,5 +67,7 @@ def test_each_unsure_task_adds_its_reason() -> None:
 
 def test_thresholds_come_from_settings() -> None:
     strict = RoutingSettings(classify_min_confidence=0.95, escalate_flagged=True)
-    route, reasons = decide(strict, classification=_cls(0.9), moderation=_mod([], flagged=True), summary=None, anomaly=None)
+    route, reasons = decide(
+        strict, classification=_cls(0.9), moderation=_mod([], flagged=True), summary=None, anomaly=None
+    )
     assert route == "escalate" and reasons == ["classify.low_confidence", "moderate.flagged"]

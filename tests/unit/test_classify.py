@@ -23,12 +23,30 @@ ANIMALS = LabelSet(
     ],
 )
 TRAIN = {
-    "cat": ["my kitten purrs all night", "the cat knocked the glass off the table", "she adopted two tabby cats",
-            "the feline hissed at the vet", "a cat sleeping in the sun", "kittens chasing a toy mouse"],
-    "dog": ["the puppy chewed my shoes", "walking the dog in the park", "our labrador barks at the mailman",
-            "he trained his dog to fetch", "a dog wagging its tail", "the hound howled at night"],
-    "fish": ["the goldfish swims in circles", "cleaning the aquarium filter", "tropical fish need warm water",
-             "he fed the fish flakes", "a koi pond in the garden", "the betta fish built a bubble nest"],
+    "cat": [
+        "my kitten purrs all night",
+        "the cat knocked the glass off the table",
+        "she adopted two tabby cats",
+        "the feline hissed at the vet",
+        "a cat sleeping in the sun",
+        "kittens chasing a toy mouse",
+    ],
+    "dog": [
+        "the puppy chewed my shoes",
+        "walking the dog in the park",
+        "our labrador barks at the mailman",
+        "he trained his dog to fetch",
+        "a dog wagging its tail",
+        "the hound howled at night",
+    ],
+    "fish": [
+        "the goldfish swims in circles",
+        "cleaning the aquarium filter",
+        "tropical fish need warm water",
+        "he fed the fish flakes",
+        "a koi pond in the garden",
+        "the betta fish built a bubble nest",
+    ],
 }
 
 
@@ -62,7 +80,11 @@ def test_trained_head_fits_calibrates_and_round_trips(encoder: Encoder, tmp_path
 
 
 def test_head_for_another_label_set_is_refused(encoder: Encoder) -> None:
-    head = fit_head(encoder.embed([t for v in TRAIN.values() for t in v]), [k for k, v in TRAIN.items() for _ in v], ANIMALS.names)
+    head = fit_head(
+        encoder.embed([t for v in TRAIN.values() for t in v]),
+        [k for k, v in TRAIN.items() for _ in v],
+        ANIMALS.names,
+    )
     other = LabelSet(name="pets", labels=[Label(name="cat", description="c"), Label(name="bird", description="b")])
     with pytest.raises(ConfigError, match="retrain"):
         Classifier.build({"pets": other}, encoder, new_head_file({"pets": head}, {}, "v"))
@@ -79,7 +101,9 @@ def test_fit_temperature_recovers_a_known_temperature() -> None:
 
 def test_label_file_errors_are_clear(tmp_path: Path) -> None:
     bad = tmp_path / "labels.yaml"
-    bad.write_text("label_sets:\n  feed:\n    labels:\n      - {name: a, description: x}\n      - {name: a, description: y}\n")
+    bad.write_text(
+        "label_sets:\n  feed:\n    labels:\n      - {name: a, description: x}\n      - {name: a, description: y}\n"
+    )
     with pytest.raises(ConfigError, match="duplicate label names: a"):
         load_label_sets(bad)
     bad.write_text("just: text")

@@ -48,8 +48,18 @@ def test_embed_writes_unit_vectors_and_error_records(tmp_path: Path, capsys: pyt
 def test_train_then_eval_uses_the_trained_head(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rows = []
     texts = {
-        "billing": ["I was charged twice", "my invoice is wrong", "refund the extra fee", "why is my bill so high"],
-        "technical_support": ["the app crashes on start", "wifi keeps dropping", "I cannot log in", "error 500 on the site"],
+        "billing": [
+            "I was charged twice",
+            "my invoice is wrong",
+            "refund the extra fee",
+            "why is my bill so high",
+        ],
+        "technical_support": [
+            "the app crashes on start",
+            "wifi keeps dropping",
+            "I cannot log in",
+            "error 500 on the site",
+        ],
     }
     for label, items in texts.items():
         rows += [{"family": "transcript", "text": t, "label": label} for t in items]

@@ -92,4 +92,9 @@ def test_clean_removes_control_characters_and_reports_cut() -> None:
 
 def test_split_sentences_keeps_abbreviations_together() -> None:
     text = "Dr. Smith arrived at 3.30 p.m. today. He said hello! Then\nhe left"
-    assert split_sentences(text) == ["Dr. Smith arrived at 3.30 p.m. today.", "He said hello!", "Then", "he left"]
+    assert split_sentences(text) == [
+        "Dr. Smith arrived at 3.30 p.m. today.",
+        "He said hello!",
+        "Then",
+        "he left",
+    ]

@@ -8,9 +8,18 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from pipeline.models import Conversation, ErrorRecord, FeedEvent, IoTMessage, Moderation, Result, TranscriptSegment
+from pipeline.models import (
+    Conversation,
+    ErrorRecord,
+    FeedEvent,
+    IoTMessage,
+    Moderation,
+    Result,
+    TranscriptSegment,
+)
 from pipeline.stages.infer import MiniModel
 from pipeline.stages.runtime import AsyncMiniModel
 from pipeline.stages.validate import decode_line
@@ -38,13 +47,16 @@ def test_mixed_batch_gives_one_result_per_event_in_order(mini_model: MiniModel) 
         feed("f1", "The striker scored a hat-trick as the home team won the league title."),
         feed("f2", LONG_POST),
         turn("c1", 0, "customer", "I was billed twice this month and want my money back."),
-        Conversation(id="conv", segments=[
-            turn("c2", 1, "agent", "Thanks for calling support, how can I help?"),
-            turn("c2", 0, "customer", "Hello?"),
-            turn("c2", 2, "customer", "My internet drops every evening since the upgrade."),
-            turn("c2", 3, "agent", "I see errors on your line, so I will send an engineer on Friday."),
-            turn("c2", 4, "customer", "Great, thank you."),
-        ]),
+        Conversation(
+            id="conv",
+            segments=[
+                turn("c2", 1, "agent", "Thanks for calling support, how can I help?"),
+                turn("c2", 0, "customer", "Hello?"),
+                turn("c2", 2, "customer", "My internet drops every evening since the upgrade."),
+                turn("c2", 3, "agent", "I see errors on your line, so I will send an engineer on Friday."),
+                turn("c2", 4, "customer", "Great, thank you."),
+            ],
+        ),
         IoTMessage(id="i1", device_id="d", ts=NOW, readings={"temperature_c": 150.0}, text="overheat alarm"),
         IoTMessage(id="i2", device_id="d", ts=NOW, readings={"temperature_c": 20.0}),
     ]
@@ -57,7 +69,12 @@ def test_mixed_batch_gives_one_result_per_event_in_order(mini_model: MiniModel) 
     assert isinstance(seg, Result) and seg.classification and seg.classification.label_set == "transcript"
     assert seg.summary is None
     assert isinstance(conv, Result) and conv.summary and ":" in conv.summary.text  # speaker-aware rendering
-    assert isinstance(hot, Result) and hot.anomaly and hot.anomaly.score > 0.8 and "anomaly.high_score" in hot.escalation_reasons
+    assert (
+        isinstance(hot, Result)
+        and hot.anomaly
+        and hot.anomaly.score > 0.8
+        and "anomaly.high_score" in hot.escalation_reasons
+    )
     assert hot.moderation is None  # device alerts are not moderated
     assert isinstance(calm, Result) and calm.classification is None and calm.anomaly and calm.anomaly.score == 0
     for r in results:
@@ -85,8 +102,13 @@ class _PoisonModerator:
 
 
 def test_poison_event_is_isolated_by_bisection(mini_model: MiniModel) -> None:
-    poisoned = MiniModel(mini_model.encoder, mini_model.classifier, _PoisonModerator(mini_model.moderator),  # type: ignore[arg-type]
-                         mini_model.bounds, mini_model.settings)
+    poisoned = MiniModel(
+        mini_model.encoder,
+        mini_model.classifier,
+        _PoisonModerator(mini_model.moderator),  # type: ignore[arg-type]
+        mini_model.bounds,
+        mini_model.settings,
+    )
     events = [feed(f"e{i}", "POISON" if i == 5 else f"ordinary post number {i}") for i in range(8)]
     results = poisoned.process(events)
     assert [r.id for r in results] == [e.id for e in events]
@@ -136,11 +158,26 @@ def test_any_text_gives_a_result_never_a_crash(mini_model: MiniModel, texts: lis
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(
-        st.sampled_from(["id", "text", "source", "created_at", "readings", "device_id", "ts", "segments", "kind", "seq"]),
-        inner,
-        max_size=6,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "id",
+                    "text",
+                    "source",
+                    "created_at",
+                    "readings",
+                    "device_id",
+                    "ts",
+                    "segments",
+                    "kind",
+                    "seq",
+                ]
+            ),
+            inner,
+            max_size=6,
+        )
     ),
     max_leaves=12,
 )

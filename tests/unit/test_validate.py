@@ -20,7 +20,12 @@ IOT = {"id": "i1", "device_id": "d", "ts": "2026-01-01T00:00:00Z", "readings": {
 
 @pytest.mark.parametrize(
     ("obj", "cls"),
-    [(FEED, FeedEvent), (SEGMENT, TranscriptSegment), (IOT, IoTMessage), ({"id": "c", "segments": [SEGMENT]}, Conversation)],
+    [
+        (FEED, FeedEvent),
+        (SEGMENT, TranscriptSegment),
+        (IOT, IoTMessage),
+        ({"id": "c", "segments": [SEGMENT]}, Conversation),
+    ],
 )
 def test_kind_is_inferred_from_fields_when_absent(obj: dict[str, object], cls: type) -> None:
     assert isinstance(decode_line(_raw(obj)), cls)
