@@ -51,7 +51,10 @@ class RoutingSettings(_Frozen):
         default=0.55, ge=0, le=1, description="below this classification confidence, escalate"
     )
     moderation_min_confidence: float = Field(
-        default=0.7, ge=0, le=1, description="below this moderation confidence, escalate"
+        default=0.5,
+        ge=0,
+        le=1,
+        description="below this moderation confidence, escalate; 0.5 = exactly when a score is in the uncertain band",
     )
     summary_min_confidence: float = Field(
         default=0.0, ge=0, le=1, description="below this summary confidence, escalate (0 = never)"

@@ -76,12 +76,13 @@ def evaluate_classification(
 def evaluate_moderation(rows: list[LabeledRow], settings: Settings, encoder: Encoder) -> dict[str, Any] | None:
     from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
 
-    from pipeline.tasks.moderate import Moderator
+    from pipeline.tasks.moderate import ModerationConfig, Moderator
 
     mod_rows = [r for r in rows if r.flagged is not None]
     if not mod_rows:
         return None
-    moderator = Moderator.load(encoder, Path(settings.engine.cache_dir))
+    policy = ModerationConfig.from_yaml(settings.moderation_file) if settings.moderation_file else None
+    moderator = Moderator.load(encoder, Path(settings.engine.cache_dir), policy)
     texts = [r.text for r in mod_rows]
     results = moderator.moderate(texts, encoder.embed(texts))
     y = np.asarray([bool(r.flagged) for r in mod_rows])

@@ -31,7 +31,7 @@ from pipeline.tasks.anomaly import Bounds, load_bounds, score_readings
 from pipeline.tasks.classify import Classifier
 from pipeline.tasks.heads import HeadFile
 from pipeline.tasks.labels import load_label_sets
-from pipeline.tasks.moderate import Moderator
+from pipeline.tasks.moderate import ModerationConfig, Moderator
 from pipeline.tasks.route import decide
 from pipeline.tasks.summarize import summarize
 
@@ -86,7 +86,8 @@ class MiniModel:
             heads,
             min_confidence=settings.routing.classify_min_confidence,
         )
-        moderator = Moderator.load(encoder, Path(settings.engine.cache_dir))
+        policy = ModerationConfig.from_yaml(settings.moderation_file) if settings.moderation_file else None
+        moderator = Moderator.load(encoder, Path(settings.engine.cache_dir), policy)
         return cls(encoder, classifier, moderator, load_bounds(settings.bounds_file), settings)
 
     # ------------------------------------------------------------------------------------------ public

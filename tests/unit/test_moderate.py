@@ -1,0 +1,247 @@
+"""The moderate task: category flags, the uncertain band, config thresholds, the head cache, held-out quality."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.engine import Encoder
+from pipeline.errors import ConfigError, InferenceError
+from pipeline.models import Moderation
+from pipeline.tasks.moderate import (
+    CATEGORIES,
+    EVAL_FILE,
+    SEED_FILE,
+    CategoryPolicy,
+    ModerationConfig,
+    ModerationHeads,
+    Moderator,
+    ProfanityModel,
+    evaluate,
+    heads_path,
+    read_labelled,
+)
+
+
+@pytest.fixture(scope="module")
+def heads_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("moderation-cache")
+
+
+@pytest.fixture(scope="module")
+def moderator(encoder: Encoder, heads_cache: Path) -> Moderator:
+    """Fitted on the bundled seed set into an empty cache (a few seconds)."""
+    return Moderator.load(encoder, heads_cache)
+
+
+def run(moderator: Moderator, encoder: Encoder, texts: list[str]) -> list[Moderation]:
+    return moderator.moderate(texts, encoder.embed(texts))
+
+
+def with_policy(config: ModerationConfig, category: str, threshold: float, low: float, high: float) -> ModerationConfig:
+    categories = dict(config.categories)
+    categories[category] = CategoryPolicy(threshold=threshold, uncertain_low=low, uncertain_high=high)
+    return ModerationConfig(categories=categories)
+
+
+# ------------------------------------------------------------------------------------------------ flags
+@pytest.mark.parametrize(
+    ("text", "category"),
+    [
+        ("You're a worthless idiot and everybody hates you.", "harassment"),
+        ("Immigrants are vermin and should be driven out of our country.", "hate"),
+        ("I want to kill myself tonight.", "self-harm"),
+        ("Send me naked pictures of yourself.", "sexual"),
+        ("I'm going to stab you when you walk home tonight.", "violence"),
+        ("Selling cocaine and meth, message me for prices.", "illicit"),
+        ("This fucking car won't start, shit.", "profanity"),
+        ("Congratulations, you won a free iPhone! Click the link to claim your prize now!!!", "spam"),
+    ],
+)
+def test_clear_positive_is_flagged_in_its_category(
+    moderator: Moderator, encoder: Encoder, text: str, category: str
+) -> None:
+    (result,) = run(moderator, encoder, [text])
+    assert result.flagged is True
+    assert category in result.flagged_categories
+    assert result.categories[category] >= moderator.config.categories[category].threshold
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The meeting has moved to 3pm on Thursday.",
+        "Simmer for ten minutes, then kill the heat and stir in the butter.",
+        "I destroyed my friend at tennis this morning.",
+        "Our team crushed it at the hackathon.",
+        "The soldiers were killed in an ambush, the ministry said.",
+        "Police say the suspect stabbed two people before being arrested.",
+        "The nurse explained the side effects of the medication.",
+        "How can I help my sister who has been hurting herself?",
+        "Suicide prevention training is available for all teachers.",
+        "Our museum tour covers the history of the civil rights movement.",
+        "The ambulance arrived within minutes of the crash.",
+    ],
+)
+def test_benign_and_hard_negative_texts_are_not_flagged(moderator: Moderator, encoder: Encoder, text: str) -> None:
+    (result,) = run(moderator, encoder, [text])
+    assert result.flagged is False
+    assert result.flagged_categories == []
+
+
+def test_plain_text_far_from_every_threshold_has_full_confidence(moderator: Moderator, encoder: Encoder) -> None:
+    (result,) = run(moderator, encoder, ["Can you send me the slides from this morning's planning meeting?"])
+    assert result.confidence == 1.0
+    assert result.uncertain_categories == []
+    assert result.reasons == []
+
+
+def test_every_result_scores_every_category_in_unit_interval(moderator: Moderator, encoder: Encoder) -> None:
+    results = run(moderator, encoder, ["hello", "I will hurt you", "buy now!!!"])
+    assert len(results) == 3
+    for result in results:
+        assert list(result.categories) == list(CATEGORIES)
+        assert all(0.0 <= s <= 1.0 for s in result.categories.values())
+
+
+def test_empty_and_emoji_only_texts_get_unflagged_results(moderator: Moderator, encoder: Encoder) -> None:
+    results = run(moderator, encoder, ["", "😀🎉🔥"])
+    assert [r.flagged for r in results] == [False, False]
+    assert all(set(r.categories) == set(CATEGORIES) for r in results)
+
+
+def test_empty_batch_gives_no_results(moderator: Moderator) -> None:
+    assert moderator.moderate([], np.zeros((0, 384), dtype=np.float32)) == []
+
+
+def test_texts_and_vectors_of_different_lengths_are_an_inference_error(moderator: Moderator) -> None:
+    with pytest.raises(InferenceError, match="2 texts but 1 vectors"):
+        moderator.moderate(["a", "b"], np.zeros((1, 384), dtype=np.float32))
+
+
+# --------------------------------------------------------------------------------------- band and config
+def test_score_inside_the_band_is_uncertain_with_a_readable_reason(
+    moderator: Moderator, encoder: Encoder, heads_cache: Path
+) -> None:
+    text = "Can we move the retro to Friday afternoon?"
+    score = run(moderator, encoder, [text])[0].categories["harassment"]
+    config = with_policy(moderator.config, "harassment", score + 0.01, max(score - 0.05, 0.0), score + 0.2)
+    (result,) = run(Moderator.load(encoder, heads_cache, config), encoder, [text])
+
+    policy = config.categories["harassment"]
+    assert result.uncertain_categories == ["harassment"]
+    assert result.flagged is False
+    assert result.confidence < 0.5
+    assert result.reasons[0] == (
+        f"harassment score {score:.2f} is inside the uncertain band "
+        f"[{policy.uncertain_low:.2f}, {policy.uncertain_high:.2f}]"
+    )
+
+
+def test_thresholds_from_config_decide_the_flag(moderator: Moderator, encoder: Encoder, heads_cache: Path) -> None:
+    text = "You are so annoying."
+    score = run(moderator, encoder, [text])[0].categories["harassment"]
+    assert 0.0 < score < 1.0
+    below = with_policy(moderator.config, "harassment", score / 2, score / 4, (score + 1) / 2)
+    above = with_policy(moderator.config, "harassment", (score + 1) / 2, score / 2, (score + 3) / 4)
+
+    flagged = run(Moderator.load(encoder, heads_cache, below), encoder, [text])[0]
+    passed = run(Moderator.load(encoder, heads_cache, above), encoder, [text])[0]
+    assert "harassment" in flagged.flagged_categories
+    assert "harassment" not in passed.flagged_categories
+
+
+def test_bundled_config_applies_defaults_and_overrides() -> None:
+    config = ModerationConfig.from_yaml()
+    assert set(config.categories) == set(CATEGORIES)
+    assert config.categories["harassment"] == CategoryPolicy(threshold=0.4, uncertain_low=0.25, uncertain_high=0.6)
+    assert config.categories["self-harm"].threshold == 0.3
+
+
+def test_threshold_outside_its_band_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "moderation.yaml"
+    path.write_text("defaults: {threshold: 0.7, uncertain_low: 0.2, uncertain_high: 0.6}\n")
+    with pytest.raises(ConfigError, match="uncertain_low < threshold < uncertain_high"):
+        ModerationConfig.from_yaml(path)
+
+
+def test_unknown_category_in_config_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "moderation.yaml"
+    path.write_text("defaults: {threshold: 0.5, uncertain_low: 0.3, uncertain_high: 0.7}\ncategories: {gossip: {}}\n")
+    with pytest.raises(ConfigError, match="gossip"):
+        ModerationConfig.from_yaml(path)
+
+
+# -------------------------------------------------------------------------------------------- the cache
+def test_second_load_reuses_the_cached_heads_without_refitting(
+    moderator: Moderator, encoder: Encoder, heads_cache: Path
+) -> None:
+    path = heads_path(heads_cache, encoder, SEED_FILE)
+    assert moderator.from_cache is False  # the module fixture fitted into an empty cache
+    written = path.stat().st_mtime_ns
+
+    again = Moderator.load(encoder, heads_cache)
+
+    assert again.from_cache is True
+    assert path.stat().st_mtime_ns == written
+    np.testing.assert_array_equal(again.heads.coef, moderator.heads.coef)
+
+
+def test_cache_key_changes_with_the_seed_file(encoder: Encoder, tmp_path: Path) -> None:
+    seed_a, seed_b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    seed_a.write_text('{"text": "hi", "categories": []}\n')
+    seed_b.write_text('{"text": "hello", "categories": []}\n')
+    assert heads_path(tmp_path, encoder, seed_a) != heads_path(tmp_path, encoder, seed_b)
+    assert encoder.files.version in heads_path(tmp_path, encoder, seed_a).name
+
+
+def test_unreadable_cache_file_reads_as_missing(tmp_path: Path) -> None:
+    path = tmp_path / "heads.npz"
+    path.write_bytes(b"not a numpy archive")
+    assert ModerationHeads.read(path) is None
+
+
+# ----------------------------------------------------------------------------------- profanity and data
+def test_profanity_fast_path_matches_the_library(moderator: Moderator) -> None:
+    from profanity_check import predict_prob
+
+    texts = ["you absolute shithead", "lovely weather today", "kill the heat", "", "😀"]
+    np.testing.assert_allclose(moderator.profanity.probability(texts), predict_prob(texts), atol=1e-9)
+
+
+def test_profanity_model_scores_swearing_high_and_greetings_low() -> None:
+    probabilities = ProfanityModel.load().probability(["what the fuck", "good morning"])
+    assert probabilities[0] > 0.9
+    assert probabilities[1] < 0.1
+
+
+def test_bad_data_line_is_a_config_error_naming_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "seed.jsonl"
+    path.write_text('{"text": "ok", "categories": []}\n{"text": "x", "categories": ["gossip"]}\n')
+    with pytest.raises(ConfigError, match=r"seed.jsonl:2: unknown categories \['gossip'\]"):
+        read_labelled(path)
+
+
+def test_seed_has_enough_positives_per_category_and_benign_texts() -> None:
+    texts, labels = read_labelled(SEED_FILE)
+    assert labels.sum(axis=0).min() >= 40
+    assert (~labels.any(axis=1)).sum() >= 200
+    assert len(set(texts)) == len(texts)
+
+
+def test_eval_set_is_held_out_from_the_seed() -> None:
+    seed, _ = read_labelled(SEED_FILE)
+    held_out, labels = read_labelled(EVAL_FILE)
+    assert len(held_out) >= 150
+    assert labels.sum(axis=0).min() >= 10
+    assert not {t.lower() for t in held_out} & {t.lower() for t in seed}
+
+
+@pytest.mark.slow
+def test_held_out_flagged_f1_is_at_least_0_8(moderator: Moderator, encoder: Encoder) -> None:
+    report = evaluate(moderator, encoder)
+    assert report["items"] >= 150
+    assert report["flagged"]["f1"] >= 0.8
+    assert all(metrics["roc_auc"] >= 0.9 for metrics in report["categories"].values())
