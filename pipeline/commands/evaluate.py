@@ -74,28 +74,36 @@ def evaluate_classification(
 
 
 def evaluate_moderation(rows: list[LabeledRow], settings: Settings, encoder: Encoder) -> dict[str, Any] | None:
-    from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
+    """Per-category and `flagged` precision, recall, F1 and ROC-AUC on rows that carry `categories`."""
+    from pipeline.errors import ConfigError
+    from pipeline.tasks.moderate import CATEGORIES, ModerationConfig, Moderator
+    from pipeline.tasks.moderation_eval import evaluate_texts
 
-    from pipeline.tasks.moderate import ModerationConfig, Moderator
-
-    mod_rows = [r for r in rows if r.flagged is not None]
+    mod_rows = [r for r in rows if r.categories is not None]
     if not mod_rows:
         return None
+    unknown = sorted({c for r in mod_rows for c in r.categories or []} - set(CATEGORIES))
+    if unknown:
+        raise ConfigError(f"unknown moderation categories {unknown}; known: {', '.join(CATEGORIES)}")
     policy = ModerationConfig.from_yaml(settings.moderation_file) if settings.moderation_file else None
     moderator = Moderator.load(encoder, Path(settings.engine.cache_dir), policy)
-    texts = [r.text for r in mod_rows]
-    results = moderator.moderate(texts, encoder.embed(texts))
-    y = np.asarray([bool(r.flagged) for r in mod_rows])
-    pred = np.asarray([m.flagged for m in results])
-    score = np.asarray([max(m.categories.values(), default=0.0) for m in results])
-    p, r, f, _ = precision_recall_fscore_support(y, pred, average="binary", zero_division=0)
-    report: dict[str, Any] = {
-        "examples": len(mod_rows),
-        "flagged": {"precision": float(p), "recall": float(r), "f1": float(f)},
-    }
-    if 0 < y.sum() < len(y):
-        report["flagged"]["auc"] = float(roc_auc_score(y, score))
-    return report
+    truth = np.asarray([[c in (r.categories or []) for c in CATEGORIES] for r in mod_rows], dtype=bool)
+    return evaluate_texts(moderator, encoder, [r.text for r in mod_rows], truth)
+
+
+def evaluate_summaries(rows: list[LabeledRow], settings: Settings, encoder: Encoder) -> dict[str, Any] | None:
+    """ROUGE-1/2/L of Minnow's summaries against LEAD-3 and LONGEST-3, on rows with `turns` and `summary`."""
+    from pipeline.tasks.summary_eval import embed_dialogues, score_dialogues
+
+    records = [
+        {"id": r.id or str(i), "turns": r.turns, "summary": r.summary}
+        for i, r in enumerate(rows)
+        if r.turns and r.summary
+    ]
+    if not records:
+        return None
+    scores = score_dialogues(embed_dialogues(encoder, records, unit="turn"), settings.summary)
+    return {"examples": len(records), **scores}
 
 
 def plot_selective(report: dict[str, Any], path: Path) -> None:
@@ -140,11 +148,16 @@ def render(report: dict[str, Any]) -> str:
         ]
     mod = report.get("moderation")
     if mod:
-        fl = mod["flagged"]
-        lines.append(
-            f"moderation ({mod['examples']} examples): precision {fl['precision']:.3f} recall {fl['recall']:.3f} "
-            f"F1 {fl['f1']:.3f}" + (f" AUC {fl['auc']:.3f}" if "auc" in fl else "")
-        )
+        lines.append(f"moderation ({mod['items']} examples)   precision  recall   F1     ROC-AUC")
+        for name, m in [*mod["categories"].items(), ("flagged (any)", mod["flagged"])]:
+            auc = f"{m['roc_auc']:.3f}" if m["roc_auc"] is not None else "  -  "
+            lines.append(f"  {name:26} {m['precision']:.3f}     {m['recall']:.3f}   {m['f1']:.3f}  {auc}")
+    summ = report.get("summarization")
+    if summ:
+        lines.append(f"summarization ({summ['examples']} dialogues), ROUGE F1 x 100:   R-1    R-2    R-L")
+        for key, name in (("minnow", "Minnow"), ("lead3", "LEAD-3"), ("longest3", "LONGEST-3")):
+            r = summ[key]
+            lines.append(f"  {name:10} {r['rouge1'] * 100:35.2f} {r['rouge2'] * 100:6.2f} {r['rougeL'] * 100:6.2f}")
     if report.get("plot"):
         lines.append(f"plot: {report['plot']}")
     return "\n".join(lines)
@@ -167,6 +180,9 @@ def run(settings: Settings, data: Path, *, as_json: bool, plot: Path | None) -> 
     moderation = evaluate_moderation(rows, settings, encoder)
     if moderation:
         report["moderation"] = moderation
+    summaries = evaluate_summaries(rows, settings, encoder)
+    if summaries:
+        report["summarization"] = summaries
     if report["classification"]:
         plot = plot or data.with_suffix(".selective.png")
         plot_selective(report["classification"], plot)

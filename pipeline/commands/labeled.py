@@ -17,10 +17,11 @@ class LabeledRow(BaseModel):
 
     id: str | None = None
     family: str = "feed"
-    text: str
+    text: str = ""
     label: str | None = None
-    flagged: bool | None = None
-    categories: list[str] | None = None
+    categories: list[str] | None = None  # moderation truth: the categories that apply ([] = benign)
+    turns: list[dict[str, str]] | None = None  # a dialogue: [{"speaker", "text"}]
+    summary: str | None = None  # the reference summary of `turns`
 
 
 def read_labeled(path: Path) -> list[LabeledRow]:

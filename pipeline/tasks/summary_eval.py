@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pipeline.engine.encoder import Encoder, Vectors
 from pipeline.settings import SummarySettings
@@ -35,11 +35,14 @@ def load_dialogues(encoder: Encoder, path: Path = DIALOGUES_PATH, *, unit: Unit 
     `unit="sentence"` cuts turns into sentences first; `unit="turn"` keeps whole turns, which is what the
     engine feeds the summarizer for a `Conversation` event.
     """
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return embed_dialogues(encoder, records, unit=unit)
+
+
+def embed_dialogues(encoder: Encoder, records: list[dict[str, Any]], *, unit: Unit) -> list[EmbeddedDialogue]:
+    """Embed {"id", "turns": [{"speaker", "text"}], "summary"} records as the engine embeds conversations."""
     dialogues: list[EmbeddedDialogue] = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        record = json.loads(line)
+    for record in records:
         turns = [(t["speaker"], t["text"]) for t in record["turns"]]
         pieces, voices = dialogue_segments(turns) if unit == "sentence" else _unzip(turns)
         doc = encoder.embed_documents([pieces], [True])[0]

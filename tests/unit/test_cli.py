@@ -96,3 +96,30 @@ def test_bench_model_reports_both_figures_and_their_ratio(capsys: pytest.Capture
         assert r["bare_per_s"] > 0 and r["engine_per_s"] > 0
         assert r["ratio"] == pytest.approx(r["engine_per_s"] / r["bare_per_s"], rel=0.01)
     assert report["peak_rss_mb"] > 50
+
+
+def test_eval_reports_moderation_and_summaries_when_rows_carry_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = [
+        {"text": "You are a pathetic loser and everyone laughs at you.", "categories": ["harassment"]},
+        {"text": "The bakery on Main Street sells fresh bread every morning.", "categories": []},
+        {
+            "turns": [
+                {"speaker": "agent", "text": "Hello, thanks for calling."},
+                {"speaker": "customer", "text": "Hi. My parcel never arrived and the tracking stopped on Monday."},
+                {"speaker": "agent", "text": "I can see it was returned to the depot; I will resend it tomorrow."},
+                {"speaker": "customer", "text": "Okay, thanks."},
+            ],
+            "summary": "The customer's parcel was returned to the depot and the agent will resend it tomorrow.",
+        },
+    ]
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    assert main(["eval", "--data", str(data), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["moderation"]["items"] == 2
+    assert report["moderation"]["categories"]["harassment"]["support"] == 1
+    summ = report["summarization"]
+    assert summ["examples"] == 1
+    assert 0 < summ["minnow"]["rouge1"] <= 1 and set(summ) == {"examples", "minnow", "lead3", "longest3"}

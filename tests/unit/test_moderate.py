@@ -19,10 +19,10 @@ from pipeline.tasks.moderate import (
     ModerationHeads,
     Moderator,
     ProfanityModel,
-    evaluate,
     heads_path,
     read_labelled,
 )
+from pipeline.tasks.moderation_eval import evaluate
 
 
 @pytest.fixture(scope="module")
