@@ -87,11 +87,20 @@ class Encoder:
         """
         units: list[_Unit] = []
         plans: list[tuple[list[str], list[int], list[int], int, bool]] = []
+        cleaned = {i: clean(t, self.settings.max_text_chars) for i, t in enumerate(texts) if isinstance(t, str)}
+        # Most events are short: tokenize them whole, in one parallel call, before deciding whether to split.
+        whole = [i for i, c in cleaned.items() if c.text and not by_sentence[i]]
+        encoded = self._tokenizer.encode_batch([cleaned[i].text for i in whole], add_special_tokens=False)
+        whole_ids = {i: enc.ids for i, enc in zip(whole, encoded, strict=True)}
         for owner, (raw, per_sentence) in enumerate(zip(texts, by_sentence, strict=True)):
             if isinstance(raw, str):
-                cleaned = clean(raw, self.settings.max_text_chars)
-                segments, segment_ids, sources = self._segment(cleaned.text, per_sentence)
-                truncated = cleaned.truncated
+                text = cleaned[owner].text
+                ids = whole_ids.get(owner)
+                if ids is not None and len(ids) <= self._window:
+                    segments, segment_ids, sources = [text], [ids], [0]
+                else:
+                    segments, segment_ids, sources = self._segment(text, per_sentence)
+                truncated = cleaned[owner].truncated
             else:
                 segments, segment_ids, sources, truncated = self._segment_presplit(raw)
             if len(segment_ids) > self.settings.max_chunks_per_text:
@@ -124,13 +133,9 @@ class Encoder:
 
     # ---------------------------------------------------------------------------------------- segmenting
     def _segment(self, text: str, per_sentence: bool) -> tuple[list[str], list[list[int]], list[int]]:
-        """Cut a text into model windows: sentences, or sentences packed up to the window size."""
+        """Cut a text longer than a window, or meant for the summarizer, into sentences (packed unless per_sentence)."""
         if not text:
             return [""], [[]], [0]  # an empty text still gets a (defined) vector: [CLS][SEP]
-        if not per_sentence:
-            whole = self._tokenizer.encode(text, add_special_tokens=False)
-            if len(whole.ids) <= self._window:
-                return [text], [whole.ids], [0]
         return self._windows(split_sentences(text) or [text], pack=not per_sentence)
 
     def _segment_presplit(self, pieces: Sequence[str]) -> tuple[list[str], list[list[int]], list[int], bool]:
