@@ -76,6 +76,12 @@ def cmd_bench_model(args: argparse.Namespace) -> int:
     return bench.run(_settings(args), as_json=args.json, seconds=args.seconds, batch_sizes=args.batch_sizes)
 
 
+def cmd_dev_kafka(args: argparse.Namespace) -> int:
+    from pipeline import devkafka
+
+    return devkafka.main([args.action, *args.rest])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minnow",
@@ -131,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 64])
     bm.add_argument("--precision", choices=["int8", "fp32"])
     bm.set_defaults(func=cmd_bench_model)
+    dev = sub.add_parser("dev", help="development helpers")
+    dsub = dev.add_subparsers(dest="dev_command", required=True)
+    k = dsub.add_parser("kafka", help="a local single-node Apache Kafka from Maven Central (docs/local-kafka.md)")
+    k.add_argument("action", choices=["resolve", "start", "stop", "status"])
+    k.add_argument("rest", nargs=argparse.REMAINDER, help="--cache-dir DIR, --port N")
+    k.set_defaults(func=cmd_dev_kafka)
     return parser
 
 
