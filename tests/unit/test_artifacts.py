@@ -1,0 +1,38 @@
+"""`minnow models build` is idempotent, checksummed, and rebuilds what is missing or damaged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.engine.artifacts import BUILD_RECIPE, WEIGHTS_DISTRIBUTION, artifact_dir, build, ensure
+
+
+@pytest.mark.slow
+def test_build_writes_manifest_and_is_idempotent(tmp_path: Path) -> None:
+    first = build(tmp_path)
+    folder = artifact_dir(tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest == first
+    assert manifest["recipe"] == BUILD_RECIPE
+    assert manifest["source"]["package"] == WEIGHTS_DISTRIBUTION
+    assert set(manifest["artifacts"]) == {"fp32", "int8", "tokenizer"}
+    int8 = folder / manifest["artifacts"]["int8"]["file"]
+    fp32 = folder / manifest["artifacts"]["fp32"]["file"]
+    assert int8.stat().st_size < fp32.stat().st_size / 3  # int8 weights: about a quarter of fp32
+    stamp = int8.stat().st_mtime_ns
+
+    assert build(tmp_path) == first  # second build: nothing rewritten
+    assert int8.stat().st_mtime_ns == stamp
+
+    int8.write_bytes(b"damaged")  # a truncated artifact no longer matches the manifest's size
+    files = ensure(tmp_path, "int8")
+    assert files.onnx_path.stat().st_size == manifest["artifacts"]["int8"]["bytes"]
+
+    with int8.open("r+b") as f:  # same size, different bytes: only --verify re-hashes and catches it
+        f.seek(100)
+        f.write(b"\x00" * 16)
+    rebuilt = build(tmp_path, verify_checksums=True)
+    assert rebuilt["artifacts"]["int8"]["sha256"] == manifest["artifacts"]["int8"]["sha256"]
