@@ -29,7 +29,8 @@ _SENTENCES = (
     "the sensor reported a temperature spike in the server room before the cooling system recovered",
 )
 _WORDS = " ".join(_SENTENCES).split()
-REPEATS = 3
+REPEATS = 5
+TEXT_SETS = (("short", 30), ("long", 150))  # name, word pieces per text
 
 
 def make_texts(encoder: Encoder, count: int, tokens: int, seed: int) -> list[str]:
@@ -45,16 +46,28 @@ def make_texts(encoder: Encoder, count: int, tokens: int, seed: int) -> list[str
     return texts
 
 
-def _rate(fn: Callable[[], int], seconds: float) -> float:
-    """Items per second over repeated calls of `fn` (which returns how many items it did); median of repeats."""
-    fn()  # warm-up: first-call allocations and thread start-up are not throughput
-    rates = []
+def _rate_once(fn: Callable[[], int], seconds: float) -> float:
+    """Items per second over repeated calls of `fn`, which returns how many items it did."""
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        done += fn()
+    return done / (time.perf_counter() - start)
+
+
+def _paired(bare: Callable[[], int], engine: Callable[[], int], seconds: float) -> tuple[float, float, float]:
+    """Median bare rate, engine rate and engine/bare ratio over REPEATS back-to-back pairs.
+
+    On a shared machine the speed drifts by tens of percent over minutes; measuring the two side by side,
+    repeat by repeat, lets each ratio see the same conditions.
+    """
+    bare(), engine()  # warm-up: first-call allocations and thread start-up are not throughput
+    pairs = []
     for _ in range(REPEATS):
-        done, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds / REPEATS:
-            done += fn()
-        rates.append(done / (time.perf_counter() - start))
-    return statistics.median(rates)
+        b = _rate_once(bare, seconds / (2 * REPEATS))
+        e = _rate_once(engine, seconds / (2 * REPEATS))
+        pairs.append((b, e, e / b))
+    bares, engines, ratios = zip(*pairs, strict=True)
+    return statistics.median(bares), statistics.median(engines), statistics.median(ratios)
 
 
 def _bare(encoder: Encoder, texts: list[str], batch: int) -> Callable[[], int]:
@@ -99,27 +112,35 @@ def measure(settings: Settings, *, seconds: float, batch_sizes: list[int]) -> di
         "repeats": REPEATS,
         "rows": [],
     }
-    for name, tokens in (("short", 30), ("long", 150)):
-        texts = make_texts(encoder, max(4 * largest, 128), tokens, seed=tokens)
+    text_sets = {name: make_texts(encoder, max(4 * largest, 128), tokens, seed=tokens) for name, tokens in TEXT_SETS}
+    # The engine's own memory high-water mark, before the bare encoder's unbounded batches can raise it.
+    for texts in text_sets.values():
+        for batch in batch_sizes:
+            _engine(model, texts, batch)()
+    report["engine_peak_rss_mb"] = _peak_rss_mb()
+    for name, texts in text_sets.items():
         mean_tokens = statistics.mean(encoder.token_count(t) for t in texts)
         for batch in batch_sizes:
-            bare = _rate(_bare(encoder, texts, batch), seconds)
-            engine = _rate(_engine(model, texts, batch), seconds)
+            bare, engine, ratio = _paired(_bare(encoder, texts, batch), _engine(model, texts, batch), seconds)
             row = {
                 "texts": name,
                 "tokens": round(mean_tokens, 1),
                 "batch": batch,
                 "bare_per_s": round(bare, 1),
                 "engine_per_s": round(engine, 1),
-                "ratio": round(engine / bare, 3),
+                "ratio": round(ratio, 3),
             }
             report["rows"].append(row)
             print(
-                f"  {name:5} batch {batch:3}: bare {bare:7.1f}/s  engine {engine:7.1f}/s  ratio {engine / bare:.2f}",
+                f"  {name:5} batch {batch:3}: bare {bare:7.1f}/s  engine {engine:7.1f}/s  ratio {ratio:.2f}",
                 file=sys.stderr,
             )
-    report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    report["peak_rss_mb"] = _peak_rss_mb()
     return report
+
+
+def _peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _cpus() -> int:
@@ -132,7 +153,8 @@ def render(report: dict[str, Any]) -> str:
     m = report["model"]
     lines = [
         f"model {m['name']} {m['version']} ({m['quantization']}), {report['machine']['cpus']} CPUs, "
-        f"median of {report['repeats']} x {report['seconds_per_point'] / report['repeats']:.1f}s",
+        f"medians of {report['repeats']} back-to-back pairs of "
+        f"{report['seconds_per_point'] / report['repeats'] / 2:.1f}s",
         "| texts | tokens | batch | bare encoder /s | engine (all tasks) /s | engine / bare |",
         "|---|---:|---:|---:|---:|---:|",
     ]
@@ -140,7 +162,9 @@ def render(report: dict[str, Any]) -> str:
         f"| {r['texts']} | {r['tokens']} | {r['batch']} | {r['bare_per_s']} | {r['engine_per_s']} | {r['ratio']:.2f} |"
         for r in report["rows"]
     ]
-    lines.append(f"peak RSS: {report['peak_rss_mb']} MB")
+    lines.append(
+        f"engine peak RSS: {report['engine_peak_rss_mb']} MB (whole benchmark process: {report['peak_rss_mb']} MB)"
+    )
     return "\n".join(lines)
 
 

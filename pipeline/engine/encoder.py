@@ -57,6 +57,9 @@ class Encoder:
             options = ort.SessionOptions()
             options.intra_op_num_threads = settings.intra_op_threads
             options.inter_op_num_threads = 1
+            # Idle ONNX Runtime threads spin by default, taking the CPU that tokenizing, the tasks and a
+            # streaming worker's event loop need between batches; measured no slower with spinning off.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             self._session = ort.InferenceSession(str(files.onnx_path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime and tokenizers raise their own untyped errors

@@ -94,8 +94,9 @@ def test_bench_model_reports_both_figures_and_their_ratio(capsys: pytest.Capture
     assert [(r["texts"], r["batch"]) for r in report["rows"]] == [("short", 4), ("long", 4)]
     for r in report["rows"]:
         assert r["bare_per_s"] > 0 and r["engine_per_s"] > 0
-        assert r["ratio"] == pytest.approx(r["engine_per_s"] / r["bare_per_s"], rel=0.01)
-    assert report["peak_rss_mb"] > 50
+        # the ratio is the median of per-pair ratios: near, not equal to, the ratio of the medians
+        assert r["ratio"] == pytest.approx(r["engine_per_s"] / r["bare_per_s"], rel=0.5)
+    assert 50 < report["engine_peak_rss_mb"] <= report["peak_rss_mb"]
 
 
 def test_eval_reports_moderation_and_summaries_when_rows_carry_them(
