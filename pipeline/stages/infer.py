@@ -51,6 +51,20 @@ class _Job:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def build_classifier(settings: Settings, encoder: Encoder) -> Classifier:
+    """The configured label sets, with the trained heads when MINNOW_HEAD_FILE names some."""
+    heads = HeadFile.load(settings.head_file, encoder.files.version) if settings.head_file else None
+    return Classifier.build(
+        load_label_sets(settings.labels_file), encoder, heads, min_confidence=settings.routing.classify_min_confidence
+    )
+
+
+def build_moderator(settings: Settings, encoder: Encoder) -> Moderator:
+    """The moderation heads (fitted once per model build, then cached) under the configured policy."""
+    policy = ModerationConfig.from_yaml(settings.moderation_file) if settings.moderation_file else None
+    return Moderator.load(encoder, Path(settings.engine.cache_dir), policy)
+
+
 def _as_text(text: str | list[str]) -> str:
     return text if isinstance(text, str) else "\n".join(text)
 
@@ -79,16 +93,13 @@ class MiniModel:
     @classmethod
     def load(cls, settings: Settings) -> MiniModel:
         encoder = load_encoder(settings.engine)
-        heads = HeadFile.load(settings.head_file, encoder.files.version) if settings.head_file else None
-        classifier = Classifier.build(
-            load_label_sets(settings.labels_file),
+        return cls(
             encoder,
-            heads,
-            min_confidence=settings.routing.classify_min_confidence,
+            build_classifier(settings, encoder),
+            build_moderator(settings, encoder),
+            load_bounds(settings.bounds_file),
+            settings,
         )
-        policy = ModerationConfig.from_yaml(settings.moderation_file) if settings.moderation_file else None
-        moderator = Moderator.load(encoder, Path(settings.engine.cache_dir), policy)
-        return cls(encoder, classifier, moderator, load_bounds(settings.bounds_file), settings)
 
     # ------------------------------------------------------------------------------------------ public
     def process(self, events: Sequence[AnyEvent]) -> list[Result | ErrorRecord]:
