@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -144,3 +144,31 @@ class ErrorRecord(_Contract):
     message: str
     id: str | None = None
     line: int | None = Field(default=None, description="1-based input line, for file input")
+
+
+# ----------------------------------------------------------------------------------- routed outcomes
+class EscalationRecord(_Contract):
+    """What goes to the escalation topic: the mini result, the original event and why it is escalated."""
+
+    id: str
+    kind: EventKind
+    reasons: list[str]
+    result: Result
+    event: dict[str, Any]
+    escalated_at: datetime
+
+
+class ToSink(_Contract):
+    """The mini model is confident: the result goes to its family's sink topic."""
+
+    result: Result
+
+
+class ToEscalation(_Contract):
+    record: EscalationRecord
+
+
+class ToDeadLetter(_Contract):
+    """The event could not be processed; its original bytes go to the dead-letter topic."""
+
+    error: ErrorRecord

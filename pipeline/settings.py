@@ -70,6 +70,35 @@ class SummarySettings(_Frozen):
     redundancy: float = Field(default=0.7, ge=0, le=1, description="MMR weight on relevance vs novelty")
 
 
+ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
+
+
+class KafkaSettings(_Frozen):
+    """Where the stream workers read and write (only the streaming layer uses these)."""
+
+    bootstrap_servers: str = Field(default="127.0.0.1:9092", description="comma-separated host:port list")
+    topic_prefix: str = Field(default="minnow.", description="prefix of every Minnow topic name")
+    group_id: str = Field(default="minnow-worker", description="consumer group of the stream workers")
+    processing_guarantee: ProcessingGuarantee = Field(
+        default="at_least_once", description="at_least_once, or exactly_once (Kafka transactions)"
+    )
+    max_event_bytes: int = Field(default=1_048_576, ge=1024, description="larger records go to the dead-letter topic")
+
+
+class WorkerSettings(_Frozen):
+    """How a stream worker gathers micro-batches and reports on itself."""
+
+    batch_max_events: int = Field(default=32, ge=1, description="events gathered into one engine batch at most")
+    batch_max_wait_ms: int = Field(default=50, ge=1, description="how long a partial batch waits for more events")
+    metrics_port: int = Field(
+        default=9464, ge=0, le=65535, description="Prometheus /metrics, /healthz, /readyz; 0 = off"
+    )
+    conversation_idle_s: float = Field(
+        default=300.0, gt=0, description="a conversation with no segment this long is closed"
+    )
+    iot_window_s: float = Field(default=60.0, gt=0, description="tumbling window of per-device IoT summaries")
+
+
 class Settings(BaseSettings):
     """Everything Minnow reads from the environment. Nested fields use `__`: MINNOW_ENGINE__PRECISION=fp32."""
 
@@ -78,6 +107,8 @@ class Settings(BaseSettings):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     summary: SummarySettings = Field(default_factory=SummarySettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
     labels_file: Path | None = Field(default=None, description="YAML label sets; the bundled ones when unset")
     head_file: Path | None = Field(default=None, description="a trained classification head from `minnow train`")
     bounds_file: Path | None = Field(default=None, description="YAML per-metric IoT bounds; bundled when unset")

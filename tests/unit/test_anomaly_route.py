@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.models import Classification, Moderation
+from pipeline.models import Classification, Moderation, Result
 from pipeline.settings import RoutingSettings
+from pipeline.stages.infer import MiniModel
 from pipeline.tasks.anomaly import Bounds, load_bounds, score_readings
 from pipeline.tasks.route import decide
 
@@ -71,3 +72,23 @@ def test_thresholds_come_from_settings() -> None:
         strict, classification=_cls(0.9), moderation=_mod([], flagged=True), summary=None, anomaly=None
     )
     assert route == "escalate" and reasons == ["classify.low_confidence", "moderate.flagged"]
+
+
+def test_outcomes_are_routed_by_type(mini_model: MiniModel) -> None:
+    from datetime import UTC, datetime
+
+    from pipeline.models import ErrorRecord, FeedEvent, ToDeadLetter, ToEscalation, ToSink
+    from pipeline.stages.route import route
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    event = FeedEvent(id="r1", source="s", text="The striker scored twice in the cup final.", created_at=now)
+    (result,) = mini_model.process([event])
+    assert isinstance(result, Result)
+    sink = route(event, result)
+    assert isinstance(sink, ToSink) and sink.result.id == "r1"
+    unsure = result.model_copy(update={"route": "escalate", "escalation_reasons": ["classify.low_confidence"]})
+    esc = route(event, unsure, now=now)
+    assert isinstance(esc, ToEscalation)
+    assert esc.record.event["text"] == event.text and esc.record.reasons == ["classify.low_confidence"]
+    dead = route(event, ErrorRecord(error="inference_error", message="boom", id="r1"))
+    assert isinstance(dead, ToDeadLetter) and dead.error.message == "boom"
