@@ -1,0 +1,1 @@
+"""The streaming layer: the only package that imports faust and aiokafka."""

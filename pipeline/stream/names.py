@@ -1,0 +1,42 @@
+"""Topic names, record keys and dead-letter header names: the wire contract, in one place (no Kafka imports)."""
+
+from __future__ import annotations
+
+from pipeline.models import AnyEvent, Conversation, IoTMessage, TranscriptSegment
+
+# Logical topic names; the real name is MINNOW_KAFKA__TOPIC_PREFIX + logical name (see topics/).
+INPUT_TOPICS = {"feed": "feeds.in", "transcript": "transcripts.in", "iot": "iot.in"}
+SINK_TOPICS = {
+    "feed": "feeds.enriched",
+    "transcript": "transcripts.enriched",
+    "conversation": "transcripts.enriched",
+    "iot": "iot.enriched",
+}
+ESCALATION_TOPIC = "escalations"
+REVIEW_TOPIC = "review"
+DEADLETTER_TOPIC = "deadletter"
+IOT_WINDOWS_TOPIC = "iot.windows"
+
+# Headers on every dead-letter record; the value is the original bytes, untouched.
+DLQ_SOURCE_TOPIC = "minnow.source.topic"
+DLQ_SOURCE_PARTITION = "minnow.source.partition"
+DLQ_SOURCE_OFFSET = "minnow.source.offset"
+DLQ_ERROR_CLASS = "minnow.error.class"
+DLQ_ERROR_MESSAGE = "minnow.error.message"
+DLQ_FIRST_SEEN = "minnow.first_seen"
+DLQ_ATTEMPT = "minnow.attempt"
+
+
+def topic(prefix: str, logical: str) -> str:
+    return f"{prefix}{logical}"
+
+
+def record_key(event: AnyEvent) -> bytes:
+    """Outputs are keyed so per-key order holds: by device, by conversation, else by event id."""
+    if isinstance(event, IoTMessage):
+        return event.device_id.encode()
+    if isinstance(event, TranscriptSegment):
+        return event.conversation_id.encode()
+    if isinstance(event, Conversation):
+        return event.id.encode()
+    return event.id.encode()
