@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from pipeline.engine import Encoder, TextEmbedding, load_encoder
 from pipeline.engine.text import clean, split_sentences
@@ -48,7 +50,6 @@ class _Job:
     moderate: bool
     by_sentence: bool
     speakers: list[str] | None = None
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 def build_classifier(settings: Settings, encoder: Encoder) -> Classifier:
@@ -146,6 +147,8 @@ class MiniModel:
         t = time.perf_counter()
         embeddings = self.encoder.embed_documents([j.text for j in jobs], [j.by_sentence for j in jobs])
         encode_ms = (time.perf_counter() - t) * 1000
+        if len(embeddings) != n:  # the count invariant that keeps results aligned with offsets
+            raise InferenceError(f"encoder returned {len(embeddings)} embeddings for {n} events")
 
         t = time.perf_counter()
         classifications = self._classify(jobs, embeddings)
@@ -184,13 +187,9 @@ class MiniModel:
                     timings=shared,
                 )
             )
-        if len(results) != n:  # the count invariant that keeps results aligned with offsets
-            raise InferenceError(f"engine produced {len(results)} results for {n} events")
         return results
 
     def _classify(self, jobs: Sequence[_Job], embeddings: Sequence[TextEmbedding]) -> list[Classification | None]:
-        import numpy as np
-
         out: list[Classification | None] = [None] * len(jobs)
         by_family: dict[str, list[int]] = {}
         for i, job in enumerate(jobs):
@@ -203,8 +202,6 @@ class MiniModel:
         return out
 
     def _moderate(self, jobs: Sequence[_Job], embeddings: Sequence[TextEmbedding]) -> list[Moderation | None]:
-        import numpy as np
-
         out: list[Moderation | None] = [None] * len(jobs)
         idx = [i for i, j in enumerate(jobs) if j.moderate]
         if not idx:
