@@ -82,6 +82,85 @@ def cmd_dev_kafka(args: argparse.Namespace) -> int:
     return devkafka.main([args.action, *args.rest])
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from pipeline.stream import app
+
+    settings = _settings(args)
+    if args.bootstrap_servers:
+        kafka = settings.kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
+        settings = settings.model_copy(update={"kafka": kafka})
+    return app.run(settings, verbose=args.verbose)
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from pipeline.settings import load_settings
+    from pipeline.stream import tools
+
+    kafka = load_settings().kafka
+    return tools.run_produce(
+        args.bootstrap_servers or kafka.bootstrap_servers,
+        tools.resolve_topic(args.topic, kafka.topic_prefix, raw=args.raw_topic),
+        args.input,
+        key_field=args.key_field,
+        skip_invalid=args.skip_invalid,
+    )
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from pipeline.settings import load_settings
+    from pipeline.stream import tools
+
+    kafka = load_settings().kafka
+    return tools.run_tail(
+        args.bootstrap_servers or kafka.bootstrap_servers,
+        tools.resolve_topic(args.topic, kafka.topic_prefix, raw=args.raw_topic),
+        from_beginning=args.from_beginning,
+        max_records=args.max,
+        timeout_s=args.timeout,
+        as_json=args.json,
+    )
+
+
+def cmd_topics_apply(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from pipeline.settings import load_settings
+    from pipeline.stream import topics
+
+    kafka = load_settings().kafka
+    specs = topics.load_specs(Path(args.specs) if args.specs else topics.SPEC_DIR)
+    prefix = kafka.topic_prefix if args.prefix is None else args.prefix
+    bootstrap = args.bootstrap_servers or kafka.bootstrap_servers
+    print(asyncio.run(topics.apply(bootstrap, prefix, specs, replication=args.replication)))
+    return 0
+
+
+def cmd_topics_schemas(args: argparse.Namespace) -> int:
+    from pipeline.stream import topics
+
+    folder = Path(args.specs) if args.specs else topics.SPEC_DIR
+    if args.check:
+        drifted = topics.check_schemas(folder)
+        for path in drifted:
+            print(f"drifted: {path}")
+        if drifted:
+            print("minnow: schemas differ from the models; run `minnow topics schemas` and commit", file=sys.stderr)
+            return 1
+        print(f"schemas in {folder / 'schemas'} match the models")
+        return 0
+    touched = topics.write_schemas(folder)
+    for path in touched:
+        print(f"wrote: {path}" if path.exists() else f"removed: {path}")
+    print(f"{len(touched)} schema file(s) changed in {folder / 'schemas'}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.stream import demo
+
+    return demo.run(_settings(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minnow",
@@ -90,6 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details to stderr")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    _add_model_commands(sub)
+    _add_bench_and_dev(sub)
+    _add_worker(sub)
+
+    _add_produce_and_tail(sub)
+    _add_topics(sub)
+    return parser
+
+
+def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The engine on files: models build, embed, infer, train, eval."""
     models = sub.add_parser("models", help="build or inspect the ONNX model artifacts")
     msub = models.add_subparsers(dest="models_command", required=True)
     b = msub.add_parser("build", help="build fp32 and int8 ONNX artifacts into the cache (idempotent)")
@@ -129,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     engine_opts(ev)
     ev.set_defaults(func=cmd_eval)
 
+
+def _add_bench_and_dev(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Benchmarks, the demo and development helpers."""
     bench = sub.add_parser("bench", help="benchmarks")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
     bm = bsub.add_parser("model", help="engine vs bare encoder throughput, and peak RSS")
@@ -143,7 +236,57 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("action", choices=["resolve", "start", "stop", "status"])
     k.add_argument("rest", nargs=argparse.REMAINDER, help="--cache-dir DIR, --port N")
     k.set_defaults(func=cmd_dev_kafka)
-    return parser
+    d = sub.add_parser("demo", help="local Kafka, topics, a worker and a bundled sample, end to end; then stop")
+    d.set_defaults(func=cmd_demo)
+
+
+def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`minnow worker`: the stream worker (pipeline/stream/app.py, docs/architecture-stream.md)."""
+    w = sub.add_parser("worker", help="run the stream worker: input topics in, sink/escalation/dead-letter out")
+    w.add_argument("--bootstrap-servers", help="host:port list (default MINNOW_KAFKA__BOOTSTRAP_SERVERS)")
+    w.set_defaults(func=cmd_worker)
+
+
+def _add_produce_and_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`minnow produce` and `minnow tail`: Kafka tools for people (pipeline/stream/tools.py)."""
+
+    def topic_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--raw-topic", action="store_true", help="use TOPIC as is, without MINNOW_KAFKA__TOPIC_PREFIX")
+        p.add_argument("--bootstrap-servers", help="host:port list (default MINNOW_KAFKA__BOOTSTRAP_SERVERS)")
+
+    pr = sub.add_parser("produce", help="send a JSON-lines file to a topic, one record per line (docs/operations.md)")
+    pr.add_argument("input", nargs="?", help="JSON-lines file (default stdin)")
+    pr.add_argument("--topic", required=True, help="logical topic (feeds.in) or, with --raw-topic, a full name")
+    pr.add_argument("--key-field", help="record key field (default: device_id, conversation_id, else id)")
+    pr.add_argument("--skip-invalid", action="store_true", help="drop lines that are not JSON instead of sending them")
+    topic_opts(pr)
+    pr.set_defaults(func=cmd_produce)
+
+    ta = sub.add_parser("tail", help="print a topic's records with key, partition, offset and headers")
+    ta.add_argument("topic", help="logical topic (deadletter) or, with --raw-topic, a full name")
+    ta.add_argument("--from-beginning", action="store_true", help="start at the oldest record, not at the end")
+    ta.add_argument("--max", type=int, help="stop after this many records")
+    ta.add_argument("--timeout", type=float, help="stop after this many seconds")
+    ta.add_argument("--json", action="store_true", help="one JSON object per record (for jq)")
+    topic_opts(ta)
+    ta.set_defaults(func=cmd_tail)
+
+
+def _add_topics(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`minnow topics apply|schemas`: the topic contracts in topics/ (docs/topics.md)."""
+    tp = sub.add_parser("topics", help="create or update the Kafka topics; regenerate their JSON Schemas")
+    tsub = tp.add_subparsers(dest="topics_command", required=True)
+    specs_help = "folder of topic specs (default: topics/ of the repository)"
+    ap = tsub.add_parser("apply", help="create missing topics, update configs and partitions of existing ones")
+    ap.add_argument("--bootstrap-servers", help="host:port list (default MINNOW_KAFKA__BOOTSTRAP_SERVERS)")
+    ap.add_argument("--prefix", help="topic name prefix (default MINNOW_KAFKA__TOPIC_PREFIX)")
+    ap.add_argument("--replication", type=int, help="replication factor of new topics (default: the spec's, 1)")
+    ap.add_argument("--specs", help=specs_help)
+    ap.set_defaults(func=cmd_topics_apply)
+    sc = tsub.add_parser("schemas", help="write topics/schemas/*.json from the pydantic models")
+    sc.add_argument("--check", action="store_true", help="write nothing; exit 1 listing the drifted files")
+    sc.add_argument("--specs", help=specs_help)
+    sc.set_defaults(func=cmd_topics_schemas)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -120,13 +120,14 @@ class MiniModel:
     # ---------------------------------------------------------------------------------------- internals
     def _job(self, event: AnyEvent) -> _Job:
         min_sentences = self.settings.summary.min_sentences_to_summarize
-        if isinstance(event, FeedEvent):
-            long_post = (
-                len(split_sentences(clean(event.text, self.settings.engine.max_text_chars).text)) >= min_sentences
-            )
+        if isinstance(event, FeedEvent | TranscriptSegment):
+            text = clean(event.text, self.settings.engine.max_text_chars).text
+            if not text:  # nothing to judge: a label for an empty post would be a confident guess
+                return _Job(event, "", None, moderate=False, by_sentence=False)
+            if isinstance(event, TranscriptSegment):
+                return _Job(event, event.text, "transcript", moderate=True, by_sentence=False)
+            long_post = len(split_sentences(text)) >= min_sentences
             return _Job(event, event.text, "feed", moderate=True, by_sentence=long_post)
-        if isinstance(event, TranscriptSegment):
-            return _Job(event, event.text, "transcript", moderate=True, by_sentence=False)
         if isinstance(event, Conversation):
             turns = sorted(event.segments, key=lambda s: s.seq)
             return _Job(

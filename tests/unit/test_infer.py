@@ -83,6 +83,12 @@ def test_mixed_batch_gives_one_result_per_event_in_order(mini_model: MiniModel) 
         assert (r.route == "escalate") == bool(r.escalation_reasons)
 
 
+def test_empty_text_gets_a_result_without_a_guessed_label(mini_model: MiniModel) -> None:
+    (r,) = mini_model.process([feed("blank", " \u200b\n ")])
+    assert isinstance(r, Result)
+    assert r.classification is None and r.moderation is None and r.route == "sink" and r.input.tokens == 0
+
+
 def test_huge_text_is_processed_and_reported_truncated(mini_model: MiniModel) -> None:
     text = "All quiet on the server front today. " * 4000  # ~150 KB, over the 100 000-character cap
     (r,) = mini_model.process([feed("big", text)])

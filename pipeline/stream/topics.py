@@ -1,0 +1,502 @@
+"""Topic contracts: load the specs in topics/, generate their JSON Schemas, and apply them to a Kafka cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError, for_code
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from pipeline.errors import ConfigError, DeliveryError, MinnowError
+from pipeline.models import Conversation, EventKind, FeedEvent, IoTMessage, TranscriptSegment
+
+# Specs live in the repository, next to the package (an editable install); elsewhere pass the folder.
+SPEC_DIR = Path(__file__).resolve().parents[2] / "topics"
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+Role = Literal["input", "sink", "escalation", "review", "deadletter"]
+CLEANUP_POLICIES = ("delete", "compact", "compact,delete")
+EVENT_MODELS: dict[str, type[BaseModel]] = {
+    "feed": FeedEvent,
+    "transcript": TranscriptSegment,
+    "conversation": Conversation,
+    "iot": IoTMessage,
+}
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]*$")
+_MAX_TOPIC_NAME = 249  # Kafka's limit on a topic name
+_DYNAMIC_TOPIC_CONFIG = 1  # DescribeConfigs config_source: an override set on the topic itself
+_TOPIC_ALREADY_EXISTS = 36
+_PROPAGATING = {3, 5}  # UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE
+_DESCRIBE_BACKOFF_S = 0.05
+# Broker answers that mean the spec or the options are wrong, not the connection.
+_CONFIG_CODES = {37, 38, 40, 41, 42}
+_HINTS = {
+    37: "a topic's partitions can only grow; fix `partitions` in its spec",
+    38: "the cluster has fewer brokers than the replication factor; pass --replication N (1 for a local broker)",
+    40: "fix `config` in the topic's spec (names and values as in Kafka's topic configuration reference)",
+    29: "the client needs CREATE, DESCRIBE_CONFIGS and ALTER_CONFIGS on the Minnow topics",
+    31: "the client needs CREATE on the cluster, or the topics created by an administrator",
+}
+
+
+# ------------------------------------------------------------------------------------------------ specs
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KeySpec(_Spec):
+    """Which field of the event is the record key, per event kind (what `names.record_key` returns)."""
+
+    description: str = Field(min_length=1)
+    by_kind: dict[EventKind, str] | None = Field(
+        default=None, description="event kind -> field of that event; none: the key is carried over unchanged"
+    )
+
+    @model_validator(mode="after")
+    def _fields_exist(self) -> KeySpec:
+        for kind, name in (self.by_kind or {}).items():
+            if name not in EVENT_MODELS[kind].model_fields:
+                known = ", ".join(EVENT_MODELS[kind].model_fields)
+                raise ValueError(f"a {kind} event has no field {name!r} (it has {known})")
+        return self
+
+
+class HeaderSpec(_Spec):
+    name: str = Field(min_length=1)
+    description: str = Field(min_length=1)
+
+
+class ValueSpec(_Spec):
+    """What a record's value holds: JSON of one of `models`, or the bytes it arrived with."""
+
+    encoding: Literal["json", "bytes"]
+    description: str = Field(min_length=1)
+    models: tuple[str, ...] = Field(default=(), description="pydantic models as 'module:Class'")
+    pending: str | None = Field(default=None, description="why there is no model yet (the schema then says so)")
+
+    @field_validator("models")
+    @classmethod
+    def _models_import(cls, models: tuple[str, ...]) -> tuple[str, ...]:
+        for path in models:
+            resolve_model(path)
+        return models
+
+    @model_validator(mode="after")
+    def _models_fit_encoding(self) -> ValueSpec:
+        if self.encoding == "bytes" and (self.models or self.pending):
+            raise ValueError("a bytes value has no models; drop `models` and `pending`")
+        if self.encoding == "json" and bool(self.models) == bool(self.pending):
+            raise ValueError("a json value names its `models`, or says why it has none yet in `pending`")
+        return self
+
+
+class TopicSpec(_Spec):
+    """One topic: its logical name, size, broker configs, record key, value contract and schema file."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", description="logical name; the prefix is added on apply")
+    description: str = Field(min_length=1)
+    role: Role
+    partitions: int = Field(ge=1, le=10_000)
+    replication_factor: int = Field(default=1, ge=1, le=16)
+    config: dict[str, str]
+    key: KeySpec
+    value: ValueSpec
+    headers: tuple[HeaderSpec, ...] = ()
+    schema_file: str = Field(alias="schema")
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _config_as_strings(cls, raw: object) -> object:
+        # Kafka configs are strings on the wire; YAML reads 604800000 as an int and true as a bool.
+        if not isinstance(raw, dict):
+            return raw
+        return {
+            k: (str(v).lower() if isinstance(v, bool) else str(v) if isinstance(v, int) else v) for k, v in raw.items()
+        }
+
+    @field_validator("config")
+    @classmethod
+    def _config_is_sound(cls, config: dict[str, str]) -> dict[str, str]:
+        for required in ("cleanup.policy", "retention.ms"):
+            if required not in config:
+                raise ValueError(f"`config` must set {required}")
+        if config["cleanup.policy"] not in CLEANUP_POLICIES:
+            raise ValueError(f"cleanup.policy must be one of {', '.join(CLEANUP_POLICIES)}")
+        if not re.fullmatch(r"-1|\d+", config["retention.ms"]):
+            raise ValueError("retention.ms must be milliseconds (an integer), or -1 to keep records forever")
+        return config
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TopicSpec:
+        if self.schema_file != f"schemas/{self.name}.json":
+            raise ValueError(f"schema must be schemas/{self.name}.json")
+        if (self.role == "deadletter") != (self.value.encoding == "bytes"):
+            raise ValueError("the dead-letter topic, and only it, keeps the original bytes (value.encoding: bytes)")
+        return self
+
+
+def resolve_model(path: str) -> type[BaseModel]:
+    """The pydantic model named 'module:Class'."""
+    module_name, _, class_name = path.partition(":")
+    if not module_name or not class_name:
+        raise ValueError(f"{path!r} is not 'module:Class' (e.g. pipeline.models:Result)")
+    try:
+        found = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"model {path!r} cannot be imported: {exc}") from exc
+    if not (isinstance(found, type) and issubclass(found, BaseModel)):
+        raise ValueError(f"{path!r} is not a pydantic model")
+    return found
+
+
+def load_spec(path: Path) -> TopicSpec:
+    """One spec file, validated; every problem is a ConfigError naming the file and the field."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read topic spec {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a topic spec is a YAML mapping (see topics/README.md), not {type(raw).__name__}")
+    try:
+        spec = TopicSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors(include_url=False)
+        )
+        raise ConfigError(f"{path}: invalid topic spec: {problems} (fields: topics/README.md)") from exc
+    if path.name != f"{spec.name}.yaml":
+        raise ConfigError(f"{path}: the spec of topic {spec.name!r} must be named {spec.name}.yaml")
+    return spec
+
+
+def load_specs(directory: Path = SPEC_DIR) -> tuple[TopicSpec, ...]:
+    """Every `*.yaml` spec in the folder, sorted by name."""
+    paths = sorted(directory.glob("*.yaml"))
+    if not paths:
+        raise ConfigError(f"no topic specs (*.yaml) in {directory}; pass the topics/ folder of the Minnow repository")
+    return tuple(load_spec(path) for path in paths)
+
+
+# ---------------------------------------------------------------------------------------------- schemas
+def json_schema(spec: TopicSpec) -> dict[str, Any]:
+    """The JSON Schema of a topic's values (of its headers, for the dead-letter topic), from the models."""
+    source = ", ".join(spec.value.models) or f"topics/{spec.name}.yaml"
+    head: dict[str, Any] = {
+        "$schema": SCHEMA_DIALECT,
+        "$comment": f"Topic {spec.name}. Generated from {source} by `minnow topics schemas`; do not edit.",
+    }
+    if spec.value.encoding == "bytes":
+        return head | {
+            "title": f"{spec.name} record headers",
+            "description": f"{spec.value.description} This schema describes the headers (UTF-8 strings).",
+            "type": "object",
+            "properties": {h.name: {"type": "string", "description": h.description} for h in spec.headers},
+            "required": [h.name for h in spec.headers],
+        }
+    if spec.value.pending:
+        return head | {
+            "title": f"{spec.name} value",
+            "description": f"{spec.value.description} No model yet: {spec.value.pending}",
+            "type": "object",
+        }
+    # Inputs are what producers may send (defaults optional); outputs are what Minnow writes (all fields).
+    mode: JsonSchemaMode = "validation" if spec.role == "input" else "serialization"
+    models = [resolve_model(path) for path in spec.value.models]
+    if len(models) == 1:
+        return head | models[0].model_json_schema(mode=mode)
+    refs, defs = models_json_schema([(model, mode) for model in models])
+    return head | {
+        "title": f"{spec.name} value",
+        "description": spec.value.description,
+        "anyOf": [refs[(model, mode)] for model in models],
+        **defs,
+    }
+
+
+def render_schema(spec: TopicSpec) -> str:
+    return json.dumps(json_schema(spec), indent=2, ensure_ascii=False) + "\n"
+
+
+def _schema_plan(directory: Path) -> tuple[dict[Path, str], list[Path]]:
+    """(schema file -> wanted text, stale schema files that no spec names)."""
+    wanted = {directory / spec.schema_file: render_schema(spec) for spec in load_specs(directory)}
+    stale = [path for path in sorted((directory / "schemas").glob("*.json")) if path not in wanted]
+    return wanted, stale
+
+
+def write_schemas(directory: Path = SPEC_DIR) -> list[Path]:
+    """Regenerate `schemas/*.json`; returns the files written or removed (empty when all were current)."""
+    wanted, stale = _schema_plan(directory)
+    touched: list[Path] = []
+    for path, text in wanted.items():
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            touched.append(path)
+    for path in stale:
+        path.unlink()
+        touched.append(path)
+    return touched
+
+
+def check_schemas(directory: Path = SPEC_DIR) -> list[Path]:
+    """Schema files that differ from what the models generate, are missing, or belong to no spec."""
+    wanted, stale = _schema_plan(directory)
+    drifted = [path for path, text in wanted.items() if not path.is_file() or path.read_text(encoding="utf-8") != text]
+    return drifted + stale
+
+
+# ------------------------------------------------------------------------------------------------ apply
+@dataclass(frozen=True)
+class TopicChange:
+    """What apply did to one topic; `notes` are differences it leaves alone on purpose."""
+
+    topic: str
+    action: Literal["created", "updated", "unchanged"]
+    details: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ApplyReport:
+    bootstrap_servers: str
+    changes: tuple[TopicChange, ...]
+
+    @property
+    def changed(self) -> bool:
+        return any(change.action != "unchanged" for change in self.changes)
+
+    def count(self, action: str) -> int:
+        return sum(change.action == action for change in self.changes)
+
+    def __str__(self) -> str:
+        width = max((len(change.topic) for change in self.changes), default=0)
+        lines = []
+        for change in self.changes:
+            lines.append(f"{change.action:9} {change.topic:{width}}  {'; '.join(change.details)}".rstrip())
+            lines.extend(f"{'':9} {'':{width}}  note: {note}" for note in change.notes)
+        total = f"{len(self.changes)} topics on {self.bootstrap_servers}"
+        if not self.changed:
+            return "\n".join([*lines, f"{total}: all up to date, nothing changed"])
+        counts = ", ".join(f"{self.count(action)} {action}" for action in ("created", "updated", "unchanged"))
+        return "\n".join([*lines, f"{total}: {counts}"])
+
+
+@dataclass(frozen=True)
+class _Current:
+    partitions: int
+    replication: int
+    configs: dict[str, tuple[str | None, bool]]  # name -> (value, set on the topic itself)
+
+
+async def apply(
+    bootstrap_servers: str,
+    prefix: str,
+    specs: Sequence[TopicSpec],
+    *,
+    replication: int | None = None,
+    timeout_s: float = 60.0,
+) -> ApplyReport:
+    """Create missing topics, bring configs and partition counts of existing ones to the specs; idempotent."""
+    if replication is not None and replication < 1:
+        raise ConfigError(f"replication must be at least 1, got {replication}")
+    names = [prefix + spec.name for spec in specs]
+    bad = [n for n in names if len(n) > _MAX_TOPIC_NAME or not _TOPIC_NAME.fullmatch(n)]
+    if bad:
+        raise ConfigError(f"topic prefix {prefix!r} makes invalid Kafka topic names ({bad[0]!r}); use [A-Za-z0-9._-]")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="minnow-topics")
+    try:
+        async with asyncio.timeout(timeout_s):
+            await admin.start()
+            changes = await _apply(admin, dict(zip(names, specs, strict=True)), replication)
+    except TimeoutError as exc:
+        raise DeliveryError(
+            f"Kafka at {bootstrap_servers} did not finish within {timeout_s:.0f} s; check that the broker is up and "
+            "the address (--bootstrap-servers, MINNOW_KAFKA__BOOTSTRAP_SERVERS)"
+        ) from exc
+    except KafkaError as exc:
+        raise DeliveryError(
+            f"cannot manage topics on Kafka at {bootstrap_servers}: {exc}; start a broker (`minnow dev kafka start`) "
+            "or point --bootstrap-servers / MINNOW_KAFKA__BOOTSTRAP_SERVERS at one"
+        ) from exc
+    finally:
+        await admin.close()
+    return ApplyReport(bootstrap_servers, tuple(changes[name] for name in names))
+
+
+async def _apply(
+    admin: AIOKafkaAdminClient, wanted: dict[str, TopicSpec], replication: int | None
+) -> dict[str, TopicChange]:
+    # list_topics, not a metadata request by name: brokers with auto.create.topics.enable would create them.
+    existing = set(await admin.list_topics())
+    changes: dict[str, TopicChange] = {}
+    missing = [name for name in wanted if name not in existing]
+    if missing:
+        new = [
+            NewTopic(
+                name,
+                wanted[name].partitions,
+                replication or wanted[name].replication_factor,
+                None,
+                dict(wanted[name].config),
+            )
+            for name in missing
+        ]
+        response = (await admin.create_topics(new)).to_object()
+        problems = []
+        for entry in response["topic_errors"]:
+            name, code = entry["topic"], entry["error_code"]
+            if code == _TOPIC_ALREADY_EXISTS:  # another apply won the race: compare it like any existing topic
+                existing.add(name)
+            elif code:
+                problems.append((name, code, entry.get("error_message")))
+            else:
+                spec = wanted[name]
+                configs = ", ".join(f"{k}={v}" for k, v in spec.config.items())
+                rf = replication or spec.replication_factor
+                changes[name] = TopicChange(
+                    name, "created", (f"{spec.partitions} partitions, replication {rf}, {configs}",)
+                )
+        _raise_for(problems, "create", done=list(changes))
+    present = [name for name in wanted if name in existing]
+    if present:
+        current = await _describe(admin, present)
+        changes |= await _reconcile(admin, {n: wanted[n] for n in present}, current, replication)
+    if any(change.action != "unchanged" for change in changes.values()):
+        # Brokers apply accepted changes from the metadata log a few ms later; a worker started right after
+        # apply, or the next apply, must see them, not the old values.
+        await _describe(admin, list(wanted), ready=lambda name, now: _matches(wanted[name], now))
+    return changes
+
+
+def _matches(spec: TopicSpec, now: _Current) -> bool:
+    configs = all(now.configs.get(key, (None, False))[0] == value for key, value in spec.config.items())
+    return configs and now.partitions >= spec.partitions
+
+
+async def _describe(
+    admin: AIOKafkaAdminClient, names: list[str], ready: Callable[[str, _Current], bool] = lambda name, now: True
+) -> dict[str, _Current]:
+    """The topics as the broker has them, once it describes them all and each is `ready`.
+
+    A topic created moments ago is listed before a broker can describe it; the caller's timeout bounds the wait.
+    """
+    while True:
+        current, problems = await _describe_once(admin, names)
+        if any(code not in _PROPAGATING for _, code, _ in problems):
+            _raise_for(problems, "describe")
+        if not problems and all(ready(name, current[name]) for name in names):
+            return current
+        await asyncio.sleep(_DESCRIBE_BACKOFF_S)
+
+
+async def _describe_once(
+    admin: AIOKafkaAdminClient, names: list[str]
+) -> tuple[dict[str, _Current], list[tuple[str, int, str | None]]]:
+    topics = {t["topic"]: t for t in await admin.describe_topics(names)}
+    problems: list[tuple[str, int, str | None]] = [
+        (n, t["error_code"], None) for n, t in topics.items() if t["error_code"]
+    ]
+    configs: dict[str, dict[str, tuple[str | None, bool]]] = {}
+    for response in await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names]):
+        for r in response.to_object()["resources"]:
+            if r["error_code"]:
+                problems.append((r["resource_name"], r["error_code"], r["error_message"]))
+            configs[r["resource_name"]] = {
+                e["config_names"]: (e["config_value"], _is_topic_override(e)) for e in r["config_entries"]
+            }
+    if problems:
+        return {}, problems
+    current = {
+        name: _Current(
+            partitions=len(topics[name]["partitions"]),
+            replication=max((len(p["replicas"]) for p in topics[name]["partitions"]), default=0),
+            configs=configs[name],
+        )
+        for name in names
+    }
+    return current, []
+
+
+def _is_topic_override(entry: dict[str, Any]) -> bool:
+    if "config_source" in entry:
+        return bool(entry["config_source"] == _DYNAMIC_TOPIC_CONFIG)
+    return not entry["is_default"]  # DescribeConfigs v0 has no source; a non-default is the best hint
+
+
+async def _reconcile(
+    admin: AIOKafkaAdminClient, specs: dict[str, TopicSpec], current: dict[str, _Current], replication: int | None
+) -> dict[str, TopicChange]:
+    alters: list[ConfigResource] = []
+    grow: dict[str, NewPartitions] = {}
+    changes: dict[str, TopicChange] = {}
+    for name, spec in specs.items():
+        now = current[name]
+        details = [
+            f"{key} {now.configs.get(key, (None, False))[0]} -> {value}"
+            for key, value in spec.config.items()
+            if now.configs.get(key, (None, False))[0] != value
+        ]
+        notes = []
+        if details:
+            # AlterConfigs (the only config write aiokafka has) replaces every override of the topic, so the
+            # overrides set outside the spec are sent back with it, or they would be reset to broker defaults.
+            kept = {k: v for k, (v, override) in now.configs.items() if override and v is not None}
+            alters.append(ConfigResource(ConfigResourceType.TOPIC, name, kept | spec.config))
+        if spec.partitions > now.partitions:
+            grow[name] = NewPartitions(spec.partitions)
+            details.append(f"partitions {now.partitions} -> {spec.partitions}")
+            notes.append("keys now hash to other partitions: per-key order holds only among records written after this")
+        elif spec.partitions < now.partitions:
+            notes.append(f"has {now.partitions} partitions, the spec {spec.partitions}: Kafka never removes partitions")
+        rf = replication or spec.replication_factor
+        if rf != now.replication:
+            notes.append(f"replication factor is {now.replication}, asked {rf}: apply does not move replicas")
+        changes[name] = TopicChange(name, "updated" if details else "unchanged", tuple(details), tuple(notes))
+    if alters:
+        problems = []
+        for response in await admin.alter_configs(alters):
+            for r in response.to_object()["resources"]:
+                if r["error_code"]:
+                    problems.append((r["resource_name"], r["error_code"], r["error_message"]))
+        _raise_for(problems, "update the configs of")
+    if grow:
+        try:
+            await admin.create_partitions(grow)
+        except KafkaError as exc:
+            code = getattr(exc, "errno", None)
+            _raise_for([(", ".join(grow), code if isinstance(code, int) else -1, str(exc))], "add partitions to")
+    return changes
+
+
+def _raise_for(problems: list[tuple[str, int, str | None]], action: str, done: Sequence[str] = ()) -> None:
+    """Turn the broker's per-topic error codes into one error that says what to do."""
+    if not problems:
+        return
+    # One line per distinct answer: ten topics refused for one reason read as one reason.
+    grouped: dict[tuple[int, str | None], list[str]] = {}
+    for topic, code, message in problems:
+        grouped.setdefault((code, message), []).append(topic)
+    parts = [
+        f"{', '.join(topics)}: {for_code(code).message}" + (f" ({message})" if message else "")
+        for (code, message), topics in grouped.items()
+    ]
+    hints = list(dict.fromkeys(_HINTS[code] for code, _ in grouped if code in _HINTS))
+    text = f"could not {action} {len(problems)} topic(s): {'; '.join(parts)}" + "".join(f"; {h}" for h in hints)
+    if done:
+        text += f" (done meanwhile: {', '.join(done)})"
+    error: type[MinnowError] = ConfigError if all(code in _CONFIG_CODES for _, code, _ in problems) else DeliveryError
+    raise error(text)

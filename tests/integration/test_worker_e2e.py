@@ -1,0 +1,599 @@
+"""`minnow worker` on the real broker: every input comes out once, dead letters keep their bytes, nothing is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipeline.stream import names
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+PARTITIONS = 3
+MAX_EVENT_BYTES = 4096  # small, so an oversize record is cheap to send
+OUTPUT_TOPICS = (*sorted(set(names.SINK_TOPICS.values())), names.ESCALATION_TOPIC, names.DEADLETTER_TOPIC)
+START = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+STOP_TIMEOUT_S = 60.0
+
+FEED_TEXTS = (
+    "Stocks rallied on Wall Street after the central bank held interest rates steady.",
+    "The home side scored twice in stoppage time to win the cup final in front of a sold-out stadium.",
+    "New open-source compiler release cuts build times in half, according to the maintainers.",
+    "The city council met on Tuesday to discuss the new transit plan. Residents packed the hall. Many spoke "
+    "against the fare rise. The vote was postponed to next month.",
+    "Scientists report a new battery chemistry that charges in five minutes.",
+    "CLICK HERE to claim your FREE prize!!! Send your bank details now to win $1000 instantly.",
+    "ok",  # too short to classify with confidence: escalated
+)
+TURNS = (
+    "Thanks for calling, how can I help you today?",
+    "I was charged twice on my last invoice and I want a refund.",
+    "I can see the duplicate charge; the refund will arrive in three days.",
+    "My router keeps dropping the connection every evening.",
+    "hmm",  # escalated: low confidence
+)
+
+
+# --------------------------------------------------------------------------------------------- inputs
+@dataclass(frozen=True)
+class Planned:
+    """One input record to produce, and what the test expects of it."""
+
+    topic: str  # logical input topic
+    key: bytes | None
+    value: bytes | None
+    marker: str | None  # the event id when the record carries one; None: identified by where it was written
+    out_key: bytes | None = None  # record_key(event) for valid events
+    order: tuple[str, float] | None = None  # (key, seq or ts) for the per-key order check
+    error: str | None = None  # the dead-letter class a deliberately bad record must get
+
+
+@dataclass(frozen=True)
+class Sent:
+    plan: Planned
+    topic: str  # real topic name
+    partition: int
+    offset: int
+
+    @property
+    def marker(self) -> str:
+        return self.plan.marker or f"{self.topic}@{self.partition}:{self.offset}"
+
+
+def _json(obj: dict[str, Any]) -> bytes:
+    return orjson.dumps(obj)
+
+
+def feed(n: int, *, wave: str = "a") -> Planned:
+    event_id = f"feed-{wave}{n:04d}"
+    text = FEED_TEXTS[n % len(FEED_TEXTS)]
+    body = {"id": event_id, "source": "wire", "text": text, "created_at": (START + timedelta(seconds=n)).isoformat()}
+    return Planned("feeds.in", event_id.encode(), _json(body), event_id, out_key=event_id.encode())
+
+
+def segment(conversation: str, seq: int) -> Planned:
+    event_id = f"{conversation}-seg-{seq:03d}"
+    body = {
+        "id": event_id,
+        "conversation_id": conversation,
+        "seq": seq,
+        "speaker": "agent" if seq % 2 == 0 else "customer",
+        "text": TURNS[seq % len(TURNS)],
+    }
+    key = conversation.encode()
+    return Planned("transcripts.in", key, _json(body), event_id, out_key=key, order=(conversation, float(seq)))
+
+
+def iot(device: str, n: int) -> Planned:
+    event_id = f"{device}-m{n:04d}"
+    ts = START + timedelta(minutes=n)
+    body: dict[str, Any] = {
+        "id": event_id,
+        "device_id": device,
+        "ts": ts.isoformat(),
+        # every ninth reading overheats: an anomaly, escalated
+        "readings": {"temperature_c": 96.0 if n % 9 == 4 else 20.0 + n % 7, "humidity_pct": 40.0},
+    }
+    if n % 5 == 0:
+        body["text"] = "CRITICAL: overheating detected" if n % 10 == 0 else "heartbeat ok"
+    key = device.encode()
+    return Planned("iot.in", key, _json(body), event_id, out_key=key, order=(device, ts.timestamp()))
+
+
+def conversation(n: int) -> Planned:
+    event_id = f"call-{n}"
+    segments = [
+        {"id": f"{event_id}-{i}", "conversation_id": event_id, "seq": i, "speaker": "agent", "text": TURNS[i]}
+        for i in range(len(TURNS))
+    ]
+    body = {"kind": "conversation", "id": event_id, "segments": segments}
+    return Planned("transcripts.in", event_id.encode(), _json(body), event_id, out_key=event_id.encode())
+
+
+def deliberately_bad() -> list[Planned]:
+    oversize = {"id": "feed-oversize", "source": "wire", "text": "x" * MAX_EVENT_BYTES, "created_at": START.isoformat()}
+    no_created_at = {"id": "feed-no-created-at", "source": "wire", "text": "missing its timestamp"}
+    bad_reading = {"id": "iot-bad-reading", "device_id": "dev-0", "ts": "yesterday", "readings": {"t": "hot"}}
+    return [
+        Planned("feeds.in", b"junk-1", b"this line is not JSON at all", None, error="decode_error"),
+        Planned("transcripts.in", b"junk-2", b'{"id": "utf8", "text": "caf\xe9"}', None, error="decode_error"),
+        Planned("feeds.in", b"big", _json(oversize), "feed-oversize", error="decode_error"),
+        Planned("feeds.in", b"nc", _json(no_created_at), "feed-no-created-at", error="schema_error"),
+        Planned("iot.in", b"dev-0", _json(bad_reading), "iot-bad-reading", error="schema_error"),
+        Planned("iot.in", b"arr", b"[1, 2, 3]", None, error="schema_error"),
+        Planned("iot.in", b"tombstone", None, None, error="decode_error"),
+    ]
+
+
+def mixed_inputs() -> list[Planned]:
+    """Every family, a deliberate duplicate pair, an empty text and every kind of bad record, interleaved."""
+    feeds = [feed(n) for n in range(120)]
+    feeds += [feeds[7]]  # the same record twice: two inputs, two outputs with one id
+    empty = {"id": "feed-empty", "source": "wire", "text": "", "created_at": START.isoformat()}
+    feeds += [Planned("feeds.in", b"feed-empty", _json(empty), "feed-empty", out_key=b"feed-empty")]
+    segments = [segment(f"conv-{c}", seq) for seq in range(20) for c in range(6)]
+    readings = [iot(f"dev-{d}", n) for n in range(20) for d in range(6)]
+    return interleave(feeds, segments, readings, [conversation(1), conversation(2)], deliberately_bad())
+
+
+def interleave(*groups: list[Planned]) -> list[Planned]:
+    """Round-robin across groups, so every topic has records in flight at once; order within a group is kept."""
+    out: list[Planned] = []
+    iters = [iter(g) for g in groups]
+    while iters:
+        for it in list(iters):
+            item = next(it, None)
+            if item is None:
+                iters.remove(it)
+            else:
+                out.append(item)
+    return out
+
+
+# ----------------------------------------------------------------------------------------- the broker
+async def create_topics(bootstrap: str, prefix: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        wanted = [*names.INPUT_TOPICS.values(), *OUTPUT_TOPICS]
+        await admin.create_topics(
+            [NewTopic(prefix + t, num_partitions=PARTITIONS, replication_factor=1) for t in wanted]
+        )
+    finally:
+        await admin.close()
+
+
+async def produce(bootstrap: str, prefix: str, planned: list[Planned]) -> list[Sent]:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=4 * MAX_EVENT_BYTES)
+    await producer.start()
+    try:
+        futures = [await producer.send(prefix + p.topic, p.value, key=p.key) for p in planned]
+        metadata = await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return [Sent(p, m.topic, m.partition, m.offset) for p, m in zip(planned, metadata, strict=True)]
+
+
+async def committed_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+
+
+class OutputReader:
+    """Reads every output partition from the beginning, outside any group, keeping what it has seen."""
+
+    def __init__(self, bootstrap: str, prefix: str) -> None:
+        self.records: list[ConsumerRecord[bytes, bytes]] = []
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        self._partitions = [TopicPartition(prefix + t, p) for t in OUTPUT_TOPICS for p in range(PARTITIONS)]
+
+    async def __aenter__(self) -> OutputReader:
+        await self._consumer.start()
+        self._consumer.assign(self._partitions)
+        await self._consumer.seek_to_beginning(*self._partitions)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._consumer.stop()
+
+    async def read_until(self, done: Callable[[list[ConsumerRecord[bytes, bytes]]], bool], timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not done(self.records):
+            if time.monotonic() > deadline:
+                return False
+            batches = await self._consumer.getmany(timeout_ms=200)
+            for tp in sorted(batches, key=lambda t: (t.topic, t.partition)):
+                self.records.extend(batches[tp])
+        return True
+
+    async def read_to_end(self) -> None:
+        """Everything written so far: up to the current end of every output partition."""
+        ends = await self._consumer.end_offsets(self._partitions)
+        positions = {tp: await self._consumer.position(tp) for tp in self._partitions}
+        deadline = time.monotonic() + 30
+        while any(positions[tp] < ends[tp] for tp in self._partitions) and time.monotonic() < deadline:
+            batches = await self._consumer.getmany(timeout_ms=200)
+            for batch in batches.values():
+                self.records.extend(batch)
+            positions = {tp: await self._consumer.position(tp) for tp in self._partitions}
+
+
+# ---------------------------------------------------------------------------------------- the worker
+@dataclass
+class WorkerProcess:
+    """`python -m pipeline.cli worker` as a child process, its log in a file."""
+
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    _log: Any = field(default=None, repr=False)
+
+    def start(self) -> None:
+        self._log = self.log_path.open("ab")
+        self.started_at = time.monotonic()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "worker"], env=self.env, stdout=self._log, stderr=self._log
+        )
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        try:
+            code = self.process.wait(timeout=STOP_TIMEOUT_S)
+        finally:
+            self.kill()
+        return code
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=STOP_TIMEOUT_S)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@pytest.fixture
+def worker_env(kafka_bootstrap: str, random_name: Callable[[str], str], model_cache: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MINNOW_")}
+    env.update(
+        MINNOW_KAFKA__BOOTSTRAP_SERVERS=kafka_bootstrap,
+        MINNOW_KAFKA__TOPIC_PREFIX=random_name("worker") + ".",
+        MINNOW_KAFKA__GROUP_ID=random_name("group"),
+        MINNOW_KAFKA__MAX_EVENT_BYTES=str(MAX_EVENT_BYTES),
+        MINNOW_ENGINE__CACHE_DIR=str(model_cache),
+        MINNOW_WORKER__METRICS_PORT="0",
+    )
+    return env
+
+
+@pytest.fixture
+def workers(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start workers that are always gone after the test, whatever it asserted."""
+    started: list[WorkerProcess] = []
+
+    def make(**env: str) -> WorkerProcess:
+        worker = WorkerProcess({**worker_env, **env}, tmp_path / f"worker-{len(started) + 1}.log")
+        started.append(worker)
+        worker.start()
+        return worker
+
+    yield make
+    for worker in started:
+        worker.kill()
+
+
+# ----------------------------------------------------------------------------------------- accounting
+def output_markers(
+    records: list[ConsumerRecord[bytes, bytes]], by_place: dict[tuple[str, int, int], Sent]
+) -> Counter[str]:
+    """Which input each output stands for: the result's id, or for a dead letter the place it was read from."""
+    seen: Counter[str] = Counter()
+    for record in records:
+        if record.topic.endswith(names.DEADLETTER_TOPIC):
+            seen[by_place[dead_letter_source(record)].marker] += 1
+        else:
+            seen[orjson.loads(record.value)["id"]] += 1
+    return seen
+
+
+def dead_letter_source(record: ConsumerRecord[bytes, bytes]) -> tuple[str, int, int]:
+    headers = dict(record.headers)
+    return (
+        headers[names.DLQ_SOURCE_TOPIC].decode(),
+        int(headers[names.DLQ_SOURCE_PARTITION]),
+        int(headers[names.DLQ_SOURCE_OFFSET]),
+    )
+
+
+def all_seen(expected: Counter[str], by_place: dict[tuple[str, int, int], Sent]) -> Callable[[list[Any]], bool]:
+    def done(records: list[ConsumerRecord[bytes, bytes]]) -> bool:
+        seen = output_markers(records, by_place)
+        return all(seen[marker] >= count for marker, count in expected.items())
+
+    return done
+
+
+def at_least(n: int) -> Callable[[list[Any]], bool]:
+    return lambda records: len(records) >= n
+
+
+# ---------------------------------------------------------------------------------------------- tests
+def test_every_input_comes_out_once_across_a_graceful_restart(
+    kafka_bootstrap: str, worker_env: dict[str, str], workers: Callable[..., WorkerProcess]
+) -> None:
+    """Feeds, segments, conversations, IoT and bad records: one output each (a duplicate pair: two), by id.
+
+    The first worker is stopped with SIGTERM mid-stream; it must drain and commit only what it delivered, so the
+    second one (which also gets the records produced meanwhile) neither repeats nor skips anything. Dead letters
+    keep the exact bytes and name their source; outputs are keyed by record_key and keep per-key order; the
+    engine saw batches larger than one; the second worker's /metrics counted what it did.
+    """
+    prefix, group = worker_env["MINNOW_KAFKA__TOPIC_PREFIX"], worker_env["MINNOW_KAFKA__GROUP_ID"]
+    planned = mixed_inputs()
+    before, after = planned[:250], planned[250:]
+
+    async def run() -> tuple[
+        list[Sent], list[ConsumerRecord[bytes, bytes]], dict[tuple[str, int], int], dict[str, float]
+    ]:
+        timings: dict[str, float] = {}
+        sent = await _create_and_produce(kafka_bootstrap, prefix, before)
+        async with OutputReader(kafka_bootstrap, prefix) as reader:
+            first = workers()
+            assert await reader.read_until(at_least(40), timeout_s=90), first.tail()
+            timings["first_outputs_s"] = time.monotonic() - first.started_at
+            code = first.stop(signal.SIGTERM)
+            assert code == 0, f"worker exited {code} on SIGTERM\n{first.tail()}"
+            timings["stopped_after"] = len(reader.records)
+            committed = await committed_offsets(kafka_bootstrap, group)
+            await reader.read_to_end()
+            by_place = {(s.topic, s.partition, s.offset): s for s in sent}
+            _assert_committed_only_delivered(sent, committed, reader.records, by_place)
+            timings["committed_at_stop"] = sum(committed.values())
+
+            sent += await produce(kafka_bootstrap, prefix, after)  # so the second worker always has work
+            by_place = {(s.topic, s.partition, s.offset): s for s in sent}
+            expected = Counter(s.marker for s in sent)
+
+            port = _free_port()
+            second = workers(MINNOW_WORKER__METRICS_PORT=str(port))
+            assert await reader.read_until(at_least(len(reader.records) + 1), timeout_s=90), second.tail()
+            first_output = time.monotonic()
+            timings["second_start_s"] = first_output - second.started_at
+            assert await reader.read_until(all_seen(expected, by_place), timeout_s=120), second.tail()
+            timings["second_run_s"] = time.monotonic() - first_output
+            timings.update(await asyncio.to_thread(_scrape, port))
+            code = second.stop(signal.SIGTERM)
+            assert code == 0, f"worker exited {code} on SIGTERM\n{second.tail()}"
+            await reader.read_to_end()
+            final = await committed_offsets(kafka_bootstrap, group)
+            return sent, reader.records, final, timings
+
+    sent, records, final, timings = asyncio.run(run())
+    by_place = {(s.topic, s.partition, s.offset): s for s in sent}
+    expected = Counter(s.marker for s in sent)
+    assert expected["feed-a0007"] == 2 and len(sent) == len(planned)
+    remaining = len(sent) - timings["committed_at_stop"]
+    print(
+        f"\n[worker e2e] {len(sent)} inputs; first outputs after {timings['first_outputs_s']:.1f}s; SIGTERM after "
+        f"{timings['stopped_after']:.0f} outputs ({timings['committed_at_stop']:.0f} of the {len(before)} produced "
+        f"by then committed); second worker: first output after "
+        f"{timings['second_start_s']:.1f}s, the remaining {remaining:.0f} inputs in "
+        f"{timings['second_run_s']:.1f}s (~{remaining / timings['second_run_s']:.0f}/s)"
+    )
+
+    assert output_markers(records, by_place) == expected, "every input exactly once, across the graceful restart"
+    assert timings["minnow_events_in_total"] == timings["minnow_events_out_total"] == remaining, "the second worker"
+    assert timings["minnow_partitions_assigned"] == 3 * PARTITIONS
+    assert timings["minnow_batch_size_count"] < remaining, "fewer engine batches than events"
+    assert final == _end_offsets(sent), "the second worker committed every input offset"
+    _assert_dead_letters(records, by_place, prefix)
+    _assert_keys_and_order(records, sent, prefix)
+    batch_sizes = [_result(r)["timings"]["batch_size"] for r in records if not r.topic.endswith(names.DEADLETTER_TOPIC)]
+    assert max(batch_sizes) > 1, "the engine ran micro-batches, not one event at a time"
+    print(
+        f"[worker e2e] engine batch sizes: max {max(batch_sizes):.0f}, mean {sum(batch_sizes) / len(batch_sizes):.1f}"
+    )
+
+
+def test_a_killed_worker_loses_nothing_after_restart(
+    kafka_bootstrap: str, worker_env: dict[str, str], workers: Callable[..., WorkerProcess]
+) -> None:
+    """SIGKILL mid-stream, more input while it is down, restart: every input comes out at least once.
+
+    Duplicates are allowed (what the dead worker delivered but had not committed) and counted; records produced
+    after the kill are seen only by the second worker, so they come out exactly once.
+    """
+    prefix, group = worker_env["MINNOW_KAFKA__TOPIC_PREFIX"], worker_env["MINNOW_KAFKA__GROUP_ID"]
+    first_wave = interleave(
+        [feed(n) for n in range(800)],
+        [segment(f"conv-{c}", seq) for seq in range(80) for c in range(10)],
+        [iot(f"dev-{d}", n) for n in range(80) for d in range(10)],
+    )
+    second_wave = interleave(
+        [feed(n, wave="b") for n in range(100)],
+        [segment(f"conv-{c}", seq) for seq in range(80, 90) for c in range(10)],
+        [iot(f"dev-{d}", n) for n in range(80, 90) for d in range(10)],
+    )
+
+    async def run() -> tuple[list[Sent], list[ConsumerRecord[bytes, bytes]], dict[str, float]]:
+        timings: dict[str, float] = {}
+        sent = await _create_and_produce(kafka_bootstrap, prefix, first_wave)
+        async with OutputReader(kafka_bootstrap, prefix) as reader:
+            doomed = workers()
+            assert await reader.read_until(at_least(100), timeout_s=90), doomed.tail()
+            # Killed after a commit and with more delivered since, so the restart resumes from a commit and
+            # has delivered-but-uncommitted inputs to redo.
+            committed = await _wait_for_commit(kafka_bootstrap, group, timeout_s=30)
+            await reader.read_until(at_least(sum(committed.values()) + 40), timeout_s=10)
+            doomed.stop(signal.SIGKILL)
+            await reader.read_to_end()
+            timings["killed_after"] = len(reader.records)
+            timings["committed_at_kill"] = sum(committed.values())
+            assert 0 < timings["committed_at_kill"] < len(first_wave), "killed mid-stream, after a commit"
+            sent += await produce(kafka_bootstrap, prefix, second_wave)
+
+            by_place = {(s.topic, s.partition, s.offset): s for s in sent}
+            expected = Counter(s.marker for s in sent)
+            survivor = workers()
+            assert await reader.read_until(all_seen(expected, by_place), timeout_s=150), survivor.tail()
+            timings["recovery_s"] = time.monotonic() - survivor.started_at
+            code = survivor.stop(signal.SIGTERM)
+            assert code == 0, f"worker exited {code} on SIGTERM\n{survivor.tail()}"
+            await reader.read_to_end()
+            assert await committed_offsets(kafka_bootstrap, group) == _end_offsets(sent)
+            return sent, reader.records, timings
+
+    sent, records, timings = asyncio.run(run())
+    assert len({s.marker for s in sent}) == len(sent), "every input has its own id"
+    by_place = {(s.topic, s.partition, s.offset): s for s in sent}
+    expected = Counter(s.marker for s in sent)
+    seen = output_markers(records, by_place)
+    missing = {m: n - seen[m] for m, n in expected.items() if seen[m] < n}
+    duplicates = sum(seen[m] - n for m, n in expected.items() if seen[m] > n)
+    print(
+        f"\n[worker kill] {len(sent)} inputs; SIGKILL with {timings['killed_after']:.0f} outputs written and "
+        f"{timings['committed_at_kill']:.0f} offsets committed; restarted worker caught up in "
+        f"{timings['recovery_s']:.1f}s (incl. ~10 s session timeout); duplicates: {duplicates}"
+    )
+    assert not missing, f"inputs lost after SIGKILL: {sorted(missing)[:10]}"
+    assert set(seen) == set(expected), "no output stands for an input that was never produced"
+    assert all(seen[s.marker] == 1 for s in sent[len(first_wave) :]), "produced after the kill: exactly once"
+
+
+# -------------------------------------------------------------------------------------------- helpers
+async def _create_and_produce(bootstrap: str, prefix: str, planned: list[Planned]) -> list[Sent]:
+    await create_topics(bootstrap, prefix)
+    return await produce(bootstrap, prefix, planned)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """Totals of the worker's own counters, read from its /metrics endpoint."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    wanted = (
+        "minnow_events_in_total",
+        "minnow_events_out_total",
+        "minnow_partitions_assigned",
+        "minnow_batch_size_count",
+    )
+    totals = dict.fromkeys(wanted, 0.0)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in totals:
+                totals[sample.name] += sample.value
+    return totals
+
+
+async def _wait_for_commit(bootstrap: str, group: str, timeout_s: float) -> dict[tuple[str, int], int]:
+    deadline = time.monotonic() + timeout_s
+    while not (committed := await committed_offsets(bootstrap, group)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    return committed
+
+
+def _end_offsets(sent: list[Sent]) -> dict[tuple[str, int], int]:
+    ends: dict[tuple[str, int], int] = {}
+    for s in sent:
+        ends[(s.topic, s.partition)] = max(ends.get((s.topic, s.partition), 0), s.offset + 1)
+    return ends
+
+
+def _result(record: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
+    body: dict[str, Any] = orjson.loads(record.value)
+    return body["result"] if record.topic.endswith(names.ESCALATION_TOPIC) else body
+
+
+def _assert_committed_only_delivered(
+    sent: list[Sent],
+    committed: dict[tuple[str, int], int],
+    records: list[ConsumerRecord[bytes, bytes]],
+    by_place: dict[tuple[str, int, int], Sent],
+) -> None:
+    """Every input below a committed offset already has its output: the commit never ran ahead of delivery."""
+    seen = output_markers(records, by_place)
+    below = [s for s in sent if s.offset < committed.get((s.topic, s.partition), 0)]
+    undelivered = [s.marker for s in below if seen[s.marker] == 0]
+    assert not undelivered, f"offsets committed for inputs with no output: {undelivered[:10]}"
+
+
+def _assert_dead_letters(
+    records: list[ConsumerRecord[bytes, bytes]], by_place: dict[tuple[str, int, int], Sent], prefix: str
+) -> None:
+    letters = [r for r in records if r.topic == prefix + names.DEADLETTER_TOPIC]
+    deliberate = {s.marker: s for s in by_place.values() if s.plan.error is not None}
+    got = {by_place[dead_letter_source(r)].marker: r for r in letters}
+    assert set(deliberate) <= set(got), f"bad records missing from the dead-letter topic: {set(deliberate) - set(got)}"
+    for marker, record in got.items():
+        source = by_place[dead_letter_source(record)]
+        headers = dict(record.headers)
+        assert record.value == source.plan.value, f"{marker}: the original bytes, untouched"
+        assert headers[names.DLQ_SOURCE_TOPIC] == source.topic.encode()
+        assert headers[names.DLQ_ATTEMPT] == b"1"
+        assert headers[names.DLQ_ERROR_MESSAGE]
+        assert datetime.fromisoformat(headers[names.DLQ_FIRST_SEEN].decode()).tzinfo is not None
+        if source.plan.error is not None:
+            assert headers[names.DLQ_ERROR_CLASS] == source.plan.error.encode(), marker
+        if source.plan.out_key is not None:
+            assert record.key == source.plan.out_key, f"{marker}: a parsed event is keyed by record_key"
+        elif source.plan.error == "decode_error":
+            assert record.key == source.plan.key, f"{marker}: an unreadable record keeps its own key"
+    others = set(got) - set(deliberate)
+    assert others <= {"feed-empty"}, f"valid events dead-lettered: {others}"
+
+
+def _assert_keys_and_order(records: list[ConsumerRecord[bytes, bytes]], sent: list[Sent], prefix: str) -> None:
+    """Keys are record_key(event); within each output partition, per-key seq / ts only grows."""
+    plans = {s.marker: s.plan for s in sent if s.plan.marker is not None}
+    last: dict[tuple[str, int, str], float] = {}
+    by_topic: dict[str, Counter[str]] = defaultdict(Counter)
+    for record in sorted(records, key=lambda r: (r.topic, r.partition, r.offset)):
+        if record.topic == prefix + names.DEADLETTER_TOPIC:
+            continue
+        event_id = orjson.loads(record.value)["id"]
+        plan = plans[event_id]
+        assert record.key == plan.out_key, f"{event_id} keyed {record.key!r}, not {plan.out_key!r}"
+        by_topic[record.topic.removeprefix(prefix)][plan.topic] += 1
+        if plan.order is not None:
+            place = (record.topic, record.partition, plan.order[0])
+            assert plan.order[1] > last.get(place, float("-inf")), f"{event_id} out of order in {place}"
+            last[place] = plan.order[1]
+    assert set(by_topic["feeds.enriched"]) <= {"feeds.in"}
+    assert set(by_topic["iot.enriched"]) <= {"iot.in"}
+    assert set(by_topic["transcripts.enriched"]) <= {"transcripts.in"}
+    print(f"[worker e2e] outputs by topic and source: {dict(by_topic)}")
+    assert sum(by_topic["escalations"].values()) > 0, "some results were escalated (the mix has unsure items)"
