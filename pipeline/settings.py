@@ -83,6 +83,10 @@ class KafkaSettings(_Frozen):
         default="at_least_once", description="at_least_once, or exactly_once (Kafka transactions)"
     )
     max_event_bytes: int = Field(default=1_048_576, ge=1024, description="larger records go to the dead-letter topic")
+    session_timeout_s: float = Field(
+        default=10.0, gt=0, description="consumer group session timeout: how soon a dead worker's partitions move"
+    )
+    heartbeat_interval_s: float = Field(default=3.0, gt=0, description="consumer heartbeat interval")
 
 
 class WorkerSettings(_Frozen):
@@ -90,6 +94,9 @@ class WorkerSettings(_Frozen):
 
     batch_max_events: int = Field(default=32, ge=1, description="events gathered into one engine batch at most")
     batch_max_wait_ms: int = Field(default=50, ge=1, description="how long a partial batch waits for more events")
+    delivery_timeout_s: float = Field(
+        default=120.0, gt=0, description="a batch whose outputs are not acknowledged by then stops the worker (exit 75)"
+    )
     metrics_port: int = Field(
         default=9464, ge=0, le=65535, description="Prometheus /metrics, /healthz, /readyz; 0 = off"
     )

@@ -17,11 +17,6 @@ from pipeline.stream.worker import BatchProcessor, Engine, OutputRecord, batch_a
 
 log = logging.getLogger(__name__)
 
-# faust's 60 s default keeps a restarted worker waiting a minute for the group to drop its killed predecessor;
-# 10 s (Kafka's long-time default) still tolerates a busy 2-core host, since heartbeats run on the event loop
-# while the model runs in threads.
-SESSION_TIMEOUT_S = 10.0
-HEARTBEAT_INTERVAL_S = 3.0
 # The broker's max.message.bytes is the real limit; the producer must not refuse a large dead letter on its own,
 # or an oversize input record would stop the worker on every restart.
 PRODUCER_MAX_REQUEST_BYTES = 16 * 1024 * 1024
@@ -57,8 +52,11 @@ def create_app(settings: Settings, engine: Engine, *, datadir: Path) -> faust.Ap
         topic_allow_declare=False,  # topics are created from their specs, never implicitly by a worker
         topic_disable_leader=True,  # no tables, so no leader election topic
         consumer_auto_offset_reset="earliest",
-        broker_session_timeout=SESSION_TIMEOUT_S,
-        broker_heartbeat_interval=HEARTBEAT_INTERVAL_S,
+        # faust's 60 s default keeps a restarted worker waiting a minute for the group to drop its killed
+        # predecessor; 10 s (Kafka's long-time default) still tolerates a busy 2-core host, since heartbeats run
+        # on the event loop while the model runs in threads.
+        broker_session_timeout=kafka.session_timeout_s,
+        broker_heartbeat_interval=kafka.heartbeat_interval_s,
         producer_max_request_size=PRODUCER_MAX_REQUEST_BYTES,
         stream_wait_empty=True,  # on stop and revoke, wait for in-flight batches before the final commit
     )
@@ -71,7 +69,7 @@ def create_app(settings: Settings, engine: Engine, *, datadir: Path) -> faust.Ap
             value_serializer="raw",
             allow_empty=True,  # a null value is a dead letter, not a crash
         )
-        processor = BatchProcessor(settings, engine, send)
+        processor = BatchProcessor(settings, engine, send, delivery_timeout_s=settings.worker.delivery_timeout_s)
         # One actor per topic: take_events acks in offset order only within one actor, and faust's commit
         # logic can skip an unacked offset when acks arrive out of order.
         app.agent(source, name=f"minnow.{family}", concurrency=1)(batch_agent(processor, settings))
