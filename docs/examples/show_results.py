@@ -8,6 +8,8 @@ from pathlib import Path
 
 import orjson
 
+from pipeline.present import describe
+
 
 def main(events_path: str, results_path: str) -> int:
     sent = sum(1 for line in Path(events_path).read_bytes().splitlines() if line.strip())
@@ -17,23 +19,11 @@ def main(events_path: str, results_path: str) -> int:
         r = orjson.loads(raw)
         if "error" in r:
             counts["dead-letter"] += 1
-            print(
-                f"{str(r.get('id') or 'line ' + str(r.get('line'))):10} {'-':12} {'error':9} {r['message'][:80]}"
-            )
+            print(f"{r.get('id') or 'line ' + str(r.get('line'))!s:10} {'-':12} {'error':9} {r['message'][:80]}")
             continue
         counts[r["route"]] += 1
-        parts = []
-        if c := r.get("classification"):
-            parts.append(f"{c['label']} ({c['confidence']:.2f})")
-        if (m := r.get("moderation")) and m["flagged"]:
-            parts.append("flagged: " + ",".join(m["flagged_categories"]))
-        if s := r.get("summary"):
-            parts.append(f"summary: {s['text'][:60]}…")
-        if a := r.get("anomaly"):
-            parts.append(f"anomaly {a['score']:.2f}")
-        if r["escalation_reasons"]:
-            parts.append("why: " + ",".join(r["escalation_reasons"]))
-        print(f"{r['id']:10} {r['kind']:12} {r['route']:9} {'; '.join(parts)}")
+        why = f"; why: {','.join(r['escalation_reasons'])}" if r["escalation_reasons"] else ""
+        print(f"{r['id']:10} {r['kind']:12} {r['route']:9} {describe(r)}{why}")
     total = sum(counts.values())
     print(
         f"\n{sent} events sent: {counts['sink']} to sink, {counts['escalate']} escalated, "

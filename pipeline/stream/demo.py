@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline import devkafka
 from pipeline.errors import DeliveryError
+from pipeline.present import describe
 from pipeline.settings import Settings
 from pipeline.stream import names
 from pipeline.stream.tools import partitions, produce
@@ -106,19 +107,6 @@ def _family(kind: str) -> str:
     return "transcript" if kind == "conversation" else kind
 
 
-def _describe(result: dict[str, Any]) -> str:
-    parts = []
-    if c := result.get("classification"):
-        parts.append(f"{c['label']} ({c['confidence']:.2f})")
-    if (m := result.get("moderation")) and m["flagged"]:
-        parts.append("flagged " + ",".join(m["flagged_categories"]))
-    if a := result.get("anomaly"):
-        parts.append(f"anomaly {a['score']:.2f}")
-    if s := result.get("summary"):
-        parts.append(f"summary: {s['text'][:50]}…")
-    return "; ".join(parts)
-
-
 def report(families: dict[str, Tally]) -> str:
     lines = []
     for family, t in families.items():
@@ -127,9 +115,9 @@ def report(families: dict[str, Tally]) -> str:
             f"{len(t.dead)} dead letters ({t.accounted} accounted for)"
         )
         for r in sorted(t.sink, key=lambda r: str(r["id"])):
-            lines.append(f"  sink      {r['id']:14} {_describe(r)}")
+            lines.append(f"  sink      {r['id']:14} {describe(r)}")
         for e in sorted(t.escalated, key=lambda e: str(e["id"])):
-            lines.append(f"  escalate  {e['id']:14} {_describe(e['result'])}  why: {', '.join(e['reasons'])}")
+            lines.append(f"  escalate  {e['id']:14} {describe(e['result'])}  why: {', '.join(e['reasons'])}")
         for headers, value in t.dead:
             lines.append(
                 f"  dead      {headers.get(names.DLQ_ERROR_CLASS, '?'):14} "
