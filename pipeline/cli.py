@@ -76,6 +76,12 @@ def cmd_bench_model(args: argparse.Namespace) -> int:
     return bench.run(_settings(args), as_json=args.json, seconds=args.seconds, batch_sizes=args.batch_sizes)
 
 
+def cmd_bench_e2e(args: argparse.Namespace) -> int:
+    from pipeline.stream import bench_e2e
+
+    return bench_e2e.run(_settings(args), as_json=args.json, events=args.events, warmup=args.warmup, rounds=args.rounds)
+
+
 def cmd_dev_kafka(args: argparse.Namespace) -> int:
     from pipeline import devkafka
 
@@ -230,6 +236,12 @@ def _add_bench_and_dev(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     bm.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 64])
     bm.add_argument("--precision", choices=["int8", "fp32"])
     bm.set_defaults(func=cmd_bench_model)
+    be = bsub.add_parser("e2e", help="events/s and latency through the broker and a worker, vs the engine alone")
+    be.add_argument("--json", action="store_true")
+    be.add_argument("--events", type=int, default=3000, help="events measured, split into --rounds bursts")
+    be.add_argument("--rounds", type=int, default=3, help="bursts, each followed by the in-process figures")
+    be.add_argument("--warmup", type=int, default=200, help="events sent first, not measured")
+    be.set_defaults(func=cmd_bench_e2e)
     dev = sub.add_parser("dev", help="development helpers")
     dsub = dev.add_subparsers(dest="dev_command", required=True)
     k = dsub.add_parser("kafka", help="a local single-node Apache Kafka from Maven Central (docs/local-kafka.md)")

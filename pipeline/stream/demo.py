@@ -52,13 +52,17 @@ def count_records(path: Path) -> int:
     return sum(1 for line in path.read_bytes().splitlines() if line.strip())
 
 
-def _start_worker(settings: Settings, bootstrap: str, prefix: str, log: Path) -> subprocess.Popen[bytes]:
+def start_worker(settings: Settings, bootstrap: str, prefix: str, log: Path) -> subprocess.Popen[bytes]:
+    """`minnow worker` as a subprocess on `prefix`'s topics, with its own group, logging to `log`."""
     env = {
         **os.environ,
         "MINNOW_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
         "MINNOW_KAFKA__TOPIC_PREFIX": prefix,
         "MINNOW_KAFKA__GROUP_ID": f"{prefix}worker",
         "MINNOW_WORKER__METRICS_PORT": "0",
+        # The worker runs the model the caller configured, whatever the caller's environment says.
+        "MINNOW_ENGINE__CACHE_DIR": str(settings.engine.cache_dir),
+        "MINNOW_ENGINE__PRECISION": settings.engine.precision,
     }
     with log.open("wb") as out:
         return subprocess.Popen(
@@ -135,7 +139,7 @@ async def _run(settings: Settings, bootstrap: str, workdir: Path) -> dict[str, T
     await apply(bootstrap, prefix, load_specs())
     log = workdir / "worker.log"
     print(f"starting a worker (log: {log}) …", file=sys.stderr)
-    proc = _start_worker(settings, bootstrap, prefix, log)
+    proc = start_worker(settings, bootstrap, prefix, log)
     try:
         families: dict[str, Tally] = defaultdict(Tally)
         for family, name in SAMPLES:
