@@ -12,23 +12,15 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 
 from pipeline import devkafka
+from tests.integration.helpers import create_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 KEYS = [f"key-{index}" for index in range(10)]
 MESSAGES_PER_KEY = 10
-
-
-async def _create_topic(bootstrap: str, topic: str, partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
-    finally:
-        await admin.close()
 
 
 async def _drain(consumer: AIOKafkaConsumer, expected: int, timeout_s: float = 60.0) -> list[ConsumerRecord]:
@@ -42,7 +34,7 @@ async def _drain(consumer: AIOKafkaConsumer, expected: int, timeout_s: float = 6
 
 
 async def _keyed_round_trip(bootstrap: str, topic: str, group: str) -> None:
-    await _create_topic(bootstrap, topic, partitions=3)
+    await create_topic(bootstrap, topic, partitions=3)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     partition_of_key: dict[str, int] = {}
@@ -108,7 +100,7 @@ def test_keyed_messages_keep_order_and_group_offsets_are_committed(
 
 
 async def _transactions(bootstrap: str, topic: str, transactional_id: str) -> tuple[list[str], list[str]]:
-    await _create_topic(bootstrap, topic, partitions=1)
+    await create_topic(bootstrap, topic, partitions=1)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=transactional_id)
     await producer.start()
     try:

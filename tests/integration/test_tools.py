@@ -11,25 +11,17 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
 from prometheus_client import REGISTRY
 
 from pipeline.cli import main
 from pipeline.stream.health import measure_lag, track_lag
+from tests.integration.helpers import create_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 MALFORMED = [b'{"id": "broken-1", "text": ', b"not json at all \xff"]
-
-
-async def _create_topic(bootstrap: str, topic: str, partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
-    finally:
-        await admin.close()
 
 
 def _events_file(path: Path) -> list[bytes]:
@@ -59,7 +51,7 @@ def test_produce_then_tail_returns_every_line_in_per_key_order(
 ) -> None:
     """50 lines (2 malformed) go out keyed and come back in order per key; malformed ones arrive as raw bytes."""
     topic = kafka_env + "feeds.in"
-    asyncio.run(_create_topic(kafka_bootstrap, topic, partitions=3))
+    asyncio.run(create_topic(kafka_bootstrap, topic, partitions=3))
     source = tmp_path / "events.jsonl"
     lines = _events_file(source)
 
@@ -95,7 +87,7 @@ def test_key_field_and_skip_invalid_change_what_is_sent(
 ) -> None:
     """--key-field picks the key; --skip-invalid drops malformed lines; --raw-topic skips the prefix."""
     topic = kafka_env + "raw"
-    asyncio.run(_create_topic(kafka_bootstrap, topic, partitions=1))
+    asyncio.run(create_topic(kafka_bootstrap, topic, partitions=1))
     source = tmp_path / "events.jsonl"
     source.write_bytes(b'{"id": "a", "region": "eu"}\nnot json\n{"id": "b", "region": 7}\n{"id": "c"}\n')
 
@@ -116,7 +108,7 @@ def test_tail_starts_at_the_end_unless_asked_for_the_beginning(
     kafka_env: str, kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     topic = kafka_env + "old"
-    asyncio.run(_create_topic(kafka_bootstrap, topic, partitions=2))
+    asyncio.run(create_topic(kafka_bootstrap, topic, partitions=2))
     source = tmp_path / "events.jsonl"
     source.write_text('{"id": "a"}\n{"id": "b"}\n')
     assert main(["produce", "--topic", "old", str(source)]) == 0
@@ -153,7 +145,7 @@ def test_missing_topic_is_a_clear_error_not_an_auto_created_topic(
 
 async def _fill_and_commit(bootstrap: str, topic: str, group: str) -> None:
     """Partition 0 gets 10 records, 1 gets 5, 2 gets 3; the group commits 4 on p0, 5 on p1, nothing on p2."""
-    await _create_topic(bootstrap, topic, partitions=3)
+    await create_topic(bootstrap, topic, partitions=3)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
