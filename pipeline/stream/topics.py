@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, for_code
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from pipeline.config_files import read_yaml
 from pipeline.errors import ConfigError, DeliveryError, MinnowError
 from pipeline.models import Conversation, EventKind, FeedEvent, IoTMessage, TranscriptSegment
 
@@ -161,12 +161,7 @@ def resolve_model(path: str) -> type[BaseModel]:
 
 def load_spec(path: Path) -> TopicSpec:
     """One spec file, validated; every problem is a ConfigError naming the file and the field."""
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read topic spec {path}: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    raw = read_yaml(path, "topic spec")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a topic spec is a YAML mapping (see topics/README.md), not {type(raw).__name__}")
     try:

@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from pipeline.config_files import read_yaml
 from pipeline.errors import ConfigError
 from pipeline.models import Anomaly, MetricAnomaly
 
@@ -41,10 +41,7 @@ def bundled_bounds_path() -> Path:
 
 def load_bounds(path: Path | None = None) -> dict[str, Bounds]:
     path = path or bundled_bounds_path()
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read bounds file {path}: {exc}") from exc
+    raw = read_yaml(path, "bounds file") or {}
     metrics = raw.get("metrics") if isinstance(raw, dict) else None
     if not isinstance(metrics, dict):
         raise ConfigError(f"bounds file {path} needs a top-level 'metrics:' mapping of metric -> {{min, max}}")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pipeline.config_files import read_yaml
 from pipeline.errors import ConfigError
 
 
@@ -47,12 +47,7 @@ def bundled_labels_path() -> Path:
 def load_label_sets(path: Path | None = None) -> dict[str, LabelSet]:
     """Label sets keyed by family (feed, transcript, iot); the bundled file when `path` is None."""
     path = path or bundled_labels_path()
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read label file {path}: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"label file {path} is not valid YAML: {exc}") from exc
+    raw = read_yaml(path, "label file")
     if not isinstance(raw, dict) or not isinstance(raw.get("label_sets"), dict):
         raise ConfigError(f"label file {path} must have a top-level 'label_sets:' mapping of family -> label set")
     sets: dict[str, LabelSet] = {}

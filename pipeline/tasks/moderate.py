@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import yaml
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from pipeline.config_files import read_yaml
 from pipeline.errors import ConfigError, InferenceError, ModelError
 from pipeline.models import Moderation
 
@@ -86,13 +86,13 @@ class ModerationConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: Path = CONFIG_FILE) -> ModerationConfig:
+        raw = read_yaml(path, "moderation config") or {}
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
             defaults = raw.get("defaults") or {}
             given = raw.get("categories") or {}
             merged = {name: {**defaults, **(given.get(name) or {})} for name in {*CATEGORIES, *given}}
             return cls(categories=merged)  # type: ignore[arg-type]  # pydantic validates the dicts
-        except (OSError, yaml.YAMLError, AttributeError) as exc:
+        except AttributeError as exc:  # a section that is not a mapping
             raise ConfigError(f"cannot read moderation config {path}: {exc}") from exc
         except ValidationError as exc:
             raise ConfigError(f"invalid moderation config {path}: {exc}") from exc
