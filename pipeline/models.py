@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 EventKind = Literal["feed", "transcript", "conversation", "iot"]
 Route = Literal["sink", "escalate"]
+DecidedBy = Literal["mini-model", "large-model", "human"]
 
 
 class _Contract(BaseModel):
@@ -99,6 +100,9 @@ class MetricAnomaly(_Contract):
     upper: float | None
     score: float = Field(ge=0, le=1)
     out_of_bounds: bool
+    zscore: float | None = Field(
+        default=None, description="distance from the device's own rolling mean, in its standard deviations"
+    )
 
 
 class Anomaly(_Contract):
@@ -121,6 +125,17 @@ class InputInfo(_Contract):
     truncated: bool
 
 
+class LargeModelInfo(_Contract):
+    """Who settled an escalated item, and what it cost."""
+
+    name: str = Field(description="the model name the endpoint reported (or was asked for)")
+    latency_ms: float = Field(ge=0)
+    tokens_in: int = Field(ge=0)
+    tokens_out: int = Field(ge=0)
+    cost_usd: float = Field(ge=0, description="estimated from the configured price table")
+    cached: bool = Field(default=False, description="answered from the content-hash cache; no request was sent")
+
+
 class Result(_Contract):
     """One enriched result per input event."""
 
@@ -135,6 +150,8 @@ class Result(_Contract):
     model: ModelInfo
     input: InputInfo
     timings: dict[str, float] = Field(default_factory=dict, description="milliseconds per stage")
+    decided_by: DecidedBy = "mini-model"
+    large_model: LargeModelInfo | None = None
 
 
 class ErrorRecord(_Contract):
@@ -156,6 +173,53 @@ class EscalationRecord(_Contract):
     result: Result
     event: dict[str, Any]
     escalated_at: datetime
+
+
+class ReviewRecord(_Contract):
+    """What goes to the review topic: everything a person needs to settle one item."""
+
+    id: str
+    kind: EventKind
+    reasons: list[str] = Field(description="the mini model's escalation reasons")
+    review_reasons: list[str] = Field(description="why no machine settled it, e.g. budget.hard_cap, answer.invalid")
+    event: dict[str, Any]
+    result: Result = Field(description="the mini model's result")
+    large_model_answer: dict[str, Any] | None = Field(default=None, description="the large model's answer, if any")
+    large_model_error: str | None = None
+    sent_at: datetime
+
+
+class LabelRecord(_Contract):
+    """A verdict on one item, from the large model or a person: training data for the mini model's heads."""
+
+    id: str
+    kind: EventKind
+    task: Literal["classify", "moderate", "summarize"]
+    text: str = Field(description="the text the verdict is about (redaction placeholders restored)")
+    label_set: str | None = Field(default=None, description="for task classify: the label set of `label`")
+    label: str | None = Field(default=None, description="for task classify: the label")
+    flagged_categories: list[str] | None = Field(default=None, description="for task moderate")
+    summary: str | None = Field(default=None, description="for task summarize")
+    source: Literal["large-model", "human"]
+    decided_by: str = Field(description="the model name, or the reviewer's name")
+    decided_at: datetime
+
+
+class MetricWindow(_Contract):
+    count: int = Field(ge=1)
+    min: float
+    max: float
+    mean: float
+
+
+class IoTWindow(_Contract):
+    """One device's readings over one tumbling window, per metric."""
+
+    device_id: str
+    window_start: datetime
+    window_end: datetime
+    messages: int = Field(ge=1)
+    metrics: dict[str, MetricWindow]
 
 
 class ToSink(_Contract):

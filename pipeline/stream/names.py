@@ -16,6 +16,9 @@ ESCALATION_TOPIC = "escalations"
 REVIEW_TOPIC = "review"
 DEADLETTER_TOPIC = "deadletter"
 IOT_WINDOWS_TOPIC = "iot.windows"
+LABELS_TOPIC = "labels"
+# Changelogs of worker state (compacted); partition n holds the state of the input topic's partition n.
+STATE_TOPICS = {"conversation": "conversations.changelog", "device": "iot.devices.changelog"}
 
 # Headers on every dead-letter record; the value is the original bytes, untouched.
 DLQ_SOURCE_TOPIC = "minnow.source.topic"

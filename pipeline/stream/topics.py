@@ -24,7 +24,7 @@ from pipeline.models import Conversation, EventKind, FeedEvent, IoTMessage, Tran
 # Specs live in the repository, next to the package (an editable install); elsewhere pass the folder.
 SPEC_DIR = Path(__file__).resolve().parents[2] / "topics"
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
-Role = Literal["input", "sink", "escalation", "review", "deadletter"]
+Role = Literal["input", "sink", "escalation", "review", "labels", "state", "deadletter"]
 CLEANUP_POLICIES = ("delete", "compact", "compact,delete")
 EVENT_MODELS: dict[str, type[BaseModel]] = {
     "feed": FeedEvent,

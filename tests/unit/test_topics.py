@@ -45,7 +45,8 @@ def _names_py_topics() -> dict[str, str]:
         names.ESCALATION_TOPIC: "escalation",
         names.REVIEW_TOPIC: "review",
         names.DEADLETTER_TOPIC: "deadletter",
-    }
+        names.LABELS_TOPIC: "labels",
+    } | dict.fromkeys(names.STATE_TOPICS.values(), "state")
 
 
 def test_every_topic_in_names_py_has_a_spec_with_its_role_and_no_spec_is_extra(
@@ -80,6 +81,13 @@ def test_input_topics_cover_every_event_kind_of_their_family(specs: dict[str, to
         assert kind in (specs[logical].key.by_kind or {})
 
 
+def test_every_state_changelog_is_copartitioned_with_its_input(specs: dict[str, topics.TopicSpec]) -> None:
+    """Partition n of a changelog holds the state of input partition n, so their partition counts must match."""
+    inputs = {"conversation": names.INPUT_TOPICS["transcript"], "device": names.INPUT_TOPICS["iot"]}
+    for owner, logical in names.STATE_TOPICS.items():
+        assert specs[logical].partitions == specs[inputs[owner]].partitions, logical
+
+
 def test_retention_partitions_and_sizes_are_what_the_contract_promises(specs: dict[str, topics.TopicSpec]) -> None:
     summary = {
         name: (spec.partitions, int(spec.config["retention.ms"]) // DAY_MS, spec.config["cleanup.policy"])
@@ -92,6 +100,9 @@ def test_retention_partitions_and_sizes_are_what_the_contract_promises(specs: di
         "feeds.enriched": (6, 7, "delete"),
         "transcripts.enriched": (6, 7, "delete"),
         "iot.enriched": (6, 7, "delete"),
+        "labels": (3, -1, "compact"),  # training data, replaced per key
+        "conversations.changelog": (6, -1, "compact"),  # worker state: the latest value per key, forever
+        "iot.devices.changelog": (6, -1, "compact"),
         "iot.windows": (6, 7, "delete"),
         "escalations": (3, 7, "delete"),
         "review": (3, 30, "delete"),
@@ -115,10 +126,10 @@ def test_deadletter_headers_are_the_names_py_headers_and_its_value_is_bytes(
     assert {p["type"] for p in schema["properties"].values()} == {"string"}
 
 
-def test_only_iot_windows_is_still_waiting_for_its_value_model(specs: dict[str, topics.TopicSpec]) -> None:
+def test_only_the_device_changelog_is_still_waiting_for_its_value_model(specs: dict[str, topics.TopicSpec]) -> None:
     """A topic without a model is a conscious gap: adding another one has to change this test."""
-    assert [name for name, spec in specs.items() if spec.value.pending] == ["iot.windows"]
-    assert topics.json_schema(specs["iot.windows"])["type"] == "object"
+    assert [name for name, spec in specs.items() if spec.value.pending] == ["iot.devices.changelog"]
+    assert topics.json_schema(specs["iot.devices.changelog"])["type"] == "object"
 
 
 def test_schemas_come_from_the_models_in_the_right_mode(specs: dict[str, topics.TopicSpec]) -> None:
@@ -258,12 +269,13 @@ def _docs_row(spec: topics.TopicSpec) -> str:
     key = (
         ", ".join(f"{kind}: `{field}`" for kind, field in by_kind.items())
         if by_kind
-        else "the input record's key, or the event's"
+        else spec.key.description
     )
     value = ", ".join(f"`{path.split(':')[1]}`" for path in spec.value.models)
     if not value:
         value = "original bytes" if spec.value.encoding == "bytes" else "JSON object (model pending)"
-    retention = f"{int(spec.config['retention.ms']) // DAY_MS} days"
+    retention_ms = int(spec.config["retention.ms"])
+    retention = "forever" if retention_ms == -1 else f"{retention_ms // DAY_MS} days"
     size = spec.config.get("max.message.bytes", "broker default")
     return f"| `{spec.name}` | {spec.role} | {key} | {value} | {spec.partitions} | {retention} | {size} |"
 
