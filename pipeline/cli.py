@@ -58,8 +58,67 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from pipeline.commands import train
+    from pipeline.errors import ConfigError
 
-    return train.run(_settings(args), Path(args.data), Path(args.out))
+    if not args.from_topic:
+        if not args.data:
+            raise ConfigError("say what to train on: --data FILE, --from-topic labels, or both")
+        return train.run(_settings(args), Path(args.data), Path(args.out))
+    from pipeline.stream import labels, tools
+
+    settings = _settings(args)
+    kafka = settings.kafka
+    return labels.run_train(
+        settings,
+        args.bootstrap_servers or kafka.bootstrap_servers,
+        tools.resolve_topic(args.from_topic, kafka.topic_prefix, raw=args.raw_topic),
+        Path(args.data) if args.data else None,
+        Path(args.out),
+    )
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    import os
+
+    from pipeline.errors import ConfigError
+    from pipeline.review.prompt import read_answers
+    from pipeline.stream import review, tools
+
+    kafka = _settings(args).kafka
+    reviewer = args.reviewer or os.environ.get("USER") or os.environ.get("LOGNAME")
+    if not reviewer:
+        raise ConfigError("say who is reviewing: --reviewer NAME (or set $USER)")
+    options = review.ReviewOptions(
+        review_topic=tools.resolve_topic(args.topic, kafka.topic_prefix, raw=args.raw_topic),
+        labels_topic=tools.resolve_topic(args.labels_topic, kafka.topic_prefix, raw=args.raw_topic),
+        group_id=args.group or f"{kafka.group_id}-review",
+        reviewer=reviewer,
+        follow=args.follow,
+        max_items=args.max,
+        session_timeout_ms=round(kafka.session_timeout_s * 1000),
+        heartbeat_interval_ms=round(kafka.heartbeat_interval_s * 1000),
+    )
+    decider = None
+    if args.answers or args.accept:
+        answers = read_answers(Path(args.answers)) if args.answers else {}
+        decider = review.from_answers(answers, args.accept, sys.stdout)
+    return review.run(args.bootstrap_servers or kafka.bootstrap_servers, options, decider)
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from pipeline.commands import distill
+
+    return distill.run(
+        _settings(args),
+        Path(args.data),
+        holdout=Path(args.holdout) if args.holdout else None,
+        split=args.split,
+        family=args.family,
+        thresholds=args.thresholds,
+        refit_zero_shot=args.refit_zero_shot,
+        as_json=args.json,
+        plot=Path(args.plot) if args.plot else None,
+    )
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -96,6 +155,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
         kafka = settings.kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
         settings = settings.model_copy(update={"kafka": kafka})
     return app.run(settings, verbose=args.verbose)
+
+
+def cmd_escalator(args: argparse.Namespace) -> int:
+    from pipeline.stream import escalator
+
+    settings = _settings(args)
+    if args.bootstrap_servers:
+        kafka = settings.kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
+        settings = settings.model_copy(update={"kafka": kafka})
+    return escalator.run(settings)
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
@@ -178,8 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_commands(sub)
     _add_bench_and_dev(sub)
     _add_worker(sub)
+    _add_escalator(sub)
 
     _add_produce_and_tail(sub)
+    _add_review(sub)
     _add_topics(sub)
     return parser
 
@@ -209,8 +280,11 @@ def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     engine_opts(i)
     i.set_defaults(func=cmd_infer)
 
-    t = sub.add_parser("train", help="fit classification heads and calibration on labeled JSON lines")
-    t.add_argument("--data", required=True, help='labeled JSON lines: {"family","text","label"}')
+    t = sub.add_parser("train", help="fit classification heads and calibration on labeled lines or the labels topic")
+    t.add_argument("--data", help='labeled JSON lines: {"family","text","label"} (with --from-topic: added to it)')
+    t.add_argument("--from-topic", metavar="TOPIC", help="train on the latest verdicts of this topic (labels)")
+    t.add_argument("--raw-topic", action="store_true", help="use TOPIC as is, without MINNOW_KAFKA__TOPIC_PREFIX")
+    t.add_argument("--bootstrap-servers", help="host:port list (default MINNOW_KAFKA__BOOTSTRAP_SERVERS)")
     t.add_argument("--out", default="heads.json", help="where to write the heads (default heads.json)")
     t.add_argument("--labels", help="YAML label sets (default: the bundled ones)")
     engine_opts(t)
@@ -224,6 +298,26 @@ def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     ev.add_argument("--heads", help="trained heads to evaluate instead of zero-shot")
     engine_opts(ev)
     ev.set_defaults(func=cmd_eval)
+
+    di = sub.add_parser(
+        "distill", help="replay a labeled stream: settle what escalates with its gold labels, retrain, compare"
+    )
+    di.add_argument("--data", required=True, help="labeled JSON lines, in stream order (docs/distillation.md)")
+    di.add_argument("--holdout", help="labeled JSON lines replayed after retraining (default: the end of --data)")
+    di.add_argument("--split", type=float, default=0.5, help="without --holdout: the share of --data streamed first")
+    di.add_argument("--family", default="feed", help="the label set to distill (default feed)")
+    di.add_argument(
+        "--thresholds", type=float, nargs="+", help="confidences below which items are collected (default: routing's)"
+    )
+    di.add_argument(
+        "--refit-zero-shot", action="store_true", help="also fit zero-shot temperatures on the collected labels"
+    )
+    di.add_argument("--json", action="store_true", help="print the report as JSON")
+    di.add_argument("--plot", help="write held-out macro-F1 and escalation against items settled here (PNG)")
+    di.add_argument("--labels", help="YAML label sets")
+    di.add_argument("--heads", help="the heads the stream starts with (default: zero-shot)")
+    engine_opts(di)
+    di.set_defaults(func=cmd_distill)
 
 
 def _add_bench_and_dev(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -259,6 +353,13 @@ def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     w.set_defaults(func=cmd_worker)
 
 
+def _add_escalator(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`minnow escalator`: the large-model tier (pipeline/stream/escalator.py, docs/escalation.md)."""
+    e = sub.add_parser("escalator", help="settle escalations with the large model: results, labels or reviews out")
+    e.add_argument("--bootstrap-servers", help="host:port list (default MINNOW_KAFKA__BOOTSTRAP_SERVERS)")
+    e.set_defaults(func=cmd_escalator)
+
+
 def _add_produce_and_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`minnow produce` and `minnow tail`: Kafka tools for people (pipeline/stream/tools.py)."""
 
@@ -282,6 +383,24 @@ def _add_produce_and_tail(sub: argparse._SubParsersAction[argparse.ArgumentParse
     ta.add_argument("--json", action="store_true", help="one JSON object per record (for jq)")
     topic_opts(ta)
     ta.set_defaults(func=cmd_tail)
+
+
+def _add_review(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`minnow review`: people settle review-topic items; verdicts to the labels topic (docs/review.md)."""
+    rv = sub.add_parser("review", help="settle review-topic items at the terminal; verdicts go to the labels topic")
+    rv.add_argument("--reviewer", help="your name on the verdicts (default $USER)")
+    rv.add_argument("--topic", default="review", help="the review topic (default review)")
+    rv.add_argument("--labels-topic", default="labels", help="where verdicts go (default labels)")
+    rv.add_argument("--group", help="consumer group (default MINNOW_KAFKA__GROUP_ID + '-review')")
+    rv.add_argument("--answers", help='no prompts: JSON lines {"id", "accept"|"label"|"flags"|"skip"} (docs/review.md)')
+    rv.add_argument(
+        "--accept", choices=["mini", "large"], help="no prompts: accept this model's answer when it has one"
+    )
+    rv.add_argument("--follow", action="store_true", help="wait for new items instead of stopping when caught up")
+    rv.add_argument("--max", type=int, help="stop after this many items")
+    rv.add_argument("--raw-topic", action="store_true", help="use the topic names as they are, without the prefix")
+    rv.add_argument("--bootstrap-servers", help="host:port list (default MINNOW_KAFKA__BOOTSTRAP_SERVERS)")
+    rv.set_defaults(func=cmd_review)
 
 
 def _add_topics(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -10,6 +10,9 @@
     ├── InferenceError         the encoder failed on a batch
     ├── DeliveryError          (streaming) an output was not acknowledged by the broker
     └── EscalationError        (escalation tier) the large model could not settle an item
+        ├── ProviderError      the endpoint failed: HTTP status, timeout, connection (status, retry_after_s)
+        ├── AnswerError        the answer is not JSON, or not valid against the task's schema
+        └── CircuitOpenError   the circuit breaker is open (mode `review`): no request is sent
 
 Per-event problems are reported as data (an error record), not raised past the batch; these classes
 name them (`error.code`) so every error record says which kind it is.
@@ -58,3 +61,38 @@ class DeliveryError(MinnowError):
 
 class EscalationError(MinnowError):
     code = "escalation_error"
+
+
+class ProviderError(EscalationError):
+    """The large-model endpoint failed; `status` is None for timeouts and connection errors."""
+
+    code = "provider_error"
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+    @property
+    def retryable(self) -> bool:
+        """429, 5xx, timeouts and connection errors may pass; other 4xx would fail the same way again."""
+        return self.status is None or self.status == 429 or self.status >= 500
+
+    @property
+    def provider_fault(self) -> bool:
+        """Counts against the circuit breaker: the provider (or our access to it) is failing, not this request."""
+        return self.status is None or self.status >= 500 or self.status in (401, 403, 404)
+
+
+class AnswerError(EscalationError):
+    """The reply came, but its answer is malformed or does not fit the task; `answer` is what could be read."""
+
+    code = "answer_error"
+
+    def __init__(self, message: str, *, answer: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.answer = answer
+
+
+class CircuitOpenError(EscalationError):
+    code = "circuit_open"

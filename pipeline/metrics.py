@@ -19,3 +19,35 @@ EVENT_TO_SINK = Histogram(
 INFLIGHT = Gauge("minnow_inflight_events", "Events consumed whose outputs are not yet acknowledged")
 CONSUMER_LAG = Gauge("minnow_consumer_lag", "High watermark minus committed offset", ["topic", "partition"])
 PARTITIONS_ASSIGNED = Gauge("minnow_partitions_assigned", "Input partitions assigned to this worker")
+
+# The escalation tier (`minnow escalator`, docs/escalation.md).
+ESCALATOR_REQUESTS = Counter(
+    "minnow_escalator_requests_total", "Requests to the large model, by HTTP status, timeout or error", ["status"]
+)
+ESCALATOR_REQUEST_SECONDS = Histogram(
+    "minnow_escalator_request_seconds",
+    "Large-model request latency, send to last byte",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120),
+)
+ESCALATOR_TOKENS = Counter("minnow_escalator_tokens_total", "Tokens billed by the large model", ["direction"])
+ESCALATOR_SPEND = Counter("minnow_escalator_spend_usd_total", "Estimated large-model spend in USD", ["model"])
+ESCALATOR_SPEND_PERIOD = Gauge("minnow_escalator_budget_spent_usd", "Spend counted against the caps so far", ["period"])
+ESCALATOR_CACHE_HITS = Counter("minnow_escalator_cache_hits_total", "Items answered from the content-hash cache")
+ESCALATOR_OUTCOMES = Counter(
+    "minnow_escalator_outcomes_total", "Escalation records settled and delivered, by outcome", ["outcome", "reason"]
+)
+ESCALATOR_BREAKER_OPEN = Gauge("minnow_escalator_breaker_open", "1 while the circuit breaker is open or half-open")
+ESCALATOR_INFLIGHT = Gauge("minnow_escalator_inflight_records", "Escalation records consumed and not yet delivered")
+CONVERSATIONS_OPEN = Gauge("minnow_conversations_open", "Conversations gathering segments on this worker")
+CONVERSATIONS_CLOSED = Counter(
+    "minnow_conversations_closed_total", "Conversation records emitted, by why they closed", ["reason"]
+)
+IOT_WINDOWS = Counter("minnow_iot_windows_total", "Per-device window summaries emitted")
+IOT_LATE_MESSAGES = Counter(
+    "minnow_iot_late_messages_total",
+    "IoT messages not folded into their window, by why (late, future, replayed)",
+    ["placement"],
+)
+SEGMENTS_AFTER_CLOSE = Counter(
+    "minnow_segments_after_close_total", "Segments of an already closed conversation (replays, stragglers)"
+)

@@ -123,6 +123,7 @@ class InputInfo(_Contract):
     tokens: int
     chunks: int
     truncated: bool
+    segments: int | None = Field(default=None, description="for a conversation: how many segments it was made of")
 
 
 class LargeModelInfo(_Contract):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Precision = Literal["int8", "fp32"]
@@ -103,7 +103,96 @@ class WorkerSettings(_Frozen):
     conversation_idle_s: float = Field(
         default=300.0, gt=0, description="a conversation with no segment this long is closed"
     )
+    conversation_keep_closed_s: float = Field(
+        default=3600.0, gt=0, description="segments of a conversation closed this recently are ignored, not reopened"
+    )
     iot_window_s: float = Field(default=60.0, gt=0, description="tumbling window of per-device IoT summaries")
+    iot_window_grace_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="a silent device's open window is emitted this long after its end, once nothing arrived as long",
+    )
+    iot_half_life: float = Field(
+        default=50.0, gt=0, description="readings after which one's weight in a device's rolling mean has halved"
+    )
+    iot_min_samples: int = Field(
+        default=30, ge=2, description="readings of a metric before its device's history counts (before: bounds only)"
+    )
+    iot_zscore_threshold: float = Field(
+        default=4.0,
+        gt=0,
+        description="above this many of its device's standard deviations from the mean, a reading escalates",
+    )
+
+
+class ModelPrice(_Frozen):
+    """What one model costs, in USD per million tokens."""
+
+    input_usd_per_mtok: float = Field(ge=0)
+    output_usd_per_mtok: float = Field(ge=0)
+
+
+BreakerMode = Literal["wait", "review"]
+SoftCapAction = Literal["sink", "review"]
+
+
+def _default_prices() -> dict[str, ModelPrice]:
+    return {"gpt-4o-mini": ModelPrice(input_usd_per_mtok=0.15, output_usd_per_mtok=0.60)}
+
+
+class EscalationSettings(_Frozen):
+    """The large-model tier behind `minnow escalator` (docs/escalation.md)."""
+
+    base_url: str = Field(default="https://api.openai.com/v1", description="OpenAI-compatible API root")
+    model: str = Field(default="gpt-4o-mini", description="the large model asked; must have a price in PRICES")
+    api_key: SecretStr | None = Field(default=None, description="bearer token for the API (never printed)")
+    api_key_file: Path | None = Field(default=None, description="a file holding the API key, read at start-up")
+    request_timeout_s: float = Field(default=60.0, gt=0, description="one request, connect to last byte")
+    max_output_tokens: int = Field(default=1024, ge=16, description="max_tokens of every request")
+    max_input_chars: int = Field(default=24_000, ge=200, description="longer item texts are cut before sending")
+    max_concurrency: int = Field(default=8, ge=1, description="requests in flight at once")
+    max_inflight: int = Field(default=64, ge=1, description="escalation records being settled at once")
+    requests_per_minute: int = Field(default=500, ge=1, description="request rate limit (token bucket)")
+    tokens_per_minute: int = Field(default=200_000, ge=100, description="token rate limit, estimated then corrected")
+    max_attempts: int = Field(default=5, ge=1, description="tries per request on 429, 5xx and timeouts")
+    backoff_base_s: float = Field(default=1.0, gt=0, description="first backoff ceiling; doubles per attempt")
+    backoff_max_s: float = Field(default=60.0, gt=0, description="backoff ceiling at most (full jitter below it)")
+    answer_retries: int = Field(default=1, ge=0, description="new requests after a malformed answer, then review")
+    breaker_threshold: int = Field(default=5, ge=1, description="consecutive failures that open the circuit")
+    breaker_cooldown_s: float = Field(default=30.0, gt=0, description="open this long, then one probe request")
+    breaker_mode: BreakerMode = Field(
+        default="wait", description="while open: wait (stop consuming escalations) or review (send to review)"
+    )
+    cache_size: int = Field(default=10_000, ge=0, description="answers kept by content hash (LRU); 0 = off")
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=_default_prices, description="USD per 1M input/output tokens per model (JSON)"
+    )
+    daily_soft_cap_usd: float = Field(default=40.0, ge=0, description="past this, only PRIORITY_REASONS escalate")
+    daily_hard_cap_usd: float = Field(default=50.0, ge=0, description="past this, every item goes to review")
+    monthly_soft_cap_usd: float = Field(default=800.0, ge=0, description="monthly soft cap (UTC calendar month)")
+    monthly_hard_cap_usd: float = Field(default=1000.0, ge=0, description="monthly hard cap (UTC calendar month)")
+    priority_reasons: tuple[str, ...] = Field(
+        default=("moderate.uncertain_category", "moderate.flagged"),
+        description="reason codes still escalated past a soft cap (JSON list)",
+    )
+    soft_cap_action: SoftCapAction = Field(
+        default="sink", description="past a soft cap, other items: sink (the mini result stands) or review"
+    )
+    redact: bool = Field(default=True, description="redact personal data before any text is sent")
+    spend_file: Path | None = Field(
+        default=None, description="JSON file keeping the day's and month's spend across restarts; unset = from zero"
+    )
+    metrics_port: int = Field(default=9465, ge=0, le=65535, description="the escalator's /metrics etc.; 0 = off")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EscalationSettings:
+        if self.model not in self.prices:
+            raise ValueError(f"no price for model {self.model!r}: add it to MINNOW_ESCALATION__PRICES")
+        for period in ("daily", "monthly"):
+            soft, hard = getattr(self, f"{period}_soft_cap_usd"), getattr(self, f"{period}_hard_cap_usd")
+            if soft > hard:
+                raise ValueError(f"{period}_soft_cap_usd ({soft}) must not exceed {period}_hard_cap_usd ({hard})")
+        return self
 
 
 class Settings(BaseSettings):
@@ -116,6 +205,7 @@ class Settings(BaseSettings):
     summary: SummarySettings = Field(default_factory=SummarySettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    escalation: EscalationSettings = Field(default_factory=EscalationSettings)
     labels_file: Path | None = Field(default=None, description="YAML label sets; the bundled ones when unset")
     head_file: Path | None = Field(default=None, description="a trained classification head from `minnow train`")
     bounds_file: Path | None = Field(default=None, description="YAML per-metric IoT bounds; bundled when unset")

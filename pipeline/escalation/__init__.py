@@ -1,1 +1,1 @@
-"""The escalation tier: what leaves the process for the large model, and how it is made safe to send."""
+"""The escalation tier, Kafka-free: large-model client, limits, retries, breaker, cache, budget, prompts, redaction."""

@@ -32,9 +32,7 @@ class ConversationState(BaseModel):
 
     conversation_id: str
     partition: int = Field(ge=0, description="the transcripts.in partition the conversation's segments arrive on")
-    segments: dict[str, TranscriptSegment] = Field(
-        default_factory=dict, description="by segment id; empty once closed"
-    )
+    segments: dict[str, TranscriptSegment] = Field(default_factory=dict, description="by segment id; empty once closed")
     last_seen: float = Field(description="wall-clock seconds (Unix time) when the last segment arrived")
     closed_at: float | None = Field(default=None, description="when the conversation record was emitted")
     close_reason: CloseReason | None = None

@@ -249,6 +249,11 @@ class MiniModel:
             route=route,
             escalation_reasons=reasons,
             model=self.model_info,
-            input=InputInfo(tokens=emb.tokens, chunks=len(emb.segments), truncated=emb.truncated),
+            input=InputInfo(
+                tokens=emb.tokens,
+                chunks=len(emb.segments),
+                truncated=emb.truncated,
+                segments=len(job.event.segments) if isinstance(job.event, Conversation) else None,
+            ),
             timings={k: round(v, 3) for k, v in timings.items()},
         )

@@ -13,7 +13,11 @@ import faust
 from pipeline.metrics import PARTITIONS_ASSIGNED
 from pipeline.settings import Settings
 from pipeline.stream import names
-from pipeline.stream.worker import BatchProcessor, Engine, OutputRecord, batch_agent
+from pipeline.stream.conversations import Conversations
+from pipeline.stream.devices import Devices
+from pipeline.stream.state import ChangelogStore
+from pipeline.stream.transactions import Transactions
+from pipeline.stream.worker import BatchProcessor, Engine, OutputRecord, batch_agent, exit_undelivered
 
 log = logging.getLogger(__name__)
 
@@ -23,15 +27,18 @@ PRODUCER_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 
 
 class FaustSender:
-    """Produces through the app's producer, so exactly-once mode sends inside its transactions."""
+    """Produces through the app's producer; in exactly-once mode, inside the origin partition's transaction."""
 
-    def __init__(self, app: faust.App) -> None:
+    def __init__(self, app: faust.App, transactions: Transactions) -> None:
         self._app = app
+        self._transactions = transactions
 
     async def __call__(self, record: OutputRecord, /) -> Any:
+        if self._transactions.enabled and record.origin is not None:
+            return await self._transactions.send(record)
         producer = await self._app.maybe_start_producer()
         headers = list(record.headers) or None
-        return await producer.send(record.topic, record.key, record.value, None, None, headers)
+        return await producer.send(record.topic, record.key, record.value, record.partition, None, headers)
 
 
 def broker_urls(bootstrap_servers: str) -> list[str]:
@@ -50,7 +57,7 @@ def create_app(settings: Settings, engine: Engine, *, datadir: Path) -> faust.Ap
         autodiscover=False,
         web_enabled=False,  # /metrics is served by the metrics server, not faust's web
         topic_allow_declare=False,  # topics are created from their specs, never implicitly by a worker
-        topic_disable_leader=True,  # no tables, so no leader election topic
+        topic_disable_leader=True,  # no leader election: every worker is alike
         consumer_auto_offset_reset="earliest",
         # faust's 60 s default keeps a restarted worker waiting a minute for the group to drop its killed
         # predecessor; 10 s (Kafka's long-time default) still tolerates a busy 2-core host, since heartbeats run
@@ -60,7 +67,8 @@ def create_app(settings: Settings, engine: Engine, *, datadir: Path) -> faust.Ap
         producer_max_request_size=PRODUCER_MAX_REQUEST_BYTES,
         stream_wait_empty=True,  # on stop and revoke, wait for in-flight batches before the final commit
     )
-    send = FaustSender(app)
+    transactions = Transactions(app)
+    send = FaustSender(app, transactions)
     inputs = {names.topic(kafka.topic_prefix, logical): family for family, logical in names.INPUT_TOPICS.items()}
     for name, family in inputs.items():
         source = app.topic(
@@ -70,9 +78,11 @@ def create_app(settings: Settings, engine: Engine, *, datadir: Path) -> faust.Ap
             allow_empty=True,  # a null value is a dead letter, not a crash
         )
         processor = BatchProcessor(settings, engine, send, delivery_timeout_s=settings.worker.delivery_timeout_s)
+        if family in ("transcript", "iot"):
+            _keep_state(app, settings, family, processor, transactions, input_topic=name)
         # One actor per topic: take_events acks in offset order only within one actor, and faust's commit
         # logic can skip an unacked offset when acks arrive out of order.
-        app.agent(source, name=f"minnow.{family}", concurrency=1)(batch_agent(processor, settings))
+        app.agent(source, name=f"minnow.{family}", concurrency=1)(batch_agent(processor, settings, transactions))
 
     def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         assigned: set[Any] = args[0]  # faust sends the whole new assignment
@@ -82,6 +92,7 @@ def create_app(settings: Settings, engine: Engine, *, datadir: Path) -> faust.Ap
         PARTITIONS_ASSIGNED.set(0)  # eager rebalancing: everything is revoked, then the new set assigned
 
     async def announce() -> None:
+        _dump_tasks_on_sigusr1()
         log.info(
             "minnow worker: group %s, inputs %s, guarantee %s, batches of %d events or %d ms",
             kafka.group_id,
@@ -90,13 +101,6 @@ def create_app(settings: Settings, engine: Engine, *, datadir: Path) -> faust.Ap
             settings.worker.batch_max_events,
             settings.worker.batch_max_wait_ms,
         )
-        if kafka.processing_guarantee == "exactly_once":
-            # Measured, not assumed: faust only puts a send in a transaction when the destination is a topic its
-            # consumer reads and its assignor groups; our outputs are neither, so they are written outside.
-            log.warning(
-                "exactly_once: faust commits input offsets inside transactions, but this worker's outputs are "
-                "written outside them, so delivery is at-least-once (docs/architecture-stream.md)"
-            )
 
     app.on_partitions_assigned.connect(on_assigned)
     app.on_partitions_revoked.connect(on_revoked)
@@ -116,6 +120,101 @@ def create_app(settings: Settings, engine: Engine, *, datadir: Path) -> faust.Ap
 
         app.task(serve_endpoints)
     return app
+
+
+def _keep_state(
+    app: faust.App,
+    settings: Settings,
+    family: str,
+    processor: BatchProcessor,
+    transactions: Transactions,
+    *,
+    input_topic: str,
+) -> None:
+    """Give a stateful agent its state (conversations, devices), rebuilt from its changelog on assignment, and a
+    timer for what closes without input."""
+    owner = "conversation" if family == "transcript" else "device"
+    kafka = settings.kafka
+    changelog = names.topic(kafka.topic_prefix, names.STATE_TOPICS[owner])
+    store = ChangelogStore(
+        kafka.bootstrap_servers, changelog, read_committed=kafka.processing_guarantee == "exactly_once"
+    )
+    step: Conversations | Devices
+    if owner == "conversation":
+        step = Conversations(settings, processor, store)
+        interval = max(0.5, min(5.0, settings.worker.conversation_idle_s / 4))
+    else:
+        step = Devices(settings, store)
+        interval = max(0.5, min(5.0, settings.worker.iot_window_grace_s / 4))
+    processor.attach(step)
+
+    def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        store.assign({tp.partition for tp in args[0] if tp.topic == input_topic})
+
+    def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        store.revoke({tp.partition for tp in args[0] if tp.topic == input_topic})
+
+    # Signals, not assignor state: faust calls these after the batches in flight were delivered and committed.
+    app.on_partitions_revoked.connect(on_revoked)
+    app.on_partitions_assigned.connect(on_assigned)
+
+    def caught_up(tps: set[Any]) -> set[int]:
+        """Partitions with nothing left to read: processed (or committed, after a restart) up to the highwater."""
+        consumer: Any = app.consumer
+        committed = getattr(consumer, "_committed_offset", {})  # faust's view; no public accessor
+        done = set()
+        for tp in tps:
+            # The highwater from the last fetch response, read in place. Not `await consumer.highwaters(...)`:
+            # that round trip through faust's consumer thread hung the whole worker now and then (seen in a
+            # task dump: every agent waiting, one sweep parked in call_thread).
+            highwater = consumer.highwater(tp)
+            position = max(step.progress.next_offset(tp.partition), committed.get(tp) or 0)
+            if highwater is not None and position >= highwater and store.is_ready(tp.partition):
+                done.add(tp.partition)
+        return done
+
+    async def sweep() -> None:
+        if app.rebalancing:
+            return  # assignments are changing; caught_up also skips partitions whose state is being rebuilt
+        partitions = caught_up({tp for tp in app.assignor.assigned_actives() if tp.topic == input_topic})
+        origins = [(input_topic, partition) for partition in sorted(partitions)]
+        try:
+            async with transactions.hold(origins):
+                outputs = await step.sweep(partitions)
+                await processor.deliver(outputs)
+            if outputs:
+                await transactions.commit_without_input(origins)
+        except Exception as exc:
+            exit_undelivered(exc)
+
+    app.timer(interval, name=f"minnow.{owner}s.sweep")(sweep)
+
+
+def _dump_tasks_on_sigusr1() -> None:
+    """`kill -USR1 <pid>` logs where every asyncio task of the worker is waiting: for a worker that looks stuck."""
+    import asyncio
+    import signal
+
+    def chain(task: asyncio.Task[Any]) -> str:
+        # print_stack shows only a task's outermost frame; follow what each coroutine awaits to the innermost.
+        lines = []
+        awaited: Any = task.get_coro()
+        while awaited is not None:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+            frame = frame or getattr(awaited, "gi_frame", None)
+            if frame is not None:
+                lines.append(f"    {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+            awaited = (
+                getattr(awaited, "cr_await", None)
+                or getattr(awaited, "ag_await", None)
+                or getattr(awaited, "gi_yieldfrom", None)
+            )
+        return f"  {task.get_name()}\n" + "\n".join(lines)
+
+    def dump() -> None:
+        log.warning("asyncio tasks on SIGUSR1:\n%s", "\n".join(chain(t) for t in asyncio.all_tasks()))
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump)
 
 
 def run(settings: Settings, *, verbose: bool = False) -> int:

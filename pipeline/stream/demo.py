@@ -38,10 +38,19 @@ class Tally:
     sink: list[dict[str, Any]] = field(default_factory=list)
     escalated: list[dict[str, Any]] = field(default_factory=list)
     dead: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    # Outputs that stand for no single input: conversation records (sink or escalation) and IoT windows.
+    assembled: list[dict[str, Any]] = field(default_factory=list)
+    windows: list[dict[str, Any]] = field(default_factory=list)
+    conversations: set[str] = field(default_factory=set)  # ids of the conversations sent as segments
+    expected_assembled: int = 0
 
     @property
     def accounted(self) -> int:
         return len(self.sink) + len(self.escalated) + len(self.dead)
+
+    @property
+    def done(self) -> bool:
+        return self.accounted >= self.sent and len(self.assembled) >= self.expected_assembled
 
 
 def sample_path(name: str) -> Path:
@@ -50,6 +59,22 @@ def sample_path(name: str) -> Path:
 
 def count_records(path: Path) -> int:
     return sum(1 for line in path.read_bytes().splitlines() if line.strip())
+
+
+def segment_conversations(path: Path) -> tuple[set[str], set[str]]:
+    """(every conversation id in a transcript sample, those with a `final` segment - each becomes one record)."""
+    seen: set[str] = set()
+    finished: set[str] = set()
+    for line in path.read_bytes().splitlines():
+        try:
+            event = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue  # the sample's deliberately malformed lines
+        if isinstance(event, dict) and isinstance(event.get("conversation_id"), str):
+            seen.add(event["conversation_id"])
+            if event.get("final") is True:
+                finished.add(event["conversation_id"])
+    return seen, finished
 
 
 def start_worker(settings: Settings, bootstrap: str, prefix: str, log: Path) -> subprocess.Popen[bytes]:
@@ -70,9 +95,11 @@ def start_worker(settings: Settings, bootstrap: str, prefix: str, log: Path) -> 
         )
 
 
-async def _collect(bootstrap: str, prefix: str, families: dict[str, Tally], expected: int, proc: Any) -> None:
+async def _collect(bootstrap: str, prefix: str, families: dict[str, Tally], proc: Any) -> None:
     """Read sinks, escalations and dead letters from the start until every sent record is accounted for."""
-    topics = sorted({*names.SINK_TOPICS.values(), names.ESCALATION_TOPIC, names.DEADLETTER_TOPIC})
+    topics = sorted(
+        {*names.SINK_TOPICS.values(), names.ESCALATION_TOPIC, names.DEADLETTER_TOPIC, names.IOT_WINDOWS_TOPIC}
+    )
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -80,14 +107,12 @@ async def _collect(bootstrap: str, prefix: str, families: dict[str, Tally], expe
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         deadline = time.monotonic() + OUTPUT_WAIT_S
-        seen = 0
-        while seen < expected and time.monotonic() < deadline:
+        while not all(t.done for t in families.values()) and time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise DeliveryError(f"the worker exited early with code {proc.returncode}; see its log")
             batches = await consumer.getmany(timeout_ms=1000)
             for tp, records in batches.items():
                 for rec in records:
-                    seen += 1
                     _file(families, tp.topic[len(prefix) :], rec)
     finally:
         await consumer.stop()
@@ -101,7 +126,11 @@ def _file(families: dict[str, Tally], topic: str, rec: Any) -> None:
         families[family].dead.append((headers, rec.value))
         return
     value = orjson.loads(rec.value)
-    if topic == names.ESCALATION_TOPIC:
+    if topic == names.IOT_WINDOWS_TOPIC:
+        families["iot"].windows.append(value)
+    elif value["kind"] == "conversation" and value["id"] in families["transcript"].conversations:
+        families["transcript"].assembled.append(value)  # assembled from segments, not sent whole
+    elif topic == names.ESCALATION_TOPIC:
         families[_family(value["kind"])].escalated.append(value)
     else:
         families[_family(value["kind"])].sink.append(value)
@@ -127,6 +156,18 @@ def report(families: dict[str, Tally]) -> str:
                 f"  dead      {headers.get(names.DLQ_ERROR_CLASS, '?'):14} "
                 f"{headers.get(names.DLQ_ERROR_MESSAGE, '')[:60]}  (original {len(value)} bytes kept)"
             )
+        if t.assembled:
+            lines.append(f"  + {len(t.assembled)} conversation records, assembled from the segments above:")
+        for c in sorted(t.assembled, key=lambda c: str(c["id"])):
+            result = c.get("result", c)
+            where = "escalate" if "result" in c else "sink"
+            why = f"  why: {', '.join(c['reasons'])}" if "result" in c else ""
+            lines.append(
+                f"  {where:9} {c['id']:14} {result['input'].get('segments')} segments; {describe(result)}{why}"
+            )
+        if t.windows:
+            devices = len({w["device_id"] for w in t.windows})
+            lines.append(f"  + {len(t.windows)} per-device window summaries (iot.windows) for {devices} devices")
     sent = sum(t.sent for t in families.values())
     done = sum(t.accounted for t in families.values())
     lines.append(f"\n{sent} records sent, {done} accounted for" + ("" if sent == done else "  <-- MISSING"))
@@ -145,10 +186,14 @@ async def _run(settings: Settings, bootstrap: str, workdir: Path) -> dict[str, T
         for family, name in SAMPLES:
             path = sample_path(name)
             families[family].sent = count_records(path)
+            if family == "transcript":
+                conversations, finished = segment_conversations(path)
+                families[family].conversations = conversations
+                families[family].expected_assembled = len(finished)
             await produce(bootstrap, prefix + names.INPUT_TOPICS[family], str(path), show_progress=False)
         total = sum(t.sent for t in families.values())
         print(f"sent {total} records; waiting for the worker …", file=sys.stderr)
-        await _collect(bootstrap, prefix, families, total, proc)
+        await _collect(bootstrap, prefix, families, proc)
         return dict(families)
     finally:
         proc.send_signal(signal.SIGTERM)

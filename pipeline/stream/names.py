@@ -29,6 +29,9 @@ DLQ_ERROR_MESSAGE = "minnow.error.message"
 DLQ_FIRST_SEEN = "minnow.first_seen"
 DLQ_ATTEMPT = "minnow.attempt"
 
+# On a review record that `minnow review` put back at the end of the queue: how many times it was skipped.
+REVIEW_SKIPS = "minnow.review.skips"
+
 
 def topic(prefix: str, logical: str) -> str:
     return f"{prefix}{logical}"

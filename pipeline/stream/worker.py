@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, NoReturn, Protocol
@@ -25,7 +27,7 @@ from pipeline.stream.deadletter import Headers, Provenance, dead_letter_headers,
 
 log = logging.getLogger(__name__)
 
-Destination = Literal["sink", "escalation", "deadletter"]
+Destination = Literal["sink", "escalation", "deadletter", "state"]
 
 # aiokafka retries a send until its own request timeout; a batch still unacknowledged after this long means the
 # broker is unreachable, and the worker exits so the batch is redelivered from the last commit.
@@ -55,12 +57,42 @@ class OutputRecord:
     destination: Destination
     reasons: tuple[str, ...]  # the dead-letter error class, or the escalation reasons
     event_time: datetime | None  # the event's own timestamp, for the event-to-sink latency
+    # The input partition this output belongs to: in exactly-once mode it is written in that partition's
+    # transaction, so it becomes visible exactly when that partition's offsets are committed.
+    origin: tuple[str, int] | None = None
+    partition: int | None = None  # an explicit partition (state changelogs); None = by key
 
 
 class Engine(Protocol):
     """What the batch processor needs from the mini model (AsyncMiniModel in production)."""
 
     async def process(self, events: Sequence[AnyEvent]) -> list[Result | ErrorRecord]: ...
+
+
+class StatefulStep(Protocol):
+    """Per-key state kept across batches (conversations, devices).
+
+    `ready` waits until the state of the batch's partitions is rebuilt; `annotate` sees each batch's valid
+    events with their engine outcomes, in order, and may adjust the outcomes before routing (a device's history
+    changes its anomaly score); `after_batch` returns what the state emits (closed conversations, windows,
+    changelog writes), delivered with the batch.
+    """
+
+    async def ready(self, records: Sequence[InputRecord]) -> None: ...
+
+    async def annotate(
+        self, valid: Sequence[tuple[AnyEvent, InputRecord]], outcomes: list[Result | ErrorRecord]
+    ) -> list[Result | ErrorRecord]: ...
+
+    async def after_batch(
+        self, valid: Sequence[tuple[AnyEvent, InputRecord]], records: Sequence[InputRecord]
+    ) -> list[OutputRecord]: ...
+
+
+class TransactionScope(Protocol):
+    """Holds the transactions of input partitions while a batch is delivered (a no-op under at-least-once)."""
+
+    def hold(self, origins: Iterable[tuple[str, int]]) -> AbstractAsyncContextManager[None]: ...
 
 
 class Sender(Protocol):
@@ -95,11 +127,13 @@ class BatchProcessor:
         send: Sender,
         *,
         delivery_timeout_s: float = DELIVERY_TIMEOUT_S,
+        stateful: StatefulStep | None = None,
     ) -> None:
         self._settings = settings
         self._engine = engine
         self._send = send
         self._delivery_timeout_s = delivery_timeout_s
+        self._stateful = stateful
         prefix = settings.kafka.topic_prefix
         self._sink_topics = {kind: names.topic(prefix, logical) for kind, logical in names.SINK_TOPICS.items()}
         self._escalation_topic = names.topic(prefix, names.ESCALATION_TOPIC)
@@ -119,6 +153,8 @@ class BatchProcessor:
 
     async def plan(self, records: Sequence[InputRecord]) -> list[OutputRecord]:
         """Validate, infer and route: one output per input record, in input order."""
+        if self._stateful is not None:
+            await self._stateful.ready(records)
         parsed: list[AnyEvent | InputError] = []
         for record in records:
             try:
@@ -126,13 +162,20 @@ class BatchProcessor:
             except InputError as exc:
                 parsed.append(exc)
         valid = self._valid(parsed, records)
-        outcomes = iter(await self._infer([event for event, _ in valid], [record for _, record in valid]))
+        inferred = await self._infer([event for event, _ in valid], [record for _, record in valid])
+        if self._stateful is not None:
+            inferred = await self._stateful.annotate(valid, inferred)
+        outcomes = iter(inferred)
         outputs: list[OutputRecord] = []
         for record, item in zip(records, parsed, strict=True):
             if isinstance(item, InputError):
                 outputs.append(self._dead_letter(record, record.key, item.code, str(item)))
             else:
-                outputs.append(self._routed(record, item, next(outcomes)))
+                outputs.append(self.routed(record, item, next(outcomes)))
+        if self._stateful is not None:
+            # Whatever the state produced (closed conversations, windows, changelog writes) follows the batch's
+            # own outputs and is acknowledged with them, before the batch's offsets are.
+            outputs.extend(await self._stateful.after_batch(valid, records))
         return outputs
 
     async def deliver(self, outputs: Sequence[OutputRecord]) -> None:
@@ -173,14 +216,18 @@ class BatchProcessor:
             raise InferenceError(f"engine returned {len(outcomes)} outcomes for {len(events)} events")
         return outcomes
 
-    def _routed(self, record: InputRecord, event: AnyEvent, outcome: Result | ErrorRecord) -> OutputRecord:
+    def routed(
+        self, record: InputRecord, event: AnyEvent, outcome: Result | ErrorRecord, *, value: bytes | None = None
+    ) -> OutputRecord:
+        """The one output for an event's outcome; `value` is what a dead letter carries (default: the input's)."""
         key = names.record_key(event)
+        origin = (record.source.topic, record.source.partition)
         routed = route(event, outcome)
         if isinstance(routed, ToDeadLetter):
-            return self._dead_letter(record, key, routed.error.error, routed.error.message)
+            return self._dead_letter(record, key, routed.error.error, routed.error.message, value=value)
         if isinstance(routed, ToSink):
             topic = self._sink_topics[routed.result.kind]
-            return OutputRecord(topic, key, _json(routed.result), (), "sink", (), _event_time(event))
+            return OutputRecord(topic, key, _json(routed.result), (), "sink", (), _event_time(event), origin)
         escalation = routed.record
         return OutputRecord(
             self._escalation_topic,
@@ -190,16 +237,31 @@ class BatchProcessor:
             "escalation",
             tuple(escalation.reasons),
             _event_time(event),
+            origin,
         )
 
-    def _dead_letter(self, record: InputRecord, key: bytes | None, error: str, message: str) -> OutputRecord:
+    def _dead_letter(
+        self, record: InputRecord, key: bytes | None, error: str, message: str, *, value: bytes | None = None
+    ) -> OutputRecord:
         headers = dead_letter_headers(record.source, error=error, message=message)
-        return OutputRecord(self._deadletter_topic, key, record.value, headers, "deadletter", (error,), None)
+        origin = (record.source.topic, record.source.partition)
+        body = record.value if value is None else value
+        return OutputRecord(self._deadletter_topic, key, body, headers, "deadletter", (error,), None, origin)
+
+    def attach(self, stateful: StatefulStep) -> None:
+        """Set the state step after construction (it needs this processor to route what it emits)."""
+        self._stateful = stateful
+
+    async def infer(self, events: list[AnyEvent], records: list[InputRecord]) -> list[Result | ErrorRecord]:
+        """Run the engine on events that are not input records themselves (assembled conversations)."""
+        return await self._infer(events, records)
 
     @staticmethod
     def _count_delivered(outputs: Sequence[OutputRecord]) -> None:
         now = datetime.now(UTC)
         for output in outputs:
+            if output.destination == "state":
+                continue  # changelog writes are bookkeeping, not events out
             metrics.EVENTS_OUT.labels(topic=output.topic).inc()
             if output.destination == "deadletter":
                 metrics.DEAD_LETTERS.labels(reason=output.reasons[0]).inc()
@@ -266,22 +328,32 @@ AgentFun = Callable[[Any], Coroutine[Any, Any, None]]
 def batch_agent(
     processor: BatchProcessor,
     settings: Settings,
+    transactions: TransactionScope | None = None,
     *,
     on_failure: Callable[[BaseException], NoReturn] = exit_undelivered,
 ) -> AgentFun:
     """The agent body for one input topic: `take_events` micro-batches, each delivered before it is acked.
 
-    `take_events` acks a batch's events (in offset order) only when the loop asks for the next batch, i.e. after
-    `handle` returned, which is after every output was acknowledged by the broker.
+    A batch's events are acked only after `handle` returned, i.e. after every output was acknowledged by the
+    broker; in exactly-once mode all of it happens while the batch holds its partitions' transactions.
     """
     max_events = settings.worker.batch_max_events
     within_s = settings.worker.batch_max_wait_ms / 1000
 
     async def agent(stream: Any) -> None:
+        async def unit(events: Sequence[Any]) -> list[OutputRecord]:
+            records = [input_record(e.message) for e in events]
+            origins = {(r.source.topic, r.source.partition) for r in records}
+            async with transactions.hold(origins) if transactions is not None else contextlib.nullcontext():
+                outputs = await processor.handle(records)
+                for event in events:  # take_events would ack them too, but after the transaction is released
+                    await stream.ack(event)
+            return outputs
+
         batches: AsyncIterable[Sequence[Any]] = stream.take_events(max_events, within=within_s)
         async for events in batches:
             try:
-                await finish_even_if_cancelled(processor.handle([input_record(e.message) for e in events]))
+                await finish_even_if_cancelled(unit(events))
             except Exception as exc:  # CancelledError passes: the batch was finished before it propagated
                 on_failure(exc)
 

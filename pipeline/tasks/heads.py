@@ -112,7 +112,10 @@ def fit_head(
     pred = calibrated.argmax(axis=1)
     metrics = {
         "holdout_accuracy": float((pred == y[held]).mean()),
-        "holdout_macro_f1": float(f1_score(y[held], pred, average="macro", labels=list(range(len(label_names))))),
+        # A small held-out part may lack a label: it scores 0 for that label rather than warning.
+        "holdout_macro_f1": float(
+            f1_score(y[held], pred, average="macro", labels=list(range(len(label_names))), zero_division=0)
+        ),
         "holdout_ece_before": expected_calibration_error(raw, y[held]),
         "holdout_ece_after": expected_calibration_error(calibrated, y[held]),
         "holdout_examples": float(len(held)),

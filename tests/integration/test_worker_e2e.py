@@ -173,7 +173,8 @@ async def create_topics(bootstrap: str, prefix: str) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        wanted = [*names.INPUT_TOPICS.values(), *OUTPUT_TOPICS]
+        # The state changelogs too: a worker declares no topics itself, and they must match the inputs' partitions.
+        wanted = [*names.INPUT_TOPICS.values(), *OUTPUT_TOPICS, names.IOT_WINDOWS_TOPIC, *names.STATE_TOPICS.values()]
         await admin.create_topics(
             [NewTopic(prefix + t, num_partitions=PARTITIONS, replication_factor=1) for t in wanted]
         )
@@ -205,9 +206,11 @@ async def committed_offsets(bootstrap: str, group: str) -> dict[tuple[str, int],
 class OutputReader:
     """Reads every output partition from the beginning, outside any group, keeping what it has seen."""
 
-    def __init__(self, bootstrap: str, prefix: str) -> None:
+    def __init__(self, bootstrap: str, prefix: str, *, isolation_level: str = "read_uncommitted") -> None:
         self.records: list[ConsumerRecord[bytes, bytes]] = []
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level=isolation_level
+        )
         self._partitions = [TopicPartition(prefix + t, p) for t in OUTPUT_TOPICS for p in range(PARTITIONS)]
 
     async def __aenter__(self) -> OutputReader:
@@ -342,12 +345,20 @@ def all_seen(expected: Counter[str], by_place: dict[tuple[str, int, int], Sent])
     return done
 
 
+def _missing(expected: Counter[str], records: list[Any], by_place: dict[tuple[str, int, int], Sent]) -> str:
+    """What a failed wait was still waiting for, by input topic, for the assertion message."""
+    seen = output_markers(records, by_place)
+    missing = [marker for marker, n in expected.items() if seen[marker] < n]
+    topics = Counter(s.plan.topic for s in by_place.values() if s.marker in set(missing))
+    return f"missing {len(missing)} outputs {dict(topics)}, e.g. {sorted(missing)[:8]}\n"
+
+
 def at_least(n: int) -> Callable[[list[Any]], bool]:
     return lambda records: len(records) >= n
 
 
 # ---------------------------------------------------------------------------------------------- tests
-def test_every_input_comes_out_once_across_a_graceful_restart(
+def test_every_input_comes_out_once_across_a_graceful_restart(  # noqa: PLR0915 - one story, told in order
     kafka_bootstrap: str, worker_env: dict[str, str], workers: Callable[..., WorkerProcess]
 ) -> None:
     """Feeds, segments, conversations, IoT and bad records: one output each (a duplicate pair: two), by id.
@@ -388,16 +399,21 @@ def test_every_input_comes_out_once_across_a_graceful_restart(
             assert await reader.read_until(at_least(len(reader.records) + 1), timeout_s=90), second.tail()
             first_output = time.monotonic()
             timings["second_start_s"] = first_output - second.started_at
-            assert await reader.read_until(all_seen(expected, by_place), timeout_s=120), second.tail()
+            assert await reader.read_until(all_seen(expected, by_place), timeout_s=120), (
+                _missing(expected, reader.records, by_place) + second.tail()
+            )
             timings["second_run_s"] = time.monotonic() - first_output
             timings.update(await asyncio.to_thread(_scrape, port))
             code = second.stop(signal.SIGTERM)
             assert code == 0, f"worker exited {code} on SIGTERM\n{second.tail()}"
             await reader.read_to_end()
             final = await committed_offsets(kafka_bootstrap, group)
+            windows.extend(await _read_topic(kafka_bootstrap, prefix + names.IOT_WINDOWS_TOPIC))
             return sent, reader.records, final, timings
 
+    windows: list[ConsumerRecord[bytes, bytes]] = []
     sent, records, final, timings = asyncio.run(run())
+    _assert_windows(windows, sent)
     by_place = {(s.topic, s.partition, s.offset): s for s in sent}
     expected = Counter(s.marker for s in sent)
     assert expected["feed-a0007"] == 2 and len(sent) == len(planned)
@@ -424,13 +440,16 @@ def test_every_input_comes_out_once_across_a_graceful_restart(
     )
 
 
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_a_killed_worker_loses_nothing_after_restart(
-    kafka_bootstrap: str, worker_env: dict[str, str], workers: Callable[..., WorkerProcess]
+    guarantee: str, kafka_bootstrap: str, worker_env: dict[str, str], workers: Callable[..., WorkerProcess]
 ) -> None:
-    """SIGKILL mid-stream, more input while it is down, restart: every input comes out at least once.
+    """SIGKILL mid-stream, more input while it is down, restart: every input comes out, none lost.
 
-    Duplicates are allowed (what the dead worker delivered but had not committed) and counted; records produced
-    after the kill are seen only by the second worker, so they come out exactly once.
+    At-least-once: duplicates are allowed (what the dead worker delivered but had not committed) and counted;
+    records produced after the kill are seen only by the second worker, so they come out exactly once.
+    Exactly-once: a read_committed consumer sees every input exactly once - the dead worker's uncommitted
+    outputs were in an open transaction that the restart aborted.
     """
     prefix, group = worker_env["MINNOW_KAFKA__TOPIC_PREFIX"], worker_env["MINNOW_KAFKA__GROUP_ID"]
     first_wave = interleave(
@@ -444,11 +463,14 @@ def test_a_killed_worker_loses_nothing_after_restart(
         [iot(f"dev-{d}", n) for n in range(80, 90) for d in range(10)],
     )
 
+    env = {"MINNOW_KAFKA__PROCESSING_GUARANTEE": guarantee}
+    isolation = "read_committed" if guarantee == "exactly_once" else "read_uncommitted"
+
     async def run() -> tuple[list[Sent], list[ConsumerRecord[bytes, bytes]], dict[str, float]]:
         timings: dict[str, float] = {}
         sent = await _create_and_produce(kafka_bootstrap, prefix, first_wave)
-        async with OutputReader(kafka_bootstrap, prefix) as reader:
-            doomed = workers()
+        async with OutputReader(kafka_bootstrap, prefix, isolation_level=isolation) as reader:
+            doomed = workers(**env)
             assert await reader.read_until(at_least(100), timeout_s=90), doomed.tail()
             # Killed after a commit and with more delivered since, so the restart resumes from a commit and
             # has delivered-but-uncommitted inputs to redo.
@@ -463,8 +485,10 @@ def test_a_killed_worker_loses_nothing_after_restart(
 
             by_place = {(s.topic, s.partition, s.offset): s for s in sent}
             expected = Counter(s.marker for s in sent)
-            survivor = workers()
-            assert await reader.read_until(all_seen(expected, by_place), timeout_s=150), survivor.tail()
+            survivor = workers(**env)
+            assert await reader.read_until(all_seen(expected, by_place), timeout_s=150), (
+                _missing(expected, reader.records, by_place) + survivor.tail()
+            )
             timings["recovery_s"] = time.monotonic() - survivor.started_at
             code = survivor.stop(signal.SIGTERM)
             assert code == 0, f"worker exited {code} on SIGTERM\n{survivor.tail()}"
@@ -480,16 +504,146 @@ def test_a_killed_worker_loses_nothing_after_restart(
     missing = {m: n - seen[m] for m, n in expected.items() if seen[m] < n}
     duplicates = sum(seen[m] - n for m, n in expected.items() if seen[m] > n)
     print(
-        f"\n[worker kill] {len(sent)} inputs; SIGKILL with {timings['killed_after']:.0f} outputs written and "
-        f"{timings['committed_at_kill']:.0f} offsets committed; restarted worker caught up in "
+        f"\n[worker kill, {guarantee}] {len(sent)} inputs; SIGKILL with {timings['killed_after']:.0f} outputs "
+        f"written and {timings['committed_at_kill']:.0f} offsets committed; restarted worker caught up in "
         f"{timings['recovery_s']:.1f}s (incl. ~10 s session timeout); duplicates: {duplicates}"
     )
     assert not missing, f"inputs lost after SIGKILL: {sorted(missing)[:10]}"
     assert set(seen) == set(expected), "no output stands for an input that was never produced"
     assert all(seen[s.marker] == 1 for s in sent[len(first_wave) :]), "produced after the kill: exactly once"
+    if guarantee == "exactly_once":
+        assert duplicates == 0, "exactly once, as read_committed consumers see it"
+
+
+def talk(n: int, seq: int, *, final: bool) -> Planned:
+    """A segment of conversation `talk-n`; the last one of an even conversation says it is final."""
+    conversation = f"talk-{n}"
+    body: dict[str, Any] = {
+        "id": f"{conversation}-seg-{seq:02d}",
+        "conversation_id": conversation,
+        "seq": seq,
+        "speaker": "agent" if seq % 2 == 0 else "customer",
+        "text": TURNS[seq % len(TURNS)],
+    }
+    if final:
+        body["final"] = True
+    key = conversation.encode()
+    return Planned("transcripts.in", key, _json(body), body["id"], out_key=key, order=(conversation, float(seq)))
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_conversations_are_emitted_whole_once_across_a_sigkill(
+    guarantee: str, kafka_bootstrap: str, worker_env: dict[str, str], workers: Callable[..., WorkerProcess]
+) -> None:
+    """Segments gather per conversation in a table with a changelog; a SIGKILL loses none of them.
+
+    Eight conversations of eight segments; the even ones end with a `final` segment, the odd ones just stop
+    and are closed by the idle timer. The worker is killed after the first half of every conversation; the
+    second half is produced while it is down, so the restarted worker must rebuild the first halves from the
+    changelog, and must not idle-close anything while its backlog is unread. Every conversation record holds
+    all 8 segments. Exactly-once (read_committed): each segment result and each conversation record exactly
+    once. At-least-once: duplicates of either are allowed and counted, partial conversations are not.
+    """
+    prefix, group = worker_env["MINNOW_KAFKA__TOPIC_PREFIX"], worker_env["MINNOW_KAFKA__GROUP_ID"]
+    n_conversations, n_segments = 8, 8
+    halves = [
+        [
+            talk(n, seq, final=(seq == n_segments - 1 and n % 2 == 0))
+            for seq in range(lo, hi)
+            for n in range(n_conversations)
+        ]
+        for lo, hi in ((0, n_segments // 2), (n_segments // 2, n_segments))
+    ]
+    isolation = "read_committed" if guarantee == "exactly_once" else "read_uncommitted"
+    # Long enough that nothing idles out before the kill, short enough to keep the test brief.
+    env = {"MINNOW_WORKER__CONVERSATION_IDLE_S": "15", "MINNOW_KAFKA__PROCESSING_GUARANTEE": guarantee}
+    conversations = {f"talk-{n}" for n in range(n_conversations)}
+
+    def conversation_records(records: list[ConsumerRecord[bytes, bytes]]) -> list[dict[str, Any]]:
+        return [
+            _result(r)
+            for r in records
+            if not r.topic.endswith(names.DEADLETTER_TOPIC) and _result(r)["kind"] == "conversation"
+        ]
+
+    async def run() -> tuple[list[Sent], list[ConsumerRecord[bytes, bytes]]]:
+        sent = await _create_and_produce(kafka_bootstrap, prefix, halves[0])
+        async with OutputReader(kafka_bootstrap, prefix, isolation_level=isolation) as reader:
+            doomed = workers(**env)
+            assert await reader.read_until(at_least(len(halves[0])), timeout_s=90), doomed.tail()
+            await _wait_for_commit(kafka_bootstrap, group, timeout_s=30)
+            doomed.stop(signal.SIGKILL)
+            sent += await produce(kafka_bootstrap, prefix, halves[1])
+            survivor = workers(**env)
+
+            def all_closed(records: list[ConsumerRecord[bytes, bytes]]) -> bool:
+                return {c["id"] for c in conversation_records(records)} >= conversations
+
+            assert await reader.read_until(all_closed, timeout_s=150), survivor.tail()
+            await asyncio.sleep(5)  # a sweep interval and then some: a second close would show by now
+            code = survivor.stop(signal.SIGTERM)
+            assert code == 0, f"worker exited {code} on SIGTERM\n{survivor.tail()}"
+            await reader.read_to_end()
+            return sent, reader.records
+
+    sent, records = asyncio.run(run())
+    closed = conversation_records(records)
+    by_place = {(s.topic, s.partition, s.offset): s for s in sent}
+    seen = output_markers(records, by_place)
+    per_conversation = Counter(c["id"] for c in closed)
+    duplicates = sum(per_conversation.values()) - len(per_conversation)
+    segment_duplicates = sum(seen[s.marker] - 1 for s in sent if seen[s.marker] > 1)
+    print(
+        f"\n[conversations, {guarantee}] {len(sent)} segments, {len(closed)} conversation records; "
+        f"duplicate conversations {duplicates}, duplicate segment results {segment_duplicates}"
+    )
+    assert set(per_conversation) == conversations
+    sizes = sorted((c["id"], c["input"]["segments"]) for c in closed)
+    assert all(size == n_segments for _, size in sizes), f"every conversation record is whole: {sizes}"
+    assert all(seen[s.marker] >= 1 for s in sent), "every segment has its own result"
+    if guarantee == "exactly_once":
+        assert duplicates == 0 and segment_duplicates == 0, "exactly once, as read_committed consumers see it"
 
 
 # -------------------------------------------------------------------------------------------- helpers
+async def _read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of a topic, from the beginning to its current end."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            behind = [tp for tp in parts if await consumer.position(tp) < ends[tp]]
+            if not behind:
+                break
+            for batch in (await consumer.getmany(timeout_ms=200)).values():
+                records.extend(batch)
+        return records
+    finally:
+        await consumer.stop()
+
+
+def _assert_windows(windows: list[ConsumerRecord[bytes, bytes]], sent: list[Sent]) -> None:
+    """One-minute readings in one-minute windows: each reading's window closes when the next one arrives."""
+    readings: dict[str, list[float]] = defaultdict(list)
+    for s in sent:
+        if s.plan.topic == "iot.in" and s.plan.order is not None and s.plan.error is None:
+            readings[s.plan.order[0]].append(s.plan.order[1])
+    got: dict[str, list[float]] = defaultdict(list)
+    for record in windows:
+        window = orjson.loads(record.value)
+        assert record.key == window["device_id"].encode()
+        assert window["messages"] == 1 and window["metrics"]["temperature_c"]["count"] == 1, window
+        got[window["device_id"]].append(datetime.fromisoformat(window["window_start"]).timestamp())
+    expected = {device: sorted(ts)[:-1] for device, ts in readings.items()}  # the newest window is still open
+    assert {device: sorted(ts) for device, ts in got.items()} == expected, "every closed window exactly once"
+
+
 async def _create_and_produce(bootstrap: str, prefix: str, planned: list[Planned]) -> list[Sent]:
     await create_topics(bootstrap, prefix)
     return await produce(bootstrap, prefix, planned)
@@ -514,6 +668,8 @@ def _scrape(port: int) -> dict[str, float]:
     totals = dict.fromkeys(wanted, 0.0)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
+            if sample.labels.get("topic", "").endswith(names.IOT_WINDOWS_TOPIC):
+                continue  # window summaries stand for no single input; _assert_windows checks them
             if sample.name in totals:
                 totals[sample.name] += sample.value
     return totals

@@ -1,0 +1,259 @@
+"""Settle one escalated item: cache, budget, the large model (through limits, retries, breaker), answer checks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pipeline import metrics
+from pipeline.errors import AnswerError, CircuitOpenError, ProviderError
+from pipeline.escalation.breaker import CircuitBreaker
+from pipeline.escalation.budget import Budget, PriceTable
+from pipeline.escalation.cache import AnswerCache, CachedAnswer, content_key
+from pipeline.escalation.caller import Caller
+from pipeline.escalation.client import CHARS_PER_TOKEN, ChatReply, ChatRequest, ChatSender
+from pipeline.escalation.limits import Clock, Limits, SystemClock
+from pipeline.escalation.retry import RetryPolicy
+from pipeline.escalation.tasks import (
+    PROMPT_VERSION,
+    Answer,
+    Prompt,
+    build_prompt,
+    final_result,
+    label_records,
+    read_answer,
+    restored,
+    tasks_for,
+)
+from pipeline.models import AnyEvent, EscalationRecord, LabelRecord, LargeModelInfo, Result, ReviewRecord
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Settled:
+    """The item is decided: its final result goes to the sink, its label records to the labels topic.
+
+    `reason` says who decided: `large-model`, `cache`, or `budget.soft_cap` (the mini result stands, no labels).
+    """
+
+    result: Result
+    labels: tuple[LabelRecord, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class ToReview:
+    """No machine may or can decide the item: it goes to a person, with why."""
+
+    record: ReviewRecord
+
+    @property
+    def reason(self) -> str:
+        return self.record.review_reasons[0]
+
+
+Outcome = Settled | ToReview
+
+
+@dataclass
+class _Bill:
+    """What one item's requests cost together (every attempt is paid, valid answer or not)."""
+
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Escalator:
+    """`settle(record, event)` returns an Outcome; provider failures, caps and bad answers are data, not raised."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: ChatSender,
+        *,
+        clock: Clock | None = None,
+        now: Callable[[], datetime] = _utcnow,
+        uniform: Callable[[], float] = random.random,
+        budget: Budget | None = None,
+    ) -> None:
+        self._settings = settings
+        self._cfg = cfg = settings.escalation
+        self._now = now
+        clock = clock or SystemClock()
+        self.breaker = CircuitBreaker(threshold=cfg.breaker_threshold, cooldown_s=cfg.breaker_cooldown_s, clock=clock)
+        self.limits = Limits(
+            max_concurrency=cfg.max_concurrency,
+            requests_per_minute=cfg.requests_per_minute,
+            tokens_per_minute=cfg.tokens_per_minute,
+            clock=clock,
+        )
+        self._caller = Caller(
+            client,
+            limits=self.limits,
+            breaker=self.breaker,
+            policy=RetryPolicy(cfg.max_attempts, cfg.backoff_base_s, cfg.backoff_max_s),
+            breaker_mode=cfg.breaker_mode,
+            clock=clock,
+            uniform=uniform,
+        )
+        self.prices = PriceTable(cfg.prices, cfg.model)
+        self.budget = budget or Budget(cfg, now=now)
+        self.cache = AnswerCache(cfg.cache_size)
+        self._inflight: dict[str, asyncio.Future[None]] = {}
+
+    @property
+    def blocked(self) -> bool:
+        """True while the breaker is open in mode `wait`: the stream layer stops taking escalations."""
+        return self._cfg.breaker_mode == "wait" and self.breaker.state == "open"
+
+    async def settle(self, record: EscalationRecord, event: AnyEvent) -> Outcome:
+        tasks = tasks_for(record)
+        if not tasks:
+            reasons = ", ".join(record.reasons) or "none"
+            return self._review(record, "large_model.no_task", error=f"nothing a language model can settle: {reasons}")
+        prompt = build_prompt(
+            record,
+            event,
+            tasks,
+            redact_text=self._cfg.redact,
+            max_input_chars=self._cfg.max_input_chars,
+            max_output_tokens=self._cfg.max_output_tokens,
+            summary_sentences=self._settings.summary.max_sentences,
+            summary_chars=self._settings.summary.max_chars,
+        )
+        key = content_key(prompt.request, tasks=tasks, model=self._cfg.model, prompt_version=PROMPT_VERSION)
+        # Identical content in flight: wait for it, then read the cache, so the same request is not paid twice.
+        while (leader := self._inflight.get(key)) is not None:
+            await asyncio.shield(leader)
+        cached = self.cache.get(key)
+        if cached is not None:
+            metrics.ESCALATOR_CACHE_HITS.inc()
+            return self._from_cache(record, prompt, cached)
+        self._inflight[key] = done = asyncio.get_running_loop().create_future()
+        try:
+            return await self._ask(record, prompt, key)
+        finally:
+            del self._inflight[key]
+            done.set_result(None)
+
+    # ------------------------------------------------------------------------------------------ internals
+    async def _ask(self, record: EscalationRecord, prompt: Prompt, key: str) -> Outcome:
+        request = prompt.request
+        estimate = self.prices.cost_usd(self._cfg.model, request.estimated_input_tokens, request.max_tokens)
+        admission = self.budget.admit(record.reasons, estimate)
+        if admission.refused == "budget.hard_cap":
+            return self._review(record, "budget.hard_cap", error=f"spend cap reached: {self.budget.spend}")
+        if admission.refused == "budget.soft_cap":
+            if self._cfg.soft_cap_action == "review":
+                return self._review(record, "budget.soft_cap", error=f"soft spend cap reached: {self.budget.spend}")
+            return Settled(record.result.model_copy(update={"route": "sink"}), (), "budget.soft_cap")
+        try:
+            return await self._attempts(record, prompt, key)
+        finally:
+            self.budget.release(admission)
+
+    async def _attempts(self, record: EscalationRecord, prompt: Prompt, key: str) -> Outcome:
+        bill = _Bill()
+        error, answer_read = "", None
+        for _ in range(1 + self._cfg.answer_retries):
+            try:
+                reply = await self._caller.call(prompt.request)
+            except CircuitOpenError as exc:
+                return self._review(record, "breaker.open", error=str(exc), bill=bill)
+            except ProviderError as exc:
+                reason = "large_model.unavailable" if exc.retryable or exc.provider_fault else "large_model.rejected"
+                return self._review(record, reason, error=str(exc), bill=bill)
+            except AnswerError as exc:  # the reply itself was unreadable: nothing billed that we can see
+                error = str(exc)
+                continue
+            self._charge(bill, reply, prompt.request)
+            try:
+                if reply.refusal is not None:
+                    raise AnswerError(f"the model refused: {reply.refusal[:200]}")
+                answer = read_answer(prompt, reply.content)
+            except AnswerError as exc:
+                log.info("large model answer for %s rejected: %s", record.id, exc)
+                error, answer_read = str(exc), exc.answer
+                continue
+            self.cache.put(key, CachedAnswer(answer.model_dump(exclude_none=True), reply.model))
+            return self._decided(record, prompt, answer, reply, bill)
+        return self._review(
+            record,
+            "answer.invalid",
+            error=error,
+            answer=restored(answer_read, prompt.mapping) if answer_read is not None else None,
+            bill=bill,
+        )
+
+    def _charge(self, bill: _Bill, reply: ChatReply, request: ChatRequest) -> None:
+        # Without usage in the reply, the estimate is what the budget counts: better too much than nothing.
+        tokens_in = reply.prompt_tokens if reply.prompt_tokens is not None else request.estimated_input_tokens
+        tokens_out = (
+            reply.completion_tokens
+            if reply.completion_tokens is not None
+            else max(len(reply.content) // CHARS_PER_TOKEN, 1)
+        )
+        cost = self.prices.cost_usd(reply.model, tokens_in, tokens_out)
+        bill.tokens_in += tokens_in
+        bill.tokens_out += tokens_out
+        bill.cost_usd += cost
+        self.budget.charge(cost)
+        metrics.ESCALATOR_TOKENS.labels(direction="in").inc(tokens_in)
+        metrics.ESCALATOR_TOKENS.labels(direction="out").inc(tokens_out)
+        metrics.ESCALATOR_SPEND.labels(model=reply.model).inc(cost)
+
+    def _decided(
+        self, record: EscalationRecord, prompt: Prompt, answer: Answer, reply: ChatReply, bill: _Bill
+    ) -> Settled:
+        info = LargeModelInfo(
+            name=reply.model,
+            latency_ms=round(reply.latency_s * 1000, 3),
+            tokens_in=bill.tokens_in,
+            tokens_out=bill.tokens_out,
+            cost_usd=bill.cost_usd,
+        )
+        labels = label_records(record, prompt, answer, model=reply.model, now=self._now())
+        return Settled(final_result(record, prompt, answer, info), tuple(labels), "large-model")
+
+    def _from_cache(self, record: EscalationRecord, prompt: Prompt, cached: CachedAnswer) -> Settled:
+        answer = Answer.model_validate(cached.answer)
+        info = LargeModelInfo(name=cached.model, latency_ms=0.0, tokens_in=0, tokens_out=0, cost_usd=0.0, cached=True)
+        labels = label_records(record, prompt, answer, model=cached.model, now=self._now())
+        return Settled(final_result(record, prompt, answer, info), tuple(labels), "cache")
+
+    def _review(
+        self,
+        record: EscalationRecord,
+        reason: str,
+        *,
+        error: str,
+        answer: dict[str, Any] | None = None,
+        bill: _Bill | None = None,
+    ) -> ToReview:
+        if bill is not None and bill.cost_usd:
+            error = f"{error} (spent {bill.cost_usd:.6f} USD on {bill.tokens_in}+{bill.tokens_out} tokens)"
+        return ToReview(
+            ReviewRecord(
+                id=record.id,
+                kind=record.kind,
+                reasons=list(record.reasons),
+                review_reasons=[reason],
+                event=record.event,
+                result=record.result,
+                large_model_answer=answer,
+                large_model_error=error or None,
+                sent_at=self._now(),
+            )
+        )

@@ -1,0 +1,164 @@
+"""Conversation assembly in the transcript worker: the open conversations, their changelog and the idle sweep.
+
+The state lives in a mapping of conversation id -> `ConversationState` JSON (the faust table's store in the
+worker, so a worker that takes over a partition rebuilds it from the changelog). Every change is written to the
+changelog *partition of the input record* (partition n of transcripts.in <-> partition n of the changelog), as
+an output of the same batch: acknowledged before the batch's offsets are, and in exactly-once mode inside the
+same transaction. faust's own table writes cannot do this from a batch agent - they take the partition from
+"the current event", and a batch holds many.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Collection, MutableMapping, Sequence
+
+import orjson
+
+from pipeline import metrics
+from pipeline.models import AnyEvent, Conversation, ErrorRecord, Result, TranscriptSegment
+from pipeline.settings import Settings
+from pipeline.stages.assemble import Added, ConversationState, add_segment, close, due
+from pipeline.stream import names
+from pipeline.stream.deadletter import Provenance
+from pipeline.stream.state import Progress, changelog_record, wait_ready
+from pipeline.stream.worker import BatchProcessor, InputRecord, OutputRecord
+
+StateStore = MutableMapping[bytes, bytes]  # conversation id -> ConversationState JSON
+
+
+class Conversations:
+    """Keeps conversations open across batches and emits each once: on its final segment, when idle, or full."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        processor: BatchProcessor,
+        store: StateStore,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        prefix = settings.kafka.topic_prefix
+        self._processor = processor
+        self._store = store
+        self._clock = clock
+        self._idle_s = settings.worker.conversation_idle_s
+        self._keep_closed_s = settings.worker.conversation_keep_closed_s
+        self._input_topic = names.topic(prefix, names.INPUT_TOPICS["transcript"])
+        self._changelog_topic = names.topic(prefix, names.STATE_TOPICS["conversation"])
+        # The agent's batches and the idle sweep both change the store; they take turns.
+        self._lock = asyncio.Lock()
+        self.progress = Progress()
+
+    async def ready(self, records: Sequence[InputRecord]) -> None:
+        await wait_ready(self._store, records)
+
+    async def annotate(
+        self, valid: Sequence[tuple[AnyEvent, InputRecord]], outcomes: list[Result | ErrorRecord]
+    ) -> list[Result | ErrorRecord]:
+        """Segment results do not depend on the conversation so far."""
+        return outcomes
+
+    async def after_batch(
+        self, valid: Sequence[tuple[AnyEvent, InputRecord]], records: Sequence[InputRecord]
+    ) -> list[OutputRecord]:
+        """Add the batch's segments; returns the closed conversations' outputs and the changelog writes."""
+        self.progress.saw(records)
+        async with self._lock:
+            now = self._clock()
+            touched: dict[str, ConversationState] = {}
+            closed: list[tuple[Conversation, InputRecord]] = []
+            for event, record in valid:
+                if not isinstance(event, TranscriptSegment):
+                    continue
+                conversation_id = event.conversation_id
+                state = touched.get(conversation_id) or self._load(conversation_id)
+                step = add_segment(state, event, partition=record.source.partition, now=now)
+                if step.ignored:
+                    metrics.SEGMENTS_AFTER_CLOSE.inc()
+                    continue
+                touched[conversation_id] = step.state
+                if step.closed is not None:
+                    closed.append((step.closed, record))
+                    metrics.CONVERSATIONS_CLOSED.labels(reason=step.state.close_reason or "final").inc()
+            outputs = await self._emit(closed)
+            outputs.extend(self._write(state) for state in touched.values())
+            metrics.CONVERSATIONS_OPEN.set(self._count_open())
+            return outputs
+
+    async def sweep(self, partitions: Collection[int]) -> list[OutputRecord]:
+        """Close conversations idle for `conversation_idle_s` and drop old closed markers, on these partitions.
+
+        Only pass partitions the worker has caught up on: after a restart, a conversation's next segments may be
+        waiting in the backlog, and "idle" means no segment arrived, not that the worker was down.
+
+        Returns the outputs to deliver; the store already holds the new states (delivery failure ends the
+        process, and the restarted worker rebuilds the store from the changelog).
+        """
+        async with self._lock:
+            now = self._clock()
+            states = [state for state in self._states() if state.partition in partitions]
+            idle, expired = due(
+                [(s.conversation_id, s) for s in states],
+                now=now,
+                idle_s=self._idle_s,
+                keep_closed_s=self._keep_closed_s,
+            )
+            closing: list[tuple[Added, InputRecord]] = [(close(s, "idle", now=now), self._origin(s)) for s in idle]
+            outputs = await self._emit([(step.closed, origin) for step, origin in closing if step.closed is not None])
+            for step, _ in closing:
+                outputs.append(self._write(step.state))
+                metrics.CONVERSATIONS_CLOSED.labels(reason="idle").inc()
+            outputs.extend(self._forget(state) for state in expired)
+            metrics.CONVERSATIONS_OPEN.set(self._count_open())
+            return outputs
+
+    # ---------------------------------------------------------------------------------------- internals
+    def _load(self, conversation_id: str) -> ConversationState | None:
+        raw = self._store.get(conversation_id.encode())
+        return ConversationState.model_validate_json(raw) if raw else None
+
+    def _states(self) -> list[ConversationState]:
+        return [ConversationState.model_validate_json(raw) for raw in list(self._store.values()) if raw]
+
+    def _count_open(self) -> int:
+        return sum(1 for state in self._states() if state.closed_at is None)
+
+    async def _emit(self, closed: Sequence[tuple[Conversation, InputRecord]]) -> list[OutputRecord]:
+        if not closed:
+            return []
+        conversations = [conversation for conversation, _ in closed]
+        records = [record for _, record in closed]
+        outcomes = await self._processor.infer(list(conversations), records)
+        return [
+            # A conversation that fails inference is dead-lettered as the conversation it was assembled into.
+            self._processor.routed(
+                record, conversation, outcome, value=orjson.dumps(conversation.model_dump(mode="json"))
+            )
+            for conversation, record, outcome in zip(conversations, records, outcomes, strict=True)
+        ]
+
+    def _write(self, state: ConversationState) -> OutputRecord:
+        key = state.conversation_id.encode()
+        value = state.model_dump_json(exclude_defaults=False).encode()
+        self._store[key] = value
+        return self._changelog(state, value)
+
+    def _forget(self, state: ConversationState) -> OutputRecord:
+        self._store.pop(state.conversation_id.encode(), None)
+        return self._changelog(state, None)  # a tombstone: compaction removes the key
+
+    def _changelog(self, state: ConversationState, value: bytes | None) -> OutputRecord:
+        return changelog_record(
+            self._changelog_topic,
+            state.conversation_id.encode(),
+            value,
+            input_topic=self._input_topic,
+            partition=state.partition,
+        )
+
+    def _origin(self, state: ConversationState) -> InputRecord:
+        """Provenance for an idle close: no input record triggered it, only the partition is known."""
+        source = Provenance(topic=self._input_topic, partition=state.partition, offset=-1)
+        return InputRecord(source=source, key=state.conversation_id.encode(), value=None, consumed_at=time.monotonic())

@@ -1,0 +1,141 @@
+"""Per-device state in the IoT worker: rolling statistics that rescore anomalies, and tumbling windows.
+
+One `DeviceState` per device id, kept like the conversations (pipeline/stream/conversations.py): in the faust
+table's store, every change written to the changelog partition of the input record as an output of the batch.
+Windows go to `iot.windows` keyed by device, in the same transaction as the readings that closed them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Collection, MutableMapping, Sequence
+
+from pipeline import metrics
+from pipeline.models import AnyEvent, ErrorRecord, IoTMessage, IoTWindow, Result
+from pipeline.settings import Settings
+from pipeline.stages.devices import DeviceState, close_idle, observe, rescore
+from pipeline.stream import names
+from pipeline.stream.state import Progress, changelog_record, wait_ready
+from pipeline.stream.worker import InputRecord, OutputRecord
+
+StateStore = MutableMapping[bytes, bytes]  # device id -> DeviceState JSON
+
+
+class Devices:
+    """Folds every valid IoT message into its device's state before routing; emits windows as they close."""
+
+    def __init__(self, settings: Settings, store: StateStore, *, clock: Callable[[], float] = time.time) -> None:
+        prefix = settings.kafka.topic_prefix
+        self._settings = settings
+        self._store = store
+        self._clock = clock
+        self._input_topic = names.topic(prefix, names.INPUT_TOPICS["iot"])
+        self._changelog_topic = names.topic(prefix, names.STATE_TOPICS["device"])
+        self._windows_topic = names.topic(prefix, names.IOT_WINDOWS_TOPIC)
+        self._lock = asyncio.Lock()
+        self._closed: list[IoTWindow] = []  # windows closed by the batch being planned
+        self._touched: dict[str, int] = {}  # device id -> partition, changed by the batch being planned
+        self.progress = Progress()
+
+    async def ready(self, records: Sequence[InputRecord]) -> None:
+        await wait_ready(self._store, records)
+
+    async def annotate(
+        self, valid: Sequence[tuple[AnyEvent, InputRecord]], outcomes: list[Result | ErrorRecord]
+    ) -> list[Result | ErrorRecord]:
+        """Observe each message in order; its result is rescored against the device's history before it."""
+        worker = self._settings.worker
+        async with self._lock:
+            now = self._clock()
+            rescored: list[Result | ErrorRecord] = []
+            for (event, record), outcome in zip(valid, outcomes, strict=True):
+                if not isinstance(event, IoTMessage):
+                    rescored.append(outcome)
+                    continue
+                state = self._load(event.device_id)
+                seen = observe(
+                    state,
+                    event,
+                    partition=record.source.partition,
+                    now=now,
+                    window_s=worker.iot_window_s,
+                    half_life=worker.iot_half_life,
+                    min_samples=worker.iot_min_samples,
+                )
+                if _replayed(state, record):
+                    # Already folded in before a crash or rebalance replayed it (at-least-once): score it,
+                    # but counting it again would skew the statistics and the window.
+                    metrics.IOT_LATE_MESSAGES.labels(placement="replayed").inc()
+                else:
+                    folded = seen.state.model_copy(update={"offset": record.source.offset})
+                    self._store[event.device_id.encode()] = folded.model_dump_json().encode()
+                    self._touched[event.device_id] = record.source.partition
+                    if seen.closed is not None:
+                        self._closed.append(seen.closed)
+                    if seen.placement != "window":
+                        metrics.IOT_LATE_MESSAGES.labels(placement=seen.placement).inc()
+                rescored.append(
+                    rescore(outcome, seen.zscores, self._settings) if isinstance(outcome, Result) else outcome
+                )
+            return rescored
+
+    async def after_batch(
+        self, valid: Sequence[tuple[AnyEvent, InputRecord]], records: Sequence[InputRecord]
+    ) -> list[OutputRecord]:
+        """The windows the batch closed, then the changelog writes of every device it touched."""
+        self.progress.saw(records)
+        async with self._lock:
+            partitions = dict(self._touched)
+            outputs = [self._window(window, partitions[window.device_id]) for window in self._closed]
+            outputs.extend(self._write(device_id, partition) for device_id, partition in partitions.items())
+            self._closed.clear()
+            self._touched.clear()
+            return outputs
+
+    async def sweep(self, partitions: Collection[int]) -> list[OutputRecord]:
+        """Emit the open window of every device gone quiet, on these (caught-up) partitions."""
+        grace_s = self._settings.worker.iot_window_grace_s
+        async with self._lock:
+            now = self._clock()
+            outputs: list[OutputRecord] = []
+            for raw in list(self._store.values()):
+                state = DeviceState.model_validate_json(raw)
+                if state.partition not in partitions or state.window is None:
+                    continue
+                closed_state, window = close_idle(state, now=now, grace_s=grace_s)
+                if window is None:
+                    continue
+                self._store[state.device_id.encode()] = closed_state.model_dump_json().encode()
+                outputs.append(self._window(window, state.partition))
+                outputs.append(self._write(state.device_id, state.partition))
+            return outputs
+
+    # ---------------------------------------------------------------------------------------- internals
+    def _load(self, device_id: str) -> DeviceState | None:
+        raw = self._store.get(device_id.encode())
+        return DeviceState.model_validate_json(raw) if raw else None
+
+    def _write(self, device_id: str, partition: int) -> OutputRecord:
+        key = device_id.encode()
+        return changelog_record(
+            self._changelog_topic, key, self._store.get(key), input_topic=self._input_topic, partition=partition
+        )
+
+    def _window(self, window: IoTWindow, partition: int) -> OutputRecord:
+        metrics.IOT_WINDOWS.inc()
+        return OutputRecord(
+            topic=self._windows_topic,
+            key=window.device_id.encode(),
+            value=window.model_dump_json().encode(),
+            headers=(),
+            destination="sink",
+            reasons=(),
+            event_time=window.window_end,
+            origin=(self._input_topic, partition),
+        )
+
+
+def _replayed(state: DeviceState | None, record: InputRecord) -> bool:
+    """A message at or below the last offset folded in from the same partition has been counted already."""
+    return state is not None and state.partition == record.source.partition and record.source.offset <= state.offset
