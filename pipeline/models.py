@@ -206,6 +206,19 @@ class LabelRecord(_Contract):
     decided_at: datetime
 
 
+def label_text(event: dict[str, Any]) -> str:
+    """What `LabelRecord.text` holds for an event: the text the mini model classifies (and trains on).
+
+    A conversation's turns in speaking order, one per line, without speakers; otherwise the event's text.
+    """
+    segments = event.get("segments")
+    if isinstance(segments, list):
+        turns = sorted((s for s in segments if isinstance(s, dict)), key=lambda s: int(s.get("seq", 0)))
+        return "\n".join(str(s.get("text", "")) for s in turns)
+    text = event.get("text")
+    return text if isinstance(text, str) else ""
+
+
 class MetricWindow(_Contract):
     count: int = Field(ge=1)
     min: float

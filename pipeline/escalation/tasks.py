@@ -25,6 +25,7 @@ from pipeline.models import (
     Result,
     Summary,
     TranscriptSegment,
+    label_text,
 )
 
 Task = Literal["classify", "moderate", "summarize"]
@@ -298,11 +299,15 @@ def _moderation(scores: Mapping[str, float], order: tuple[str, ...]) -> Moderati
 def label_records(
     record: EscalationRecord, prompt: Prompt, answer: Answer, *, model: str, now: datetime
 ) -> list[LabelRecord]:
-    """One verdict per settled task, for the labels topic (the mini model's training data)."""
+    """One verdict per settled task, for the labels topic (the mini model's training data).
+
+    The record's text is what the mini model classifies (`label_text`), not the speaker-prefixed prompt text
+    the large model read, so that `minnow train --from-topic` trains on the inputs the heads will see.
+    """
     common: dict[str, Any] = {
         "id": record.id,
         "kind": record.kind,
-        "text": prompt.text,
+        "text": label_text(record.event),
         "source": "large-model",
         "decided_by": model,
         "decided_at": now,

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pipeline.errors import InputError
-from pipeline.models import LabelRecord, ReviewRecord
+from pipeline.models import LabelRecord, ReviewRecord, label_text
 from pipeline.tasks.moderate import CATEGORIES
 
 Basis = Literal["mini-model", "large-model", "person"]
@@ -104,14 +104,7 @@ def _flags(section: dict[str, Any]) -> tuple[str, ...] | None:
 
 
 # ---------------------------------------------------------------------------------------- label records
-def event_text(event: dict[str, Any]) -> str:
-    """The text a classification verdict is about: what the mini model embedded for this event."""
-    segments = event.get("segments")
-    if isinstance(segments, list):  # a conversation: its turns in order, as the engine joins them
-        turns = sorted((s for s in segments if isinstance(s, dict)), key=lambda s: int(s.get("seq", 0)))
-        return "\n".join(str(s.get("text", "")) for s in turns)
-    text = event.get("text")
-    return text if isinstance(text, str) else ""
+event_text = label_text  # the text a verdict is about: what the mini model classifies (pipeline.models)
 
 
 def label_records(record: ReviewRecord, verdict: Verdict, *, reviewer: str, now: datetime) -> list[LabelRecord]:

@@ -169,3 +169,24 @@ def test_final_result_and_labels_from_an_answer() -> None:
         ("summarize", None, None, "Flyers mailed to amy@example.com upset people."),
     ]
     assert {lr.text for lr in labels} == {text} and {lr.decided_by for lr in labels} == {"big-1"}
+
+
+def test_a_conversation_label_holds_the_text_the_mini_model_classifies_not_the_prompt() -> None:
+    """The large model reads `speaker: text` lines; the label record keeps the turns as the engine embeds them
+    (one per line, no speakers), so `minnow train --from-topic` fits heads on the heads' own inputs."""
+    turns = [("agent", "How can I help?"), ("customer", "I was billed twice, call me at +44 20 7946 0958.")]
+    record, parsed = escalation(conversation_event("call-3", turns), ["classify.low_confidence"])
+    prompt = build_prompt(
+        record,
+        parsed,
+        ("classify",),
+        redact_text=True,
+        max_input_chars=24_000,
+        max_output_tokens=256,
+        summary_sentences=3,
+        summary_chars=600,
+    )
+    assert "customer: I was billed twice" in prompt.text
+    answer = read_answer(prompt, orjson.dumps({"classification": {"label": "billing", "confidence": 0.9}}).decode())
+    (label,) = label_records(record, prompt, answer, model="big-1", now=AT)
+    assert label.text == "How can I help?\nI was billed twice, call me at +44 20 7946 0958."
