@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Precision = Literal["int8", "fp32"]
@@ -163,7 +163,19 @@ class EscalationSettings(_Frozen):
     breaker_mode: BreakerMode = Field(
         default="wait", description="while open: wait (stop consuming escalations) or review (send to review)"
     )
-    cache_size: int = Field(default=10_000, ge=0, description="answers kept by content hash (LRU); 0 = off")
+    cache_size: int = Field(
+        default=10_000,
+        ge=0,
+        description="answers kept by content hash; past this the oldest go (in memory: least recently used); 0 = off",
+    )
+    cache_file: Literal["auto", "none"] | Path = Field(
+        default="auto",
+        description="SQLite file keeping cached answers across restarts; "
+        "auto = MINNOW_ENGINE__CACHE_DIR/escalation-cache.sqlite3, none = in memory only",
+    )
+    cache_ttl_s: float = Field(
+        default=7 * 24 * 3600.0, gt=0, description="cached answers older than this are asked again (model updates)"
+    )
     prices: dict[str, ModelPrice] = Field(
         default_factory=_default_prices, description="USD per 1M input/output tokens per model (JSON)"
     )
@@ -183,6 +195,15 @@ class EscalationSettings(_Frozen):
         default=None, description="JSON file keeping the day's and month's spend across restarts; unset = from zero"
     )
     metrics_port: int = Field(default=9465, ge=0, le=65535, description="the escalator's /metrics etc.; 0 = off")
+
+    @field_validator("cache_file", mode="before")
+    @classmethod
+    def _cache_file_keyword(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in ("auto", "none"):
+            return value.strip().lower()
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("empty: give a path, auto or none")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> EscalationSettings:

@@ -2,8 +2,9 @@
 
 Tests run the escalation tier against it instead of mocking the client: it binds 127.0.0.1 on a free port, answers
 with JSON that follows the requested schema (derived from the request: the first label, low moderation scores, the
-item's first words as its summary) unless a script says otherwise (delay, 429 with Retry-After, 500, a malformed or
-off-schema answer, a body that is not a completion at all), and keeps each request's arrival time and body.
+item's first words as its summary) unless a script says otherwise (delay, held until released, 429 with Retry-After,
+500, a malformed or off-schema answer, a body that is not a completion at all), and keeps each request's arrival time
+and body.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Step:
     retry_after: str | None = None
     delay_s: float = 0.0
     model: str | None = None
+    held: bool = False  # no answer until `release_held()` (or the server stops)
 
 
 def answer(*, delay_s: float = 0.0, model: str | None = None) -> Step:
@@ -40,6 +42,7 @@ def status(code: int, *, retry_after: str | None = None) -> Step:
     return Step("status", status=code, retry_after=retry_after)
 
 
+HELD = Step("answer", held=True)
 MALFORMED = Step("malformed")
 WRONG_SCHEMA = Step("wrong_schema")
 GARBAGE = Step("garbage")
@@ -87,6 +90,7 @@ class OpenAIServer:
     _queue: deque[Step] = field(default_factory=deque)
     _rules: list[_Rule] = field(default_factory=list)
     _runner: web.AppRunner | None = None
+    _released: asyncio.Event = field(default_factory=asyncio.Event)
     port: int = 0
 
     @property
@@ -111,7 +115,12 @@ class OpenAIServer:
         self.port = next(a[1] for a in self._runner.addresses if isinstance(a, tuple))
         return self
 
+    def release_held(self) -> None:
+        """Let every request held by a HELD step (now or later) be answered."""
+        self._released.set()
+
     async def __aexit__(self, *exc: object) -> None:
+        self.release_held()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -129,6 +138,8 @@ class OpenAIServer:
         seen = Recorded(received_at=received, body=body, raw=raw, headers=dict(request.headers))
         self.requests.append(seen)
         step = self._next_step(body)
+        if step.held:
+            await self._released.wait()
         if step.delay_s:
             await asyncio.sleep(step.delay_s)
         response = self._respond(step, body)

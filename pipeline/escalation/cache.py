@@ -1,11 +1,17 @@
-"""Answers by content hash, so the same redacted request is paid for once (at-least-once replays included)."""
+"""Answers by content hash, so the same redacted request is paid for once (at-least-once replays included).
+
+`AnswerStore` is what the escalator uses: `AnswerCache` here keeps answers in memory; `cache_file.FileAnswerCache`
+keeps them in a SQLite file across restarts.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -29,37 +35,66 @@ def content_key(request: ChatRequest, *, tasks: tuple[str, ...], model: str, pro
 
 @dataclass(frozen=True)
 class CachedAnswer:
-    """A valid answer as the model gave it: placeholders unrestored, so it fits any item with the same redacted text."""
+    """A valid answer as the model gave it: placeholders unrestored, so it fits any item with the same redacted text.
+
+    `tokens_in` / `tokens_out` are what getting it was billed (every attempt), kept for the record; a hit costs 0.
+    """
 
     answer: dict[str, Any]
     model: str
+    tokens_in: int = 0
+    tokens_out: int = 0
+
+
+class AnswerStore(Protocol):
+    """Where the escalator looks answers up and keeps them. Neither call raises: a broken store is a miss."""
+
+    async def get(self, key: str) -> CachedAnswer | None: ...
+
+    async def put(self, key: str, value: CachedAnswer) -> None: ...
 
 
 class AnswerCache:
-    """A bounded LRU map from content key to answer; `max_entries` 0 keeps nothing."""
+    """A bounded LRU map from content key to answer, in memory; `max_entries` 0 keeps nothing.
 
-    def __init__(self, max_entries: int) -> None:
+    An answer older than `ttl_s` (by `now`, seconds) is a miss and is dropped.
+    """
+
+    def __init__(
+        self, max_entries: int, *, ttl_s: float = float("inf"), now: Callable[[], float] = time.monotonic
+    ) -> None:
         self._max = max_entries
-        self._entries: OrderedDict[str, CachedAnswer] = OrderedDict()
+        self._ttl_s = ttl_s
+        self._now = now
+        self._entries: OrderedDict[str, tuple[float, CachedAnswer]] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: str) -> CachedAnswer | None:
+    async def get(self, key: str) -> CachedAnswer | None:
+        return self.lookup(key)
+
+    async def put(self, key: str, value: CachedAnswer) -> None:
+        self.keep(key, value)
+
+    def lookup(self, key: str) -> CachedAnswer | None:
         found = self._entries.get(key)
+        if found is not None and self._now() - found[0] >= self._ttl_s:
+            del self._entries[key]
+            found = None
         if found is None:
             self.misses += 1
             return None
         self._entries.move_to_end(key)
         self.hits += 1
-        return found
+        return found[1]
 
-    def put(self, key: str, value: CachedAnswer) -> None:
+    def keep(self, key: str, value: CachedAnswer) -> None:
         if self._max == 0:
             return
-        self._entries[key] = value
+        self._entries[key] = (self._now(), value)
         self._entries.move_to_end(key)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)

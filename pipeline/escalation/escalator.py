@@ -14,7 +14,7 @@ from pipeline import metrics
 from pipeline.errors import AnswerError, CircuitOpenError, ProviderError
 from pipeline.escalation.breaker import CircuitBreaker
 from pipeline.escalation.budget import Budget, PriceTable
-from pipeline.escalation.cache import AnswerCache, CachedAnswer, content_key
+from pipeline.escalation.cache import AnswerCache, AnswerStore, CachedAnswer, content_key
 from pipeline.escalation.caller import Caller
 from pipeline.escalation.client import CHARS_PER_TOKEN, ChatReply, ChatRequest, ChatSender
 from pipeline.escalation.limits import Clock, Limits, SystemClock
@@ -76,7 +76,10 @@ def _utcnow() -> datetime:
 
 
 class Escalator:
-    """`settle(record, event)` returns an Outcome; provider failures, caps and bad answers are data, not raised."""
+    """`settle(record, event)` returns an Outcome; provider failures, caps and bad answers are data, not raised.
+
+    Answers are cached in `cache`; without one, in memory (`minnow escalator` passes the file `open_cache` opens).
+    """
 
     def __init__(
         self,
@@ -87,6 +90,7 @@ class Escalator:
         now: Callable[[], datetime] = _utcnow,
         uniform: Callable[[], float] = random.random,
         budget: Budget | None = None,
+        cache: AnswerStore | None = None,
     ) -> None:
         self._settings = settings
         self._cfg = cfg = settings.escalation
@@ -110,7 +114,7 @@ class Escalator:
         )
         self.prices = PriceTable(cfg.prices, cfg.model)
         self.budget = budget or Budget(cfg, now=now)
-        self.cache = AnswerCache(cfg.cache_size)
+        self.cache: AnswerStore = cache if cache is not None else AnswerCache(cfg.cache_size, ttl_s=cfg.cache_ttl_s)
         self._inflight: dict[str, asyncio.Future[None]] = {}
 
     @property
@@ -134,15 +138,16 @@ class Escalator:
             summary_chars=self._settings.summary.max_chars,
         )
         key = content_key(prompt.request, tasks=tasks, model=self._cfg.model, prompt_version=PROMPT_VERSION)
-        # Identical content in flight: wait for it, then read the cache, so the same request is not paid twice.
+        # Identical content in flight: wait for it, then read the cache, so the same request is not paid twice. The
+        # lead is taken before the cache is read (a read may yield), so only one item at a time reads and asks.
         while (leader := self._inflight.get(key)) is not None:
             await asyncio.shield(leader)
-        cached = self.cache.get(key)
-        if cached is not None:
-            metrics.ESCALATOR_CACHE_HITS.inc()
-            return self._from_cache(record, prompt, cached)
         self._inflight[key] = done = asyncio.get_running_loop().create_future()
         try:
+            cached = await self.cache.get(key)
+            if cached is not None:
+                metrics.ESCALATOR_CACHE_HITS.inc()
+                return self._from_cache(record, prompt, cached)
             return await self._ask(record, prompt, key)
         finally:
             del self._inflight[key]
@@ -187,7 +192,9 @@ class Escalator:
                 log.info("large model answer for %s rejected: %s", record.id, exc)
                 error, answer_read = str(exc), exc.answer
                 continue
-            self.cache.put(key, CachedAnswer(answer.model_dump(exclude_none=True), reply.model))
+            # Stored before the item's outputs leave, so an item delivered and replayed after a crash is a hit.
+            cached = CachedAnswer(answer.model_dump(exclude_none=True), reply.model, bill.tokens_in, bill.tokens_out)
+            await self.cache.put(key, cached)
             return self._decided(record, prompt, answer, reply, bill)
         return self._review(
             record,

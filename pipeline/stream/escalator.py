@@ -328,14 +328,15 @@ async def serve(settings: Settings, escalator: Escalator, stop: asyncio.Event) -
 
 
 async def _main(settings: Settings) -> int:
+    from pipeline.escalation.cache_file import open_cache
     from pipeline.escalation.client import client_for
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with client_for(settings.escalation) as client:
-        escalator = Escalator(settings, client)
+    async with client_for(settings.escalation) as client, open_cache(settings) as cache:
+        escalator = Escalator(settings, client, cache=cache)
         endpoints: asyncio.Task[None] | None = None
         if settings.escalation.metrics_port:
             endpoints = asyncio.create_task(_endpoints(settings))

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -23,7 +28,7 @@ from pipeline.stream import names
 from pipeline.stream.escalator import ESCALATOR_GROUP_SUFFIX, serve
 from tests.escalation_support import conversation_event, escalation, feed_event, iot_event
 from tests.integration.helpers import create_topic
-from tests.openai_server import MALFORMED, WRONG_SCHEMA, OpenAIServer, status
+from tests.openai_server import HELD, MALFORMED, WRONG_SCHEMA, OpenAIServer, status
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -105,14 +110,16 @@ async def produce(bootstrap: str, topic: str, values: list[tuple[bytes | None, b
         await producer.stop()
 
 
-async def wait_committed(bootstrap: str, group: str, topic: str, timeout_s: float) -> bool:
+async def wait_committed(
+    bootstrap: str, group: str, topic: str, timeout_s: float, *, partition_count: int = PARTITIONS
+) -> bool:
     """Until the group has committed every partition of `topic` up to its end."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await consumer.start()
     await admin.start()
     try:
-        partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        partitions = [TopicPartition(topic, p) for p in range(partition_count)]
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
@@ -245,3 +252,182 @@ async def scenario(bootstrap: str, random_name: Callable[[str], str]) -> None:
     # Redaction: no request of any attempt carried an original value.
     assert [r for r in requests if any(value in r.raw.decode() for value in PII)] == []
     assert sum("[EMAIL_1]" in r.item for r in requests) >= 20
+
+
+# ------------------------------------------------------------------------------------- crash and restart
+REPO = Path(__file__).resolve().parents[2]
+BLOCKER = "BLOCKER-ITEM"  # its first request is held: offset 0 never finishes, so the killed process commits nothing
+CRASH_ITEMS = 10
+PROCESS_TIMEOUT_S = 60.0
+
+
+@dataclass
+class EscalatorProcess:
+    """`python -m pipeline.cli escalator` as a child process, its log in a file."""
+
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.cli", "escalator"], env=self.env, cwd=REPO, stdout=log, stderr=log
+            )
+
+    def stop(self, sig: signal.Signals) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout=PROCESS_TIMEOUT_S)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait(timeout=PROCESS_TIMEOUT_S)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@dataclass
+class Crash:
+    """The records of the crash test and what the large model and the sink saw."""
+
+    blocker: tuple[EscalationRecord, Any]
+    items: list[tuple[EscalationRecord, Any]]
+    requests: list[Any] = field(default_factory=list)
+    results: list[dict[str, Any]] = field(default_factory=list)
+    survivor_log: str = ""
+
+    @property
+    def markers(self) -> dict[str, str]:
+        """id -> a string found only in that item's text."""
+        return {record.id: f"k{i:02d}z" for i, (record, _) in enumerate(self.items)} | {self.blocker[0].id: BLOCKER}
+
+
+def crash_plan() -> Crash:
+    blocker = escalation(feed_event("crash-blocker", f"{BLOCKER} rates rose."), ["classify.low_confidence"])
+    items = [
+        escalation(
+            feed_event(f"crash-{i}", f"Crash item k{i:02d}z: write to {PII[0]}. It spread hate. The council met."),
+            ["moderate.uncertain_category"],
+            summary="mini",
+        )
+        for i in range(CRASH_ITEMS)
+    ]
+    return Crash(blocker, items)
+
+
+def encoded(item: tuple[EscalationRecord, Any]) -> tuple[bytes | None, bytes | None]:
+    record, event = item
+    return names.record_key(event), orjson.dumps(record.model_dump(mode="json", exclude_none=True))
+
+
+async def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, process: EscalatorProcess) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await condition():
+        assert time.monotonic() < deadline, f"{what} not within {timeout_s:.0f}s\n{process.log()[-4000:]}"
+        await asyncio.sleep(0.5)
+
+
+async def committed_offsets(bootstrap: str, group: str) -> dict[TopicPartition, int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return {tp: meta.offset for tp, meta in (await admin.list_consumer_group_offsets(group)).items()}
+    finally:
+        await admin.close()
+
+
+def test_a_killed_escalator_does_not_pay_again_for_what_it_settled(
+    kafka_bootstrap: str, random_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    """An escalator settles and delivers ten items while the first record of its partition waits on the large model,
+    so nothing can be committed; it is killed with SIGKILL and started again on the same cache file. Every record
+    is settled again (at-least-once: each id reaches the sink, the replayed ones twice), but the ten answers come
+    from the file: one request per item content in all, two for the item that was in flight at the kill. The
+    cached results are free and carry each item's own personal data, restored from the answer's placeholders."""
+    crash = crash_plan()
+    cache_file = tmp_path / "answers.sqlite3"
+    asyncio.run(crash_scenario(kafka_bootstrap, random_name, tmp_path, crash))
+
+    # The large model was asked once per item content; the blocker twice (its first request died with the process).
+    asked = Counter(rid for r in crash.requests for rid, marker in crash.markers.items() if marker in r.item)
+    assert asked == Counter({record.id: 1 for record, _ in crash.items} | {crash.blocker[0].id: 2})
+    assert len(crash.requests) == CRASH_ITEMS + 2
+    assert f"answer cache: {cache_file}, {CRASH_ITEMS} answers" in crash.survivor_log
+
+    # At-least-once: every id in the sink; the replayed ones twice, the second time from the cache at no cost.
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for result in crash.results:
+        by_id.setdefault(result["id"], []).append(result)
+    assert sorted(by_id) == sorted(crash.markers)
+    assert [r["large_model"]["cached"] for r in by_id[crash.blocker[0].id]] == [False]
+    for record, _ in crash.items:
+        copies = by_id[record.id]
+        assert sorted(r["large_model"]["cached"] for r in copies) == [False, True], record.id
+        cached = next(r for r in copies if r["large_model"]["cached"])
+        assert cached["large_model"]["cost_usd"] == 0 and cached["decided_by"] == "large-model"
+        assert PII[0] in cached["summary"]["text"] and "[EMAIL_1]" not in cached["summary"]["text"]
+    # The file holds the answers as the model gave them: placeholders, never the originals.
+    stored = cache_file.read_bytes()
+    assert b"[EMAIL_1]" in stored and PII[0].encode() not in stored
+
+
+async def crash_scenario(bootstrap: str, random_name: Callable[[str], str], tmp_path: Path, crash: Crash) -> None:
+    prefix, group = random_name("esc-crash") + ".", random_name("group")
+    escalations = prefix + names.ESCALATION_TOPIC
+    await create_topic(bootstrap, escalations, 1)  # one partition: the held record at offset 0 blocks every commit
+    for logical in (*OUTPUT_TOPICS, names.DEADLETTER_TOPIC):
+        await create_topic(bootstrap, prefix + logical, PARTITIONS)
+    sink_topics = [prefix + t for t in sorted(set(names.SINK_TOPICS.values()))]
+
+    async def sink_results() -> list[dict[str, Any]]:
+        found = await read_all(bootstrap, sink_topics)
+        return [orjson.loads(m.value) for topic in sink_topics for m in found[topic]]
+
+    await produce(bootstrap, escalations, [encoded(crash.blocker)])  # offset 0
+    await produce(bootstrap, escalations, [encoded(item) for item in crash.items])
+    async with OpenAIServer() as server:
+        server.script_for(BLOCKER, HELD)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MINNOW_")}
+        env.update(
+            MINNOW_KAFKA__BOOTSTRAP_SERVERS=bootstrap,
+            MINNOW_KAFKA__TOPIC_PREFIX=prefix,
+            MINNOW_KAFKA__GROUP_ID=group,
+            MINNOW_ESCALATION__BASE_URL=server.base_url,
+            MINNOW_ESCALATION__CACHE_FILE=str(tmp_path / "answers.sqlite3"),
+            MINNOW_ESCALATION__REQUEST_TIMEOUT_S="600",  # the held request is neither timed out nor retried
+            MINNOW_ESCALATION__METRICS_PORT="0",
+        )
+
+        doomed = EscalatorProcess(env, tmp_path / "first.log")
+        doomed.start()
+        try:
+
+            async def delivered_but_the_blocker() -> bool:
+                held = any(BLOCKER in r.item for r in server.requests)
+                return held and len(await sink_results()) >= CRASH_ITEMS
+
+            await wait_for(delivered_but_the_blocker, 120, "ten results in the sink", doomed)
+        finally:
+            assert doomed.stop(signal.SIGKILL) == -signal.SIGKILL
+        server.release_held()
+        stored = await committed_offsets(bootstrap, group + ESCALATOR_GROUP_SUFFIX)
+        assert all(offset <= 0 for offset in stored.values()), f"nothing may be committed before the kill: {stored}"
+
+        survivor = EscalatorProcess(env, tmp_path / "second.log")
+        survivor.start()
+        try:
+
+            async def all_committed() -> bool:
+                group_id = group + ESCALATOR_GROUP_SUFFIX
+                return await wait_committed(bootstrap, group_id, escalations, 1, partition_count=1)
+
+            await wait_for(all_committed, 150, "every offset committed after the restart", survivor)
+        finally:
+            code = survivor.stop(signal.SIGTERM)
+        crash.survivor_log = survivor.log()
+        assert code == 0, crash.survivor_log[-4000:]
+        crash.requests = list(server.requests)
+    crash.results = await sink_results()
