@@ -1,9 +1,11 @@
-"""`minnow bench e2e`: events/s and produce-to-sink latency through a real broker and worker, vs the engine alone."""
+"""`minnow bench e2e`: events/s and produce-to-sink latency through a real broker and worker, vs the engine alone
+and vs a naive one-event-at-a-time worker."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -31,6 +33,13 @@ from pipeline.models import FeedEvent
 from pipeline.settings import Settings
 from pipeline.stages.infer import MiniModel
 from pipeline.stream import names
+from pipeline.stream.bench_naive import (
+    NAIVE_WORKER_MAX_EVENTS,
+    NAIVE_WORKER_WARMUP,
+    OUTPUT_TOPICS,
+    naive_worker,
+    send_feed_events,
+)
 from pipeline.stream.demo import start_worker
 from pipeline.stream.tools import partitions
 from pipeline.stream.topics import apply, load_specs
@@ -40,7 +49,6 @@ HALF_LOAD = 0.5  # the paced phase sends at this fraction of the burst's measure
 PACED_MAX_EVENTS = 1000
 WORKER_START_WAIT_S = 300.0  # the warm-up also covers the worker loading its model and joining the group
 STOP_TIMEOUT_S = 60.0
-OUTPUT_TOPICS = (names.SINK_TOPICS["feed"], names.ESCALATION_TOPIC, names.DEADLETTER_TOPIC)
 
 
 @dataclass(frozen=True)
@@ -106,25 +114,6 @@ def _phase(name: str, ids: Sequence[str], sent: dict[str, float], watch: OutputW
         "latency_to_worker_send_ms": _percentiles_ms([a.sent_at - sent[i] for i, a in zip(ids, arrivals, strict=True)]),
         "outputs": dict(Counter(a.topic for a in arrivals)),
     }
-
-
-async def _send_all(
-    producer: AIOKafkaProducer, topic: str, events: Sequence[tuple[str, str]], sent: dict[str, float], rate: float
-) -> None:
-    """Produce feed events whose `created_at` is their send time; `rate` 0 sends as fast as the producer takes them."""
-    pending = []
-    start = time.perf_counter()
-    for n, (event_id, text) in enumerate(events):
-        if rate:
-            delay = start + n / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        now = time.time()
-        created = datetime.fromtimestamp(now, UTC).isoformat()
-        value = orjson.dumps({"kind": "feed", "id": event_id, "source": "bench", "text": text, "created_at": created})
-        sent[event_id] = now
-        pending.append(await producer.send(topic, value, key=event_id.encode()))
-    await asyncio.gather(*pending)
 
 
 async def _wait(done: asyncio.Event, timeout_s: float, proc: subprocess.Popen[bytes], what: str) -> None:
@@ -195,42 +184,74 @@ class Plan:
 
 # name, event ids, their texts, events/s (0: all at once), timeout -> the phase's figures
 Phase = Callable[[str, list[str], Sequence[str], float, float], Awaitable[dict[str, Any]]]
+# event ids, their texts -> the naive worker's events/s on them
+NaivePhase = Callable[[list[str], Sequence[str]], Awaitable[float]]
 
 
-async def _rounds(model: MiniModel, plan: Plan, phase: Phase) -> dict[str, Any]:
-    """Each round: a burst through the broker, then the engine alone and the naive loop on the same texts.
+def _median_ratio(rows: Sequence[dict[str, Any]], key: str) -> float:
+    ratios: list[float] = [r["burst"]["events_per_s"] / r[key] for r in rows]
+    return round(statistics.median(ratios), 3)
 
-    The machine's speed drifts by tens of percent over minutes; measuring the three back to back, round by
-    round, lets each ratio see the same conditions. The worker sits idle while the engine runs here.
+
+async def _rounds(model: MiniModel, plan: Plan, phase: Phase, naive_worker: NaivePhase) -> dict[str, Any]:
+    """Each round: a burst through the broker, then the engine alone, the naive loop and the naive worker on the
+    same texts (the naive worker on the first NAIVE_WORKER_MAX_EVENTS of them).
+
+    The machine's speed drifts by tens of percent over minutes; measuring the four back to back, round by
+    round, lets each ratio see the same conditions. The worker sits idle while the others run.
     """
     batch = model.settings.worker.batch_max_events
     rows: list[dict[str, Any]] = []
     for r in range(plan.rounds):
         texts = plan.burst_texts(r)
         ids = [f"r{r}e{n}" for n in range(len(texts))]
-        print(f"round {r + 1}/{plan.rounds}: burst of {len(ids)} events, engine only, naive …", file=sys.stderr)
+        sample = min(len(texts), NAIVE_WORKER_MAX_EVENTS)
+        print(
+            f"round {r + 1}/{plan.rounds}: burst of {len(ids)} events, engine only, naive loop, "
+            f"naive worker on {sample} …",
+            file=sys.stderr,
+        )
         burst = await phase("burst", ids, texts, 0, max(300.0, len(ids) / 5))
         now = datetime.now(UTC)
         feed = [FeedEvent(id=i, source="bench", text=t, created_at=now) for i, t in zip(ids, texts, strict=True)]
         engine = await asyncio.to_thread(_rate, model, feed, batch)
         naive = await asyncio.to_thread(_rate, model, feed, 1)
-        rows.append({"burst": burst, "engine_only_per_s": round(engine, 1), "naive_per_s": round(naive, 1)})
+        worker = await naive_worker([f"n{r}e{n}" for n in range(sample)], texts[:sample])
+        rows.append(
+            {
+                "burst": burst,
+                "engine_only_per_s": round(engine, 1),
+                "naive_per_s": round(naive, 1),
+                "naive_worker_per_s": round(worker, 1),
+                "naive_worker_events": sample,
+            }
+        )
     return {
         "rounds": rows,
         "e2e_per_s": statistics.median(row["burst"]["events_per_s"] for row in rows),
         "engine_only_per_s": statistics.median(row["engine_only_per_s"] for row in rows),
         "naive_per_s": statistics.median(row["naive_per_s"] for row in rows),
-        "e2e_over_engine": round(
-            statistics.median(r["burst"]["events_per_s"] / r["engine_only_per_s"] for r in rows), 3
-        ),
-        "e2e_over_naive": round(statistics.median(r["burst"]["events_per_s"] / r["naive_per_s"] for r in rows), 3),
+        "naive_worker_per_s": statistics.median(row["naive_worker_per_s"] for row in rows),
+        "e2e_over_engine": _median_ratio(rows, "engine_only_per_s"),
+        "e2e_over_naive": _median_ratio(rows, "naive_per_s"),
+        "e2e_over_naive_worker": _median_ratio(rows, "naive_worker_per_s"),
     }
+
+
+async def _paced(plan: Plan, phase: Phase, rate: float) -> dict[str, Any]:
+    """Events sent at `rate`, for the latency of a worker that keeps up."""
+    count = max(2, min(len(plan.texts), PACED_MAX_EVENTS, int(rate * 15)))
+    print(f"paced: {count} events at {rate:.0f}/s …", file=sys.stderr)
+    texts = [plan.texts[n % len(plan.texts)] for n in range(count)]
+    paced = await phase("paced", [f"p{n}" for n in range(count)], texts, rate, max(120.0, 3 * count / rate))
+    return paced | {"rate_per_s": round(rate, 1)}
 
 
 async def _through_broker(
     settings: Settings, bootstrap: str, model: MiniModel, plan: Plan, workdir: Path
 ) -> dict[str, Any]:
-    """Warm-up, the measured rounds and a paced phase through one worker subprocess, stopped before returning."""
+    """Warm-ups, the measured rounds and a paced phase through one worker subprocess (stopped before returning)
+    and the naive worker in this process."""
     prefix = f"bench-e2e-{uuid.uuid4().hex[:10]}."  # fresh: the cleanup deletes every topic under it
     await apply(bootstrap, prefix, load_specs())
     report: dict[str, Any] = {"topic_prefix": prefix}
@@ -238,7 +259,9 @@ async def _through_broker(
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
     proc: subprocess.Popen[bytes] | None = None
     reader: asyncio.Task[None] | None = None
+    naive_stack = contextlib.AsyncExitStack()
     try:
+        naive = await naive_stack.enter_async_context(naive_worker(bootstrap, prefix, model))
         await consumer.start()
         await producer.start()
         parts = [TopicPartition(prefix + t, p) for t in OUTPUT_TOPICS for p in await partitions(bootstrap, prefix + t)]
@@ -254,21 +277,18 @@ async def _through_broker(
             name: str, ids: list[str], texts: Sequence[str], rate: float, timeout_s: float
         ) -> dict[str, Any]:
             done = watch.expect(ids)
-            await _send_all(producer, topic, list(zip(ids, texts, strict=True)), sent, rate)
+            await send_feed_events(producer, topic, list(zip(ids, texts, strict=True)), sent, rate)
             await _wait(done, timeout_s, worker, name)
             return _phase(name, ids, sent, watch)
 
         print(f"worker starting; warm-up of {plan.warmup} events …", file=sys.stderr)
         warm = [plan.texts[n % len(plan.texts)] for n in range(plan.warmup)]
         await phase("warm-up", [f"w{n}" for n in range(plan.warmup)], warm, 0, WORKER_START_WAIT_S)
-        report |= await _rounds(model, plan, phase)
-        rate = HALF_LOAD * report["e2e_per_s"]
-        count = max(2, min(len(plan.texts), PACED_MAX_EVENTS, int(rate * 15)))
-        print(f"paced: {count} events at {rate:.0f}/s …", file=sys.stderr)
-        paced_ids = [f"p{n}" for n in range(count)]
-        paced_texts = [plan.texts[n % len(plan.texts)] for n in range(count)]
-        paced = await phase("paced", paced_ids, paced_texts, rate, max(120.0, 3 * count / rate))
-        paced["rate_per_s"] = round(rate, 1)
+        print("naive worker: warm-up …", file=sys.stderr)
+        await naive.warm_up(producer, warm[:NAIVE_WORKER_WARMUP] or plan.texts[:1])
+        report |= await _rounds(model, plan, phase, functools.partial(naive.run, producer))
+        report["naive_worker"] = naive.figures()
+        paced = await _paced(plan, phase, HALF_LOAD * report["e2e_per_s"])
         # Latencies pooled over every round's burst; the rate is the rounds' median, since the span across rounds
         # would include the in-process measurements.
         bursts = _phase("burst", [i for i in sent if i.startswith("r")], sent, watch) | {
@@ -284,6 +304,7 @@ async def _through_broker(
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+        await naive_stack.aclose()
         await producer.stop()
         await consumer.stop()
         await _delete_topics(bootstrap, prefix)
@@ -325,7 +346,7 @@ def _verdict(value: float, target: float) -> str:
 
 def render(report: dict[str, Any]) -> str:
     m, b, p = report["model"], report["burst"], report["paced"]
-    wb, rounds = report["worker_batch"], report["rounds"]
+    wb, rounds, nw = report["worker_batch"], report["rounds"], report["naive_worker"]
     per_round = rounds[0]["burst"]["events"]
     lines = [
         f"model {m['name']} {m['version']} ({m['quantization']}), {report['events']} feed events of ~"
@@ -347,12 +368,19 @@ def render(report: dict[str, Any]) -> str:
         f"{plat['p50']} | {plat['p95']} | {plat['p99']} |",
         f"| engine only (MiniModel.process, batches of {wb['max_events']}) | {report['engine_only_per_s']} | "
         f"{each(lambda r: r['engine_only_per_s'])} | | | |",
-        f"| naive (MiniModel.process, one event per call) | {report['naive_per_s']} | "
+        f"| naive engine loop (MiniModel.process, one event per call, no broker) | {report['naive_per_s']} | "
         f"{each(lambda r: r['naive_per_s'])} | | | |",
-        f"e2e / engine only (median of per-round ratios): {_verdict(report['e2e_over_engine'], 0.9)}",
-        f"e2e / naive (median of per-round ratios): {_verdict(report['e2e_over_naive'], 3)}",
+        f"| naive worker through the broker ({rounds[0]['naive_worker_events']} events a round, each: consume, "
+        f"model, produce + ack, commit) | {report['naive_worker_per_s']} | "
+        f"{each(lambda r: r['naive_worker_per_s'])} | | | |",
+        "ratios are medians of per-round ratios:",
+        f"e2e / engine only: {_verdict(report['e2e_over_engine'], 0.9)}",
+        f"e2e / naive (engine loop): {_verdict(report['e2e_over_naive'], 3)}",
+        f"e2e / naive worker: {_verdict(report['e2e_over_naive_worker'], 3)}",
+        "naive worker, ms per event: " + ", ".join(f"{k} {v}" for k, v in nw["ms_per_event"].items()),
         "latency: when this process read the output minus the event's created_at (its produce time); "
-        "events/s: a burst's events / (its first produce to its last output read)",
+        "events/s: a burst's events / (its first produce to its last output read); naive worker: its events / "
+        "(their first produce to its last commit)",
         f"outputs of the bursts: {b['outputs']}; duplicates: {report['duplicates']}",
         f"worker peak RSS (VmHWM): {report['worker_peak_rss_mb']} MB; worker exit code {report['worker_exit_code']}",
     ]

@@ -44,10 +44,28 @@ def test_a_small_bench_accounts_for_every_event_and_reports_sane_figures(
         lat = phase["latency_ms"]
         assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] < 60_000
         assert phase["events_per_s"] > 0
-    for key in ("e2e_per_s", "engine_only_per_s", "naive_per_s", "e2e_over_engine", "e2e_over_naive"):
+    for key in (
+        "e2e_per_s",
+        "engine_only_per_s",
+        "naive_per_s",
+        "naive_worker_per_s",
+        "e2e_over_engine",
+        "e2e_over_naive",
+        "e2e_over_naive_worker",
+    ):
         assert report[key] > 0, key
+    for row in report["rounds"]:  # the naive worker ran in every round, on the whole (small) round
+        assert row["naive_worker_per_s"] > 0 and row["naive_worker_events"] == EVENTS // ROUNDS
+    naive = report["naive_worker"]
+    assert sum(naive["outputs"].values()) == EVENTS  # one output per measured event, warm-up not counted
+    assert set(naive["outputs"]) <= {"feeds.enriched", "escalations", "deadletter"}
+    steps = naive["ms_per_event"]
+    assert set(steps) == {"consume", "model", "produce_ack", "commit"}
+    assert steps["consume"] >= 0  # prefetched records can take well under the 0.01 ms it is rounded to
+    assert steps["model"] > 0 and steps["produce_ack"] > 0 and steps["commit"] > 0  # a call and two round trips
     assert 100 < report["worker_peak_rss_mb"] < 2000  # a loaded model, not a number from the wrong process
 
     text = bench_e2e.render(report)
     assert "| broker + worker, bursts |" in text and "e2e / engine only" in text and "target ≥ 3" in text
+    assert "| naive worker through the broker" in text and "e2e / naive worker: " in text
     assert asyncio.run(_topics_with(kafka_bootstrap, report["topic_prefix"])) == []
