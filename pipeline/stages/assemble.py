@@ -42,7 +42,7 @@ class ConversationState(BaseModel):
 class Added(BaseModel):
     """What adding one segment did: the new state, and the conversation to emit if this closed it."""
 
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(frozen=True)
 
     state: ConversationState
     closed: Conversation | None = None
