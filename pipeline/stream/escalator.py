@@ -288,6 +288,9 @@ def consumer_for(settings: Settings) -> AIOKafkaConsumer:
         group_id=kafka.group_id + ESCALATOR_GROUP_SUFFIX,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        # Workers in exactly-once mode write escalations inside transactions: an aborted one (a crashed batch,
+        # redone after the restart) must not be paid for. Non-transactional records are unaffected.
+        isolation_level="read_committed",
         session_timeout_ms=int(kafka.session_timeout_s * 1000),
         heartbeat_interval_ms=int(kafka.heartbeat_interval_s * 1000),
         max_partition_fetch_bytes=FETCH_MAX_PARTITION_BYTES,
