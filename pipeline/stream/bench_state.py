@@ -1,0 +1,102 @@
+"""How long a worker takes to rebuild its state from a changelog partition (`python -m pipeline.stream.bench_state`).
+
+Writes N device states of realistic size (three metrics with statistics and an open window) to a fresh
+one-partition topic on the local broker (or `MINNOW_KAFKA__BOOTSTRAP_SERVERS`), then times `ChangelogStore`
+replaying it, as a worker does on assignment. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+import uuid
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from pipeline import devkafka
+from pipeline.stages.devices import DeviceState, MetricAggregate, MetricStats, OpenWindow
+from pipeline.stream.state import ChangelogStore
+
+
+def device_state(n: int) -> bytes:
+    metrics = ("temperature_c", "humidity_pct", "battery_v")
+    state = DeviceState(
+        device_id=f"device-{n:07d}",
+        partition=0,
+        stats={m: MetricStats(n=500, mean=20.0 + n % 7, var=1.5) for m in metrics},
+        window=OpenWindow(
+            start=1_800_000_000.0,
+            end=1_800_000_060.0,
+            messages=3,
+            metrics={m: MetricAggregate(count=3, min=19.0, max=21.0, sum=60.0) for m in metrics},
+        ),
+        emitted_until=1_800_000_000.0,
+        last_seen=1_800_000_030.0,
+        offset=n,
+    )
+    return state.model_dump_json().encode()
+
+
+async def measure(bootstrap: str, keys: int) -> dict[str, float]:
+    topic = f"bench-state-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20)
+        await producer.start()
+        try:
+            value_bytes = 0
+            pending = []
+            for n in range(keys):
+                value = device_state(n)
+                value_bytes += len(value)
+                pending.append(await producer.send(topic, value, key=f"device-{n:07d}".encode(), partition=0))
+            await asyncio.gather(*pending)
+        finally:
+            await producer.stop()
+        store = ChangelogStore(bootstrap, topic)
+        started = time.perf_counter()
+        store.assign([0])
+        await store.ready([0])
+        seconds = time.perf_counter() - started
+        assert len(store) == keys, f"restored {len(store)} of {keys} keys"
+        return {
+            "keys": keys,
+            "mean_value_bytes": round(value_bytes / keys),
+            "restore_s": round(seconds, 2),
+            "keys_per_s": round(keys / seconds),
+        }
+    finally:
+        await admin.delete_topics([topic])
+        await admin.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keys", type=int, default=50_000, help="device states to write and replay")
+    args = parser.parse_args(argv)
+    bootstrap = os.environ.get("MINNOW_KAFKA__BOOTSTRAP_SERVERS")
+    started = None
+    if not bootstrap:
+        cache = devkafka.default_cache_dir()
+        running = devkafka.status(cache)
+        if running is None:
+            running = started = devkafka.start(cache)
+        bootstrap = running.bootstrap_servers
+    try:
+        report = asyncio.run(measure(bootstrap, args.keys))
+    finally:
+        if started is not None:
+            devkafka.stop(devkafka.default_cache_dir())
+    sys.stdout.buffer.write(orjson.dumps(report) + b"\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
