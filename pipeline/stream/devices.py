@@ -48,12 +48,13 @@ class Devices:
         worker = self._settings.worker
         async with self._lock:
             now = self._clock()
+            folded_here: dict[str, DeviceState] = {}  # parsed once and written once per device per batch
             rescored: list[Result | ErrorRecord] = []
             for (event, record), outcome in zip(valid, outcomes, strict=True):
                 if not isinstance(event, IoTMessage):
                     rescored.append(outcome)
                     continue
-                state = self._load(event.device_id)
+                state = folded_here.get(event.device_id) or self._load(event.device_id)
                 seen = observe(
                     state,
                     event,
@@ -68,8 +69,7 @@ class Devices:
                     # but counting it again would skew the statistics and the window.
                     metrics.IOT_LATE_MESSAGES.labels(placement="replayed").inc()
                 else:
-                    folded = seen.state.model_copy(update={"offset": record.source.offset})
-                    self._store[event.device_id.encode()] = folded.model_dump_json().encode()
+                    folded_here[event.device_id] = seen.state.model_copy(update={"offset": record.source.offset})
                     self._touched[event.device_id] = record.source.partition
                     if seen.closed is not None:
                         self._closed.append(seen.closed)
@@ -78,6 +78,8 @@ class Devices:
                 rescored.append(
                     rescore(outcome, seen.zscores, self._settings) if isinstance(outcome, Result) else outcome
                 )
+            for device_id, folded in folded_here.items():
+                self._store[device_id.encode()] = folded.model_dump_json().encode()
             return rescored
 
     async def after_batch(

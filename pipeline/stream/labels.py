@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from pipeline.commands.labeled import read_labeled
@@ -18,7 +17,7 @@ from pipeline.errors import ConfigError
 from pipeline.models import LabelRecord
 from pipeline.review.verdicts import KeyedLabel, latest_verdicts
 from pipeline.settings import Settings
-from pipeline.stream.tools import StreamToolError, partitions
+from pipeline.stream.tools import StreamToolError, partitions, started
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +43,12 @@ async def read_labels(bootstrap_servers: str, topic: str, *, timeout_s: float = 
     assigned = [TopicPartition(topic, number) for number in await partitions(bootstrap_servers, topic)]
     # "earliest" as well as the seek: with the default "latest", the reset that assign() starts can land after
     # seek_to_beginning and leave every partition at its end (seen with aiokafka 0.14).
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+    consumer = await started(
+        AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+        ),
+        bootstrap_servers,
     )
-    try:
-        await consumer.start()
-    except KafkaError as exc:
-        await consumer.stop()
-        raise StreamToolError(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
     try:
         consumer.assign(assigned)
         ends: dict[TopicPartition, int] = await consumer.end_offsets(assigned)

@@ -21,7 +21,7 @@ from pipeline.models import ReviewRecord
 from pipeline.review.prompt import Accept, ScriptedAnswer, ask, decide
 from pipeline.review.verdicts import Decision, Quit, Skip, Verdict, label_key, label_records
 from pipeline.stream.names import REVIEW_SKIPS
-from pipeline.stream.tools import KafkaRecord, StreamToolError, partitions
+from pipeline.stream.tools import KafkaRecord, StreamToolError, partitions, started
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +90,15 @@ async def review(bootstrap_servers: str, options: ReviewOptions, decider: Decide
         session_timeout_ms=options.session_timeout_ms,
         heartbeat_interval_ms=options.heartbeat_interval_ms,
     )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True)
+    await started(consumer, bootstrap_servers)
     try:
-        await consumer.start()
-        await producer.start()
-    except KafkaError as exc:
-        await producer.stop()
+        producer = await started(
+            AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True),
+            bootstrap_servers,
+        )
+    except StreamToolError:
         await consumer.stop()
-        raise StreamToolError(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
+        raise
     try:
         # What is waiting now is this session's queue; skips land after it, so they are not shown again today.
         ends = await consumer.end_offsets([TopicPartition(options.review_topic, n) for n in own])

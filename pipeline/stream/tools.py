@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import IO, Any, Protocol, TextIO
+from typing import IO, Any, Protocol, TextIO, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -98,6 +98,25 @@ def _lines(stream: IO[bytes], key_field: str | None) -> Iterator[_Line]:
         yield _Line(number, key_for(decoded, key_field), raw, valid=True)
 
 
+class _Client(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+ClientT = TypeVar("ClientT", bound=_Client)
+
+
+async def started(client: ClientT, bootstrap_servers: str) -> ClientT:
+    """The aiokafka client, started; a broker that cannot be reached is a StreamToolError that says where."""
+    try:
+        await client.start()
+    except KafkaError as exc:
+        await client.stop()
+        raise StreamToolError(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
+    return client
+
+
 async def partitions(bootstrap_servers: str, topic: str) -> list[int]:
     """The topic's partitions; a missing topic is an error, not something for the broker to auto-create."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
@@ -128,12 +147,9 @@ async def produce(
     `skip_invalid` drops them instead.
     """
     await partitions(bootstrap_servers, topic)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True)
-    try:
-        await producer.start()
-    except KafkaError as exc:
-        await producer.stop()
-        raise StreamToolError(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
+    producer = await started(
+        AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True), bootstrap_servers
+    )
     sent = invalid_sent = invalid_skipped = 0
     pending: list[tuple[int, asyncio.Future[Any]]] = []
     try:
@@ -238,12 +254,10 @@ async def tail(
     seconds, else runs until cancelled (Ctrl-C). Joins no consumer group and commits nothing.
     """
     assigned = [TopicPartition(topic, number) for number in await partitions(bootstrap_servers, topic)]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False)
-    try:
-        await consumer.start()
-    except KafkaError as exc:
-        await consumer.stop()
-        raise StreamToolError(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
+    consumer = await started(
+        AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False),
+        bootstrap_servers,
+    )
     try:
         consumer.assign(assigned)
         await (consumer.seek_to_beginning if from_beginning else consumer.seek_to_end)(*assigned)

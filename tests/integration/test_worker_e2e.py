@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -204,14 +204,22 @@ async def committed_offsets(bootstrap: str, group: str) -> dict[tuple[str, int],
 
 
 class OutputReader:
-    """Reads every output partition from the beginning, outside any group, keeping what it has seen."""
+    """Reads every output partition (or those of `topics`) from the beginning, outside any group, keeping what it
+    has seen."""
 
-    def __init__(self, bootstrap: str, prefix: str, *, isolation_level: str = "read_uncommitted") -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        prefix: str,
+        *,
+        isolation_level: str = "read_uncommitted",
+        topics: Sequence[str] = OUTPUT_TOPICS,
+    ) -> None:
         self.records: list[ConsumerRecord[bytes, bytes]] = []
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level=isolation_level
         )
-        self._partitions = [TopicPartition(prefix + t, p) for t in OUTPUT_TOPICS for p in range(PARTITIONS)]
+        self._partitions = [TopicPartition(prefix + t, p) for t in topics for p in range(PARTITIONS)]
 
     async def __aenter__(self) -> OutputReader:
         await self._consumer.start()
@@ -408,7 +416,9 @@ def test_every_input_comes_out_once_across_a_graceful_restart(  # noqa: PLR0915 
             assert code == 0, f"worker exited {code} on SIGTERM\n{second.tail()}"
             await reader.read_to_end()
             final = await committed_offsets(kafka_bootstrap, group)
-            windows.extend(await _read_topic(kafka_bootstrap, prefix + names.IOT_WINDOWS_TOPIC))
+            async with OutputReader(kafka_bootstrap, prefix, topics=[names.IOT_WINDOWS_TOPIC]) as window_reader:
+                await window_reader.read_to_end()
+            windows.extend(window_reader.records)
             return sent, reader.records, final, timings
 
     windows: list[ConsumerRecord[bytes, bytes]] = []
@@ -606,28 +616,6 @@ def test_conversations_are_emitted_whole_once_across_a_sigkill(
 
 
 # -------------------------------------------------------------------------------------------- helpers
-async def _read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record of a topic, from the beginning to its current end."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        ends = await consumer.end_offsets(parts)
-        records: list[ConsumerRecord[bytes, bytes]] = []
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            behind = [tp for tp in parts if await consumer.position(tp) < ends[tp]]
-            if not behind:
-                break
-            for batch in (await consumer.getmany(timeout_ms=200)).values():
-                records.extend(batch)
-        return records
-    finally:
-        await consumer.stop()
-
-
 def _assert_windows(windows: list[ConsumerRecord[bytes, bytes]], sent: list[Sent]) -> None:
     """One-minute readings in one-minute windows: each reading's window closes when the next one arrives."""
     readings: dict[str, list[float]] = defaultdict(list)
