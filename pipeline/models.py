@@ -1,13 +1,19 @@
-"""The data contracts: input events, enriched results and error records (frozen pydantic v2 models)."""
+"""The data contracts: input events, enriched results and error records (frozen pydantic v2 models).
+
+Each event family is one class here that knows itself: which fields tell its kind when `kind` is missing, its
+record key, its event time, what the encoder reads (`EncoderJob`), the text a large model reads, and its topics.
+`FAMILIES` is the one table of them; nothing else switches on the event class.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-EventKind = Literal["feed", "transcript", "conversation", "iot"]
+EventKind = Literal["feed", "transcript", "conversation", "iot", "ticket"]
 Route = Literal["sink", "escalate"]
 DecidedBy = Literal["mini-model", "large-model", "human"]
 
@@ -17,9 +23,60 @@ class _Contract(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", str_strip_whitespace=False)
 
 
+@dataclass(frozen=True)
+class EncoderJob:
+    """What the mini model reads of one event, and which text tasks run on it.
+
+    `text` is one text, or a list of turns already split (a conversation). `summarize` asks for a summary when the
+    text is long enough (the engine counts sentences or turns against MINNOW_SUMMARY__MIN_SENTENCES_TO_SUMMARIZE).
+    """
+
+    text: str | list[str]
+    label_set: str | None
+    moderate: bool
+    summarize: bool
+    speakers: list[str] | None = None
+
+
 # ----------------------------------------------------------------------------------------------- inputs
-class FeedEvent(_Contract):
+class _Event(_Contract):
+    """What every event family tells about itself. Topic names are logical (MINNOW_KAFKA__TOPIC_PREFIX + name)."""
+
+    kind_fields: ClassVar[tuple[str, ...]] = ()  # fields that tell this family when `kind` is missing
+    described_as: ClassVar[str]  # what the item is, in words, for the large model's prompt
+    input_topic: ClassVar[str | None]  # None: not consumed from a topic (assembled by the worker)
+    sink_topic: ClassVar[str]
+
+    if TYPE_CHECKING:  # declared by each family, with its own constraints and in its own field order
+        id: str
+
+    def key(self) -> bytes:
+        """The record key of every output about this event: per-key order holds for what shares it."""
+        return self.id.encode()
+
+    def event_time(self) -> datetime | None:
+        """When the event happened, by its own clock (for the event-to-sink latency); None when it has none."""
+        return None
+
+    def encoder_job(self) -> EncoderJob:
+        raise NotImplementedError
+
+    def prompt_text(self) -> str:
+        """The text a large model reads when the item is escalated."""
+        raise NotImplementedError
+
+    def label_text(self) -> str:
+        """The text a verdict on this event is about: what the mini model classifies (and heads train on)."""
+        job = self.encoder_job()
+        return job.text if isinstance(job.text, str) else "\n".join(job.text)
+
+
+class FeedEvent(_Event):
     """A social or news post."""
+
+    described_as: ClassVar[str] = "a news or social-feed post"
+    input_topic: ClassVar[str | None] = "feeds.in"
+    sink_topic: ClassVar[str] = "feeds.enriched"
 
     kind: Literal["feed"] = "feed"
     id: str = Field(min_length=1, max_length=256)
@@ -29,9 +86,23 @@ class FeedEvent(_Contract):
     url: str | None = None
     created_at: datetime
 
+    def event_time(self) -> datetime | None:
+        return self.created_at
 
-class TranscriptSegment(_Contract):
+    def encoder_job(self) -> EncoderJob:
+        return EncoderJob(self.text, "feed", moderate=True, summarize=True)
+
+    def prompt_text(self) -> str:
+        return self.text
+
+
+class TranscriptSegment(_Event):
     """One utterance of a call or meeting transcript."""
+
+    kind_fields: ClassVar[tuple[str, ...]] = ("conversation_id",)
+    described_as: ClassVar[str] = "one utterance of a call or meeting transcript"
+    input_topic: ClassVar[str | None] = "transcripts.in"
+    sink_topic: ClassVar[str] = "transcripts.enriched"
 
     kind: Literal["transcript"] = "transcript"
     id: str = Field(min_length=1, max_length=256)
@@ -43,17 +114,45 @@ class TranscriptSegment(_Contract):
     end_s: float | None = None
     final: bool | None = None
 
+    def key(self) -> bytes:
+        return self.conversation_id.encode()
 
-class Conversation(_Contract):
+    def encoder_job(self) -> EncoderJob:
+        return EncoderJob(self.text, "transcript", moderate=True, summarize=False)
+
+    def prompt_text(self) -> str:
+        return f"{self.speaker}: {self.text}"
+
+
+class Conversation(_Event):
     """A whole conversation: its segments in order. The stream layer assembles these; the CLI accepts them."""
+
+    kind_fields: ClassVar[tuple[str, ...]] = ("segments",)
+    described_as: ClassVar[str] = "a conversation, one utterance per line as `speaker: text`"
+    input_topic: ClassVar[str | None] = None  # assembled from transcripts.in by the worker
+    sink_topic: ClassVar[str] = "transcripts.enriched"
 
     kind: Literal["conversation"] = "conversation"
     id: str = Field(min_length=1, max_length=256)
     segments: list[TranscriptSegment] = Field(min_length=1)
 
+    def encoder_job(self) -> EncoderJob:
+        turns = sorted(self.segments, key=lambda s: s.seq)
+        return EncoderJob(
+            [t.text for t in turns], "transcript", moderate=True, summarize=True, speakers=[t.speaker for t in turns]
+        )
 
-class IoTMessage(_Contract):
+    def prompt_text(self) -> str:
+        return "\n".join(f"{segment.speaker}: {segment.text}" for segment in self.segments)
+
+
+class IoTMessage(_Event):
     """A device message: numeric readings and an optional text (alert, log line)."""
+
+    kind_fields: ClassVar[tuple[str, ...]] = ("readings", "device_id")
+    described_as: ClassVar[str] = "a message from an IoT device: its text and its readings"
+    input_topic: ClassVar[str | None] = "iot.in"
+    sink_topic: ClassVar[str] = "iot.enriched"
 
     kind: Literal["iot"] = "iot"
     id: str = Field(min_length=1, max_length=256)
@@ -62,10 +161,76 @@ class IoTMessage(_Contract):
     readings: dict[str, float] = Field(default_factory=dict)
     text: str | None = None
 
+    def key(self) -> bytes:
+        return self.device_id.encode()
 
-AnyEvent = FeedEvent | TranscriptSegment | Conversation | IoTMessage
+    def event_time(self) -> datetime | None:
+        return self.ts
+
+    def encoder_job(self) -> EncoderJob:
+        return EncoderJob(self.text or "", "iot" if self.text else None, moderate=False, summarize=False)
+
+    def prompt_text(self) -> str:
+        readings = ", ".join(f"{name}={value:g}" for name, value in sorted(self.readings.items()))
+        return "\n".join(part for part in (self.text or "", f"readings: {readings}" if readings else "") if part)
+
+
+class SupportTicket(_Event):
+    """One message of a support ticket or email thread. `from` on the wire (a Python keyword, so `sender` here)."""
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+    kind_fields: ClassVar[tuple[str, ...]] = ("thread_id",)
+    described_as: ClassVar[str] = "a support ticket or email: its subject line, then its body"
+    input_topic: ClassVar[str | None] = "tickets.in"
+    sink_topic: ClassVar[str] = "tickets.enriched"
+
+    kind: Literal["ticket"] = "ticket"
+    id: str = Field(min_length=1, max_length=256, description="the message id")
+    thread_id: str = Field(
+        min_length=1, max_length=256, description="the ticket or email thread; records are keyed by it"
+    )
+    subject: str = ""
+    body: str
+    sender: str = Field(alias="from", min_length=1, max_length=512, description="the sender's address")
+    to: str | None = Field(default=None, max_length=512)
+    sent_at: datetime
+
+    def key(self) -> bytes:
+        return self.thread_id.encode()
+
+    def event_time(self) -> datetime | None:
+        return self.sent_at
+
+    def encoder_job(self) -> EncoderJob:
+        # The subject is often the clearest statement of the intent; a long body (a quoted thread) is summarized.
+        text = f"{self.subject}\n\n{self.body}" if self.subject.strip() else self.body
+        return EncoderJob(text, "ticket", moderate=True, summarize=True)
+
+    def prompt_text(self) -> str:
+        return f"Subject: {self.subject}\n\n{self.body}" if self.subject.strip() else self.body
+
+
+AnyEvent = FeedEvent | TranscriptSegment | Conversation | IoTMessage | SupportTicket
 Event = Annotated[AnyEvent, Field(discriminator="kind")]
 EVENT_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(Event)
+
+# Every family, by kind. Guessing a missing `kind` tries them in this order; a feed has no telling field and is
+# what is left.
+FAMILIES: dict[str, type[AnyEvent]] = {
+    "iot": IoTMessage,
+    "transcript": TranscriptSegment,
+    "conversation": Conversation,
+    "ticket": SupportTicket,
+    "feed": FeedEvent,
+}
+
+
+def guess_kind(obj: dict[str, object]) -> str:
+    """The kind of an event that omits `kind`, from the fields each family must have."""
+    for kind, family in FAMILIES.items():
+        if any(field in obj for field in family.kind_fields):
+            return kind
+    return "feed"
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -137,8 +302,20 @@ class LargeModelInfo(_Contract):
     cached: bool = Field(default=False, description="answered from the content-hash cache; no request was sent")
 
 
-class Result(_Contract):
-    """One enriched result per input event."""
+class Language(_Contract):
+    """Which language the text is in, and whether the mini model reads it (it is English-only)."""
+
+    code: str = Field(description="ISO 639-1 code, or `und` when the text is too short or has no letters to tell")
+    confidence: float = Field(ge=0, le=1)
+    supported: bool
+    reasons: list[str] = Field(default_factory=list)
+
+
+class Scores(_Contract):
+    """What the mini model found for one event, before anything decides where it goes (not on the wire alone).
+
+    One field per task (`pipeline.tasks.TASKS` names them), None where the task does not apply.
+    """
 
     id: str
     kind: EventKind
@@ -146,11 +323,17 @@ class Result(_Contract):
     moderation: Moderation | None = None
     summary: Summary | None = None
     anomaly: Anomaly | None = None
-    route: Route
-    escalation_reasons: list[str] = Field(default_factory=list)
+    language: Language | None = None
     model: ModelInfo
     input: InputInfo
     timings: dict[str, float] = Field(default_factory=dict, description="milliseconds per stage")
+
+
+class Result(Scores):
+    """One enriched result per input event: the scores and where they sent it."""
+
+    route: Route
+    escalation_reasons: list[str] = Field(default_factory=list)
     decided_by: DecidedBy = "mini-model"
     large_model: LargeModelInfo | None = None
 
@@ -164,7 +347,7 @@ class ErrorRecord(_Contract):
     line: int | None = Field(default=None, description="1-based input line, for file input")
 
 
-# ----------------------------------------------------------------------------------- routed outcomes
+# ------------------------------------------------------------------------------ escalation and review
 class EscalationRecord(_Contract):
     """What goes to the escalation topic: the mini result, the original event and why it is escalated."""
 
@@ -207,16 +390,17 @@ class LabelRecord(_Contract):
 
 
 def label_text(event: dict[str, Any]) -> str:
-    """What `LabelRecord.text` holds for an event: the text the mini model classifies (and trains on).
-
-    A conversation's turns in speaking order, one per line, without speakers; otherwise the event's text.
-    """
-    segments = event.get("segments")
-    if isinstance(segments, list):
-        turns = sorted((s for s in segments if isinstance(s, dict)), key=lambda s: int(s.get("seq", 0)))
-        return "\n".join(str(s.get("text", "")) for s in turns)
-    text = event.get("text")
-    return text if isinstance(text, str) else ""
+    """What `LabelRecord.text` holds for an event (as carried on escalation and review records): the text the mini
+    model classifies. A conversation's turns in speaking order, one per line, without speakers."""
+    try:
+        return EVENT_ADAPTER.validate_python(event).label_text()
+    except ValidationError:  # a record written before its family changed shape: its turns, or its text
+        segments = event.get("segments")
+        if isinstance(segments, list):
+            turns = sorted((s for s in segments if isinstance(s, dict)), key=lambda s: int(s.get("seq", 0)))
+            return "\n".join(str(s.get("text", "")) for s in turns)
+        text = event.get("text")
+        return text if isinstance(text, str) else ""
 
 
 class MetricWindow(_Contract):
@@ -236,17 +420,43 @@ class IoTWindow(_Contract):
     metrics: dict[str, MetricWindow]
 
 
+# ----------------------------------------------------------------------------------- routed outcomes
 class ToSink(_Contract):
-    """The mini model is confident: the result goes to its family's sink topic."""
+    """Settled: the result goes to its family's sink topic, and any verdicts in it to the labels topic.
+
+    `settled_by` says who settled it: `mini-model`, `large-model`, `cache` or `budget.soft_cap` (the mini
+    result stands).
+    """
 
     result: Result
+    labels: tuple[LabelRecord, ...] = ()
+    settled_by: str = "mini-model"
+
+    @property
+    def reason(self) -> str:
+        return self.settled_by
 
 
 class ToEscalation(_Contract):
+    """The mini model is unsure: the record goes to the escalation topic for a large model or a person."""
+
     record: EscalationRecord
+
+
+class ToReview(_Contract):
+    """No machine may or can settle the item: it goes to the review topic, to a person, with why."""
+
+    record: ReviewRecord
+
+    @property
+    def reason(self) -> str:
+        return self.record.review_reasons[0]
 
 
 class ToDeadLetter(_Contract):
     """The event could not be processed; its original bytes go to the dead-letter topic."""
 
     error: ErrorRecord
+
+
+Outcome = ToSink | ToEscalation | ToReview | ToDeadLetter

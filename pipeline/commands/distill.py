@@ -26,9 +26,7 @@ from pipeline.errors import ConfigError, MinnowError
 from pipeline.models import Classification, EventKind, LabelRecord
 from pipeline.review.verdicts import KeyedLabel, label_key, latest_verdicts
 from pipeline.settings import RoutingSettings, Settings
-from pipeline.stages.infer import build_classifier
-from pipeline.tasks.classify import Classifier
-from pipeline.tasks.route import decide
+from pipeline.tasks.classify import Classifier, ClassifyTask
 
 STAND_IN = "gold label (stand-in for a reviewer)"
 VERDICTS = "verdicts"
@@ -61,12 +59,10 @@ class Replay:
 
 
 def replay(classifier: Classifier, family: str, vectors: NDArray[np.float32], routing: RoutingSettings) -> Replay:
-    """Classify and route as the worker does (the classification part of `decide`)."""
+    """Classify and route as the worker does (the classification part of routing)."""
     classifications = classifier.classify(family, vectors)
-    escalated = [
-        decide(routing, classification=c, moderation=None, summary=None, anomaly=None)[0] == "escalate"
-        for c in classifications
-    ]
+    task = ClassifyTask.configure(Settings(routing=routing))
+    escalated = [bool(task.reasons(c)) for c in classifications]
     return Replay(classifications, np.asarray(escalated, dtype=bool))
 
 
@@ -159,7 +155,7 @@ def distill(
     """
     stream, held = _split(data, holdout, split, family)
     encoder = load_encoder(settings.engine)
-    classifier = build_classifier(settings, encoder)
+    classifier = ClassifyTask.load(settings, encoder).classifier
     if family not in classifier.label_sets:
         raise ConfigError(f"no label set for family {family!r}; known: {', '.join(classifier.label_sets)}")
     # Each part embedded once, in stream order as `minnow eval` does (int8 activations are quantized per batch,

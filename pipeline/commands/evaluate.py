@@ -14,9 +14,8 @@ from numpy.typing import NDArray
 from pipeline.commands.labeled import LabeledRow, read_labeled
 from pipeline.engine import Encoder, load_encoder
 from pipeline.settings import Settings
-from pipeline.stages.infer import build_classifier
 from pipeline.tasks.calibration import expected_calibration_error
-from pipeline.tasks.classify import Classifier
+from pipeline.tasks.classify import Classifier, ClassifyTask
 
 ESCALATION_RATES = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
 
@@ -75,8 +74,7 @@ def evaluate_classification(
 def evaluate_moderation(rows: list[LabeledRow], settings: Settings, encoder: Encoder) -> dict[str, Any] | None:
     """Per-category and `flagged` precision, recall, F1 and ROC-AUC on rows that carry `categories`."""
     from pipeline.errors import ConfigError
-    from pipeline.stages.infer import build_moderator
-    from pipeline.tasks.moderate import CATEGORIES
+    from pipeline.tasks.moderate import CATEGORIES, ModerateTask
     from pipeline.tasks.moderation_eval import evaluate_texts
 
     mod_rows = [r for r in rows if r.categories is not None]
@@ -85,7 +83,7 @@ def evaluate_moderation(rows: list[LabeledRow], settings: Settings, encoder: Enc
     unknown = sorted({c for r in mod_rows for c in r.categories or []} - set(CATEGORIES))
     if unknown:
         raise ConfigError(f"unknown moderation categories {unknown}; known: {', '.join(CATEGORIES)}")
-    moderator = build_moderator(settings, encoder)
+    moderator = ModerateTask.load(settings, encoder).moderator
     truth = np.asarray([[c in (r.categories or []) for c in CATEGORIES] for r in mod_rows], dtype=bool)
     return evaluate_texts(moderator, encoder, [r.text for r in mod_rows], truth)
 
@@ -165,7 +163,7 @@ def render(report: dict[str, Any]) -> str:
 def run(settings: Settings, data: Path, *, as_json: bool, plot: Path | None) -> int:
     rows = read_labeled(data)
     encoder = load_encoder(settings.engine)
-    classifier = build_classifier(settings, encoder)
+    classifier = ClassifyTask.load(settings, encoder).classifier
     report: dict[str, Any] = {
         "data": str(data),
         "classification": evaluate_classification(rows, classifier, encoder, settings.routing.classify_min_confidence),

@@ -4,8 +4,9 @@
 
 Each device reports a temperature every minute: a daily cycle, sensor noise and a slow drift, with spikes
 injected at random (most inside the bounds, some outside). Every message is scored as the mini model scores it
-(bounds, then `decide`), then rescored with `observe` + `rescore`; the table counts injected spikes escalated and
-other messages escalated (false escalations), for bounds only and for each half-life. The data is synthetic.
+(bounds, then the anomaly task's reasons), then rescored with `observe` + `rescore`; the table counts injected
+spikes escalated and other messages escalated (false escalations), for bounds only and for each half-life. The
+data is synthetic.
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from pipeline.models import InputInfo, IoTMessage, ModelInfo, Result
+from pipeline.models import IoTMessage
 from pipeline.settings import Settings, WorkerSettings
 from pipeline.stages.devices import DeviceState, observe, rescore
-from pipeline.tasks.anomaly import load_bounds, score_readings
-from pipeline.tasks.route import decide
+from pipeline.tasks.anomaly import AnomalyTask, load_bounds, score_readings
 
 START = datetime(2025, 3, 1, tzinfo=UTC).timestamp()
 INTERVAL_S = 60.0
@@ -92,33 +92,20 @@ def stream(seed: int, devices: int, days: float) -> Iterator[Reading]:
 
 def measure(readings: Sequence[Reading], half_lives: Sequence[float]) -> list[dict[str, object]]:
     bounds = load_bounds()
-    template = Result(
-        id="",
-        kind="iot",
-        route="sink",
-        model=ModelInfo(name="mini", version="synthetic", quantization="int8"),
-        input=InputInfo(tokens=0, chunks=0, truncated=False),
-    )
     base = Settings()
-    engine: list[Result] = []
-    for r in readings:  # what the mini model returns for a message without text: bounds, then the decision
-        anomaly = score_readings(r.message.readings, bounds)
-        route, reasons = decide(base.routing, classification=None, moderation=None, summary=None, anomaly=anomaly)
-        engine.append(
-            template.model_copy(
-                update={"id": r.message.id, "anomaly": anomaly, "route": route, "escalation_reasons": reasons}
-            )
-        )
+    # What the mini model returns for a message without text: the bounds-scored anomaly.
+    engine = [score_readings(r.message.readings, bounds) for r in readings]
     bounds_only = Tally(detected={"in_bounds": 0, "out_of_bounds": 0})
-    for r, result in zip(readings, engine, strict=True):
-        bounds_only.add(r.spike, result.route == "escalate")
+    for r, anomaly in zip(readings, engine, strict=True):
+        bounds_only.add(r.spike, bool(AnomalyTask.configure(base).reasons(anomaly)))
     rows: list[dict[str, object]] = [{"scoring": "bounds only", **_row(bounds_only)}]
     for half_life in half_lives:
         settings = base.model_copy(update={"worker": WorkerSettings(iot_half_life=half_life)})
         w = settings.worker
         states: dict[str, DeviceState] = {}
         tally = Tally(detected={"in_bounds": 0, "out_of_bounds": 0})
-        for r, result in zip(readings, engine, strict=True):
+        task = AnomalyTask.configure(settings)
+        for r, anomaly in zip(readings, engine, strict=True):
             now = r.message.ts.timestamp() + 1.0
             seen = observe(
                 states.get(r.message.device_id),
@@ -130,7 +117,7 @@ def measure(readings: Sequence[Reading], half_lives: Sequence[float]) -> list[di
                 min_samples=w.iot_min_samples,
             )
             states[r.message.device_id] = seen.state
-            tally.add(r.spike, rescore(result, seen.zscores, settings).route == "escalate")
+            tally.add(r.spike, bool(task.reasons(rescore(anomaly, seen.zscores, settings))))
         rows.append({"scoring": f"bounds + history, half-life {half_life:g}", **_row(tally)})
     counts = {"in_bounds": 0, "out_of_bounds": 0}
     for r in readings:

@@ -21,45 +21,24 @@ from pipeline.escalation.limits import Clock, Limits, SystemClock
 from pipeline.escalation.retry import RetryPolicy
 from pipeline.escalation.tasks import (
     PROMPT_VERSION,
-    Answer,
+    Answers,
     Prompt,
     build_prompt,
+    checked,
     final_result,
     label_records,
     read_answer,
     restored,
     tasks_for,
 )
-from pipeline.models import AnyEvent, EscalationRecord, LabelRecord, LargeModelInfo, Result, ReviewRecord
+from pipeline.models import AnyEvent, EscalationRecord, LargeModelInfo, ReviewRecord, ToReview, ToSink
 from pipeline.settings import Settings
+from pipeline.tasks.catalog import configure_tasks
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Settled:
-    """The item is decided: its final result goes to the sink, its label records to the labels topic.
-
-    `reason` says who decided: `large-model`, `cache`, or `budget.soft_cap` (the mini result stands, no labels).
-    """
-
-    result: Result
-    labels: tuple[LabelRecord, ...]
-    reason: str
-
-
-@dataclass(frozen=True)
-class ToReview:
-    """No machine may or can decide the item: it goes to a person, with why."""
-
-    record: ReviewRecord
-
-    @property
-    def reason(self) -> str:
-        return self.record.review_reasons[0]
-
-
-Outcome = Settled | ToReview
+Outcome = ToSink | ToReview  # what settling an escalated item comes to
 
 
 @dataclass
@@ -116,6 +95,7 @@ class Escalator:
         self.budget = budget or Budget(cfg, now=now)
         self.cache: AnswerStore = cache if cache is not None else AnswerCache(cfg.cache_size, ttl_s=cfg.cache_ttl_s)
         self._inflight: dict[str, asyncio.Future[None]] = {}
+        self._tasks = configure_tasks(settings)
 
     @property
     def blocked(self) -> bool:
@@ -123,21 +103,12 @@ class Escalator:
         return self._cfg.breaker_mode == "wait" and self.breaker.state == "open"
 
     async def settle(self, record: EscalationRecord, event: AnyEvent) -> Outcome:
-        tasks = tasks_for(record)
+        tasks = tasks_for(record, self._settings, self._tasks)
         if not tasks:
             reasons = ", ".join(record.reasons) or "none"
             return self._review(record, "large_model.no_task", error=f"nothing a language model can settle: {reasons}")
-        prompt = build_prompt(
-            record,
-            event,
-            tasks,
-            redact_text=self._cfg.redact,
-            max_input_chars=self._cfg.max_input_chars,
-            max_output_tokens=self._cfg.max_output_tokens,
-            summary_sentences=self._settings.summary.max_sentences,
-            summary_chars=self._settings.summary.max_chars,
-        )
-        key = content_key(prompt.request, tasks=tasks, model=self._cfg.model, prompt_version=PROMPT_VERSION)
+        prompt = build_prompt(record, event, tasks, self._settings)
+        key = content_key(prompt.request, tasks=prompt.task_names, model=self._cfg.model, prompt_version=PROMPT_VERSION)
         # Identical content in flight: wait for it, then read the cache, so the same request is not paid twice. The
         # lead is taken before the cache is read (a read may yield), so only one item at a time reads and asks.
         while (leader := self._inflight.get(key)) is not None:
@@ -145,9 +116,10 @@ class Escalator:
         self._inflight[key] = done = asyncio.get_running_loop().create_future()
         try:
             cached = await self.cache.get(key)
-            if cached is not None:
+            settled = self._from_cache(record, prompt, cached) if cached is not None else None
+            if settled is not None:
                 metrics.ESCALATOR_CACHE_HITS.inc()
-                return self._from_cache(record, prompt, cached)
+                return settled
             return await self._ask(record, prompt, key)
         finally:
             del self._inflight[key]
@@ -163,7 +135,7 @@ class Escalator:
         if admission.refused == "budget.soft_cap":
             if self._cfg.soft_cap_action == "review":
                 return self._review(record, "budget.soft_cap", error=f"soft spend cap reached: {self.budget.spend}")
-            return Settled(record.result.model_copy(update={"route": "sink"}), (), "budget.soft_cap")
+            return ToSink(result=record.result.model_copy(update={"route": "sink"}), settled_by="budget.soft_cap")
         try:
             return await self._attempts(record, prompt, key)
         finally:
@@ -193,7 +165,7 @@ class Escalator:
                 error, answer_read = str(exc), exc.answer
                 continue
             # Stored before the item's outputs leave, so an item delivered and replayed after a crash is a hit.
-            cached = CachedAnswer(answer.model_dump(exclude_none=True), reply.model, bill.tokens_in, bill.tokens_out)
+            cached = CachedAnswer(answer.dump(), reply.model, bill.tokens_in, bill.tokens_out)
             await self.cache.put(key, cached)
             return self._decided(record, prompt, answer, reply, bill)
         return self._review(
@@ -222,8 +194,8 @@ class Escalator:
         metrics.ESCALATOR_SPEND.labels(model=reply.model).inc(cost)
 
     def _decided(
-        self, record: EscalationRecord, prompt: Prompt, answer: Answer, reply: ChatReply, bill: _Bill
-    ) -> Settled:
+        self, record: EscalationRecord, prompt: Prompt, answer: Answers, reply: ChatReply, bill: _Bill
+    ) -> ToSink:
         info = LargeModelInfo(
             name=reply.model,
             latency_ms=round(reply.latency_s * 1000, 3),
@@ -232,13 +204,17 @@ class Escalator:
             cost_usd=bill.cost_usd,
         )
         labels = label_records(record, prompt, answer, model=reply.model, now=self._now())
-        return Settled(final_result(record, prompt, answer, info), tuple(labels), "large-model")
+        return ToSink(result=final_result(record, prompt, answer, info), labels=tuple(labels), settled_by="large-model")
 
-    def _from_cache(self, record: EscalationRecord, prompt: Prompt, cached: CachedAnswer) -> Settled:
-        answer = Answer.model_validate(cached.answer)
+    def _from_cache(self, record: EscalationRecord, prompt: Prompt, cached: CachedAnswer) -> ToSink | None:
+        """The cached answer as a settlement; None when it no longer fits the prompt (it is asked again)."""
+        try:
+            answer = checked(prompt, cached.answer)
+        except AnswerError:
+            return None
         info = LargeModelInfo(name=cached.model, latency_ms=0.0, tokens_in=0, tokens_out=0, cost_usd=0.0, cached=True)
         labels = label_records(record, prompt, answer, model=cached.model, now=self._now())
-        return Settled(final_result(record, prompt, answer, info), tuple(labels), "cache")
+        return ToSink(result=final_result(record, prompt, answer, info), labels=tuple(labels), settled_by="cache")
 
     def _review(
         self,
@@ -252,7 +228,7 @@ class Escalator:
         if bill is not None and bill.cost_usd:
             error = f"{error} (spent {bill.cost_usd:.6f} USD on {bill.tokens_in}+{bill.tokens_out} tokens)"
         return ToReview(
-            ReviewRecord(
+            record=ReviewRecord(
                 id=record.id,
                 kind=record.kind,
                 reasons=list(record.reasons),

@@ -9,12 +9,9 @@ from typing import Any, Literal
 
 from pipeline.errors import InputError
 from pipeline.models import LabelRecord, ReviewRecord, label_text
-from pipeline.tasks.moderate import CATEGORIES
+from pipeline.tasks.moderate import CATEGORIES, FLAG_AT  # a large model's score at FLAG_AT or above flags
 
 Basis = Literal["mini-model", "large-model", "person"]
-# The escalator flags a category the large model scores at this or above (pipeline/escalation/tasks.py; a test
-# keeps the two equal without importing the HTTP client here).
-FLAG_AT = 0.5
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ table with a compacted changelog) and act on what these functions return (docs/i
   clock cannot close the real window early and make every later message late.
 - `close_idle` emits the open window of a device that went silent: once the wall clock is `grace_s` past the
   window's end *and* no message has arrived for `grace_s` (a worker catching up on a backlog is not silence).
-- `rescore` lifts a `Result`'s bounds-based anomaly scores with the z-scores and re-derives its route with
-  the same `decide` the mini model uses.
+- `rescore` lifts an anomaly's bounds-based scores with the z-scores; routing decides on the new anomaly once,
+  after this step (pipeline/stages/route.py).
 - Non-finite (and absurdly large) readings never touch the statistics or the windows; the bounds scorer already
   scores a non-finite reading 1.
 """
@@ -28,9 +28,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.models import Anomaly, IoTMessage, IoTWindow, MetricWindow, Result
+from pipeline.models import Anomaly, IoTMessage, IoTWindow, MetricWindow
 from pipeline.settings import Settings
-from pipeline.tasks.route import decide
 
 Placement = Literal["window", "late", "future"]
 # A device that invents metric names must not grow its state (rewritten to the changelog on every message)
@@ -216,24 +215,22 @@ def fold(stats: MetricStats | None, value: float, alpha: float, *, clip: bool = 
     return MetricStats(n=n, mean=mean, var=var)
 
 
-def rescore(result: Result, zscores: Mapping[str, Deviation], settings: Settings) -> Result:
-    """The result with each metric's score raised by its z-score, and its route decided again.
+def rescore(anomaly: Anomaly, zscores: Mapping[str, Deviation], settings: Settings) -> Anomaly:
+    """The anomaly with each metric's score raised by its z-score (the same object when history does not count yet).
 
     A metric's history score is `1 - (1 - e) ** ((z / T) ** 2)` with e = MINNOW_ROUTING__ANOMALY_ESCALATE_ABOVE
     and T = MINNOW_WORKER__IOT_ZSCORE_THRESHOLD: 0 at the mean, exactly e at |z| = T (so only |z| > T
     escalates), towards 1 beyond. It counts only once the metric has MINNOW_WORKER__IOT_MIN_SAMPLES readings.
     """
-    anomaly = result.anomaly
-    if anomaly is None or not anomaly.metrics:
-        return result
+    if not anomaly.metrics:
+        return anomaly
     worker = settings.worker
     escalate_above = settings.routing.anomaly_escalate_above
     metrics = dict(anomaly.metrics)
     reasons = list(anomaly.reasons)
-    deviated = False
     known = {name: dev for name, dev in zscores.items() if dev.samples >= worker.iot_min_samples}
     if not known.keys() & metrics.keys():
-        return result  # cold start (or no numeric readings): bounds only
+        return anomaly  # cold start (or no numeric readings): bounds only
     for name, metric in anomaly.metrics.items():
         dev = known.get(name)
         if dev is None:
@@ -241,25 +238,13 @@ def rescore(result: Result, zscores: Mapping[str, Deviation], settings: Settings
         history = round(1 - (1 - escalate_above) ** ((dev.z / worker.iot_zscore_threshold) ** 2), 6)
         metrics[name] = metric.model_copy(update={"zscore": round(dev.z, 3), "score": max(metric.score, history)})
         if history > escalate_above:
-            deviated = True
             reasons.append(
                 f"{name}={metric.value} is {dev.z:+.1f} standard deviations from this device's mean "
                 f"{dev.mean:.6g} (over {dev.samples} readings)"
             )
-    rescored = Anomaly(score=max(m.score for m in metrics.values()), metrics=metrics, reasons=reasons)
-    route, escalation_reasons = decide(
-        settings.routing,
-        classification=result.classification,
-        moderation=result.moderation,
-        summary=result.summary,
-        anomaly=rescored,
-    )
-    if deviated and route == "escalate":
-        escalation_reasons.append("anomaly.deviation")  # the device's own history, not its bounds, says so
-    return result.model_copy(update={"anomaly": rescored, "route": route, "escalation_reasons": escalation_reasons})
+    return Anomaly(score=max(m.score for m in metrics.values()), metrics=metrics, reasons=reasons)
 
 
-# --------------------------------------------------------------------------------------------- internals
 def _tracked(stats: Mapping[str, MetricStats], readings: Mapping[str, float]) -> list[str]:
     """The finite readings that get statistics and window aggregates: known metrics, then new ones up to the cap."""
     room = MAX_METRICS - len(stats)

@@ -1,7 +1,14 @@
-"""Turn an engine outcome into where it goes: sink, escalation or dead letter — data, not exceptions."""
+"""Where every event goes, decided once, after scoring and after the stateful steps: sink, escalation or dead letter.
+
+The tasks say why they are unsure (`Task.reasons`); this module turns a scored event into its routed outcome —
+data, not exceptions. The escalator settles escalated items into the same outcome types (`ToSink` with its label
+records, or `ToReview` when no machine may settle them: pipeline/escalation/escalator.py), and the streaming layer
+picks each outcome's topic by its type.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,28 +17,58 @@ from pipeline.models import (
     ErrorRecord,
     EscalationRecord,
     Result,
+    Route,
+    Scores,
     ToDeadLetter,
     ToEscalation,
     ToSink,
 )
+from pipeline.settings import Settings
+from pipeline.tasks.base import Task
+from pipeline.tasks.catalog import configure_tasks
 
-Outcome = ToSink | ToEscalation | ToDeadLetter
 
+class Router:
+    """Decides sink or escalation from the tasks' reasons; built once per process from the task list."""
 
-def route(event: AnyEvent, outcome: Result | ErrorRecord, *, now: datetime | None = None) -> Outcome:
-    """Where one event's outcome goes. The escalation record carries the original event for the large model."""
-    if isinstance(outcome, ErrorRecord):
-        return ToDeadLetter(error=outcome)
-    if outcome.route == "sink":
-        return ToSink(result=outcome)
-    event_json: dict[str, Any] = event.model_dump(mode="json")
-    return ToEscalation(
-        record=EscalationRecord(
-            id=outcome.id,
-            kind=outcome.kind,
-            reasons=outcome.escalation_reasons,
-            result=outcome,
-            event=event_json,
-            escalated_at=now or datetime.now(UTC),
+    def __init__(self, tasks: Sequence[Task]) -> None:
+        self._tasks = tuple(tasks)
+
+    @classmethod
+    def configure(cls, settings: Settings) -> Router:
+        return cls(configure_tasks(settings))
+
+    def reasons(self, fields: Mapping[str, Any]) -> list[str]:
+        """Every task's escalation reasons for the task results in `fields` (task field -> result), in task order."""
+        return [reason for task in self._tasks for reason in task.reasons(fields.get(task.field))]
+
+    def decide(self, scores: Scores) -> tuple[Route, list[str]]:
+        """`escalate` with reason codes `task.reason` when any task is unsure; `sink` otherwise."""
+        reasons = self.reasons({task.field: getattr(scores, task.field) for task in self._tasks})
+        return ("escalate" if reasons else "sink"), reasons
+
+    def result(self, scores: Scores) -> Result:
+        """The enriched result: the scores and the route they earn."""
+        route, reasons = self.decide(scores)
+        task_results = {name: getattr(scores, name) for name in Scores.model_fields}
+        return Result(**task_results, route=route, escalation_reasons=reasons)
+
+    def route(
+        self, event: AnyEvent, outcome: Scores | ErrorRecord, *, now: datetime | None = None
+    ) -> ToSink | ToEscalation | ToDeadLetter:
+        """Where one event goes. The escalation record carries the original event for the large model."""
+        if isinstance(outcome, ErrorRecord):
+            return ToDeadLetter(error=outcome)
+        result = self.result(outcome)
+        if result.route == "sink":
+            return ToSink(result=result)
+        return ToEscalation(
+            record=EscalationRecord(
+                id=result.id,
+                kind=result.kind,
+                reasons=result.escalation_reasons,
+                result=result,
+                event=event.model_dump(mode="json"),
+                escalated_at=now or datetime.now(UTC),
+            )
         )
-    )

@@ -7,12 +7,12 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 
-from pipeline.models import AnyEvent, ErrorRecord, Result
+from pipeline.models import AnyEvent, ErrorRecord, Scores
 from pipeline.stages.infer import MiniModel
 
 
 class AsyncMiniModel:
-    """`await engine.process(events)` while the loop keeps consuming and producing.
+    """`await engine.score(events)` while the loop keeps consuming and producing.
 
     ONNX Runtime releases the GIL during a run, so a thread pool is enough: no process pool, no pickling.
     The semaphore bounds batches in flight so a burst cannot queue unbounded work in the executor.
@@ -24,10 +24,10 @@ class AsyncMiniModel:
         self._executor = ThreadPoolExecutor(max_workers=limit, thread_name_prefix="minnow-infer")
         self._slots = asyncio.Semaphore(limit)
 
-    async def process(self, events: Sequence[AnyEvent]) -> list[Result | ErrorRecord]:
+    async def score(self, events: Sequence[AnyEvent]) -> list[Scores | ErrorRecord]:
         async with self._slots:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, self.model.process, list(events))
+            return await loop.run_in_executor(self._executor, self.model.score, list(events))
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

@@ -6,23 +6,9 @@ import orjson
 from pydantic import ValidationError
 
 from pipeline.errors import DecodeError, InputError, SchemaError
-from pipeline.models import EVENT_ADAPTER, AnyEvent, ErrorRecord
+from pipeline.models import EVENT_ADAPTER, AnyEvent, ErrorRecord, guess_kind
 
 DEFAULT_MAX_EVENT_BYTES = 1_048_576
-_KIND_BY_FIELDS = (
-    ("readings", "iot"),
-    ("device_id", "iot"),
-    ("conversation_id", "transcript"),
-    ("segments", "conversation"),
-)
-
-
-def _guess_kind(obj: dict[str, object]) -> str:
-    """Events may omit `kind`; the fields each family must have tell them apart."""
-    for field, kind in _KIND_BY_FIELDS:
-        if field in obj:
-            return kind
-    return "feed"
 
 
 def _schema_message(exc: ValidationError) -> str:
@@ -50,7 +36,7 @@ def parse_event(raw: bytes, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> AnyE
     if not isinstance(obj, dict):
         raise SchemaError(f"an event must be a JSON object, got {type(obj).__name__}")
     if "kind" not in obj:
-        obj = {**obj, "kind": _guess_kind(obj)}
+        obj = {**obj, "kind": guess_kind(obj)}
     try:
         return EVENT_ADAPTER.validate_python(obj)
     except ValidationError as exc:

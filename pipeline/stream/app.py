@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,9 +78,16 @@ def create_app(settings: Settings, engine: Engine, *, datadir: Path) -> faust.Ap
             value_serializer="raw",
             allow_empty=True,  # a null value is a dead letter, not a crash
         )
-        processor = BatchProcessor(settings, engine, send, delivery_timeout_s=settings.worker.delivery_timeout_s)
-        if family in ("transcript", "iot"):
-            _keep_state(app, settings, family, processor, transactions, input_topic=name)
+        state = _state(settings, family)
+        processor = BatchProcessor(
+            settings,
+            engine,
+            send,
+            delivery_timeout_s=settings.worker.delivery_timeout_s,
+            stateful=state.step if state is not None else None,
+        )
+        if state is not None:
+            _keep_state(app, state, processor, transactions, input_topic=name)
         # One actor per topic: take_events acks in offset order only within one actor, and faust's commit
         # logic can skip an unacked offset when acks arrive out of order.
         app.agent(source, name=f"minnow.{family}", concurrency=1)(batch_agent(processor, settings, transactions))
@@ -122,31 +130,36 @@ def create_app(settings: Settings, engine: Engine, *, datadir: Path) -> faust.Ap
     return app
 
 
-def _keep_state(
-    app: faust.App,
-    settings: Settings,
-    family: str,
-    processor: BatchProcessor,
-    transactions: Transactions,
-    *,
-    input_topic: str,
-) -> None:
-    """Give a stateful agent its state (conversations, devices), rebuilt from its changelog on assignment, and a
-    timer for what closes without input."""
-    owner = "conversation" if family == "transcript" else "device"
+@dataclass(frozen=True)
+class _State:
+    owner: str  # conversation | device
+    step: Conversations | Devices
+    store: ChangelogStore
+    sweep_interval_s: float
+
+
+def _state(settings: Settings, family: str) -> _State | None:
+    """The state a family's agent keeps across batches (conversations, devices), if any."""
+    owner = {"transcript": "conversation", "iot": "device"}.get(family)
+    if owner is None:
+        return None
     kafka = settings.kafka
     changelog = names.topic(kafka.topic_prefix, names.STATE_TOPICS[owner])
     store = ChangelogStore(
         kafka.bootstrap_servers, changelog, read_committed=kafka.processing_guarantee == "exactly_once"
     )
-    step: Conversations | Devices
     if owner == "conversation":
-        step = Conversations(settings, processor, store)
         interval = max(0.5, min(5.0, settings.worker.conversation_idle_s / 4))
-    else:
-        step = Devices(settings, store)
-        interval = max(0.5, min(5.0, settings.worker.iot_window_grace_s / 4))
-    processor.attach(step)
+        return _State(owner, Conversations(settings, store), store, interval)
+    interval = max(0.5, min(5.0, settings.worker.iot_window_grace_s / 4))
+    return _State(owner, Devices(settings, store), store, interval)
+
+
+def _keep_state(
+    app: faust.App, state: _State, processor: BatchProcessor, transactions: Transactions, *, input_topic: str
+) -> None:
+    """Rebuild a stateful agent's state from its changelog on assignment, and sweep what closes without input."""
+    step, store, owner, interval = state.step, state.store, state.owner, state.sweep_interval_s
 
     def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         store.assign({tp.partition for tp in args[0] if tp.topic == input_topic})
@@ -168,7 +181,7 @@ def _keep_state(
             # that round trip through faust's consumer thread hung the whole worker now and then (seen in a
             # task dump: every agent waiting, one sweep parked in call_thread).
             highwater = consumer.highwater(tp)
-            position = max(step.progress.next_offset(tp.partition), committed.get(tp) or 0)
+            position = max(processor.progress.next_offset(tp.partition), committed.get(tp) or 0)
             if highwater is not None and position >= highwater and store.is_ready(tp.partition):
                 done.add(tp.partition)
         return done
@@ -180,7 +193,7 @@ def _keep_state(
         origins = [(input_topic, partition) for partition in sorted(partitions)]
         try:
             async with transactions.hold(origins):
-                outputs = await step.sweep(partitions)
+                outputs = await processor.finish(await step.sweep(partitions))
                 await processor.deliver(outputs)
             if outputs:
                 await transactions.commit_without_input(origins)

@@ -16,7 +16,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pipeline.errors import DeliveryError, InputError
 from pipeline.models import ToDeadLetter, ToSink
 from pipeline.stages.infer import MiniModel
-from pipeline.stages.route import route
 from pipeline.stages.runtime import AsyncMiniModel
 from pipeline.stages.validate import parse_event
 from pipeline.stream import names
@@ -82,8 +81,8 @@ class NaiveWorker:
             event = parse_event(raw)
         except InputError:
             return names.DEADLETTER_TOPIC, None, raw
-        (outcome,) = await self._engine.process([event])
-        routed = route(event, outcome)
+        (scores,) = await self._engine.score([event])
+        routed = self._engine.model.router.route(event, scores)
         if isinstance(routed, ToDeadLetter):
             return names.DEADLETTER_TOPIC, names.record_key(event), raw
         topic, out = (

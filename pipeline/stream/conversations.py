@@ -14,16 +14,14 @@ import asyncio
 import time
 from collections.abc import Callable, Collection, MutableMapping, Sequence
 
-import orjson
-
 from pipeline import metrics
-from pipeline.models import AnyEvent, Conversation, ErrorRecord, Result, TranscriptSegment
+from pipeline.models import FAMILIES, AnyEvent, ErrorRecord, Scores, TranscriptSegment
 from pipeline.settings import Settings
-from pipeline.stages.assemble import Added, ConversationState, add_segment, close, due
+from pipeline.stages.assemble import ConversationState, add_segment, close, due
 from pipeline.stream import names
 from pipeline.stream.deadletter import Provenance
-from pipeline.stream.state import Progress, changelog_record, wait_ready
-from pipeline.stream.worker import BatchProcessor, InputRecord, OutputRecord
+from pipeline.stream.state import changelog_record, wait_ready
+from pipeline.stream.worker import Emitted, InputRecord, OutputRecord, Stepped
 
 StateStore = MutableMapping[bytes, bytes]  # conversation id -> ConversationState JSON
 
@@ -34,41 +32,30 @@ class Conversations:
     def __init__(
         self,
         settings: Settings,
-        processor: BatchProcessor,
         store: StateStore,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
         prefix = settings.kafka.topic_prefix
-        self._processor = processor
         self._store = store
         self._clock = clock
         self._idle_s = settings.worker.conversation_idle_s
         self._keep_closed_s = settings.worker.conversation_keep_closed_s
-        self._input_topic = names.topic(prefix, names.INPUT_TOPICS["transcript"])
+        self._input_topic = names.topic(prefix, FAMILIES["transcript"].input_topic or "transcripts.in")
         self._changelog_topic = names.topic(prefix, names.STATE_TOPICS["conversation"])
         # The agent's batches and the idle sweep both change the store; they take turns.
         self._lock = asyncio.Lock()
-        self.progress = Progress()
 
     async def ready(self, records: Sequence[InputRecord]) -> None:
         await wait_ready(self._store, records)
 
-    async def annotate(
-        self, valid: Sequence[tuple[AnyEvent, InputRecord]], outcomes: list[Result | ErrorRecord]
-    ) -> list[Result | ErrorRecord]:
-        """Segment results do not depend on the conversation so far."""
-        return outcomes
-
-    async def after_batch(
-        self, valid: Sequence[tuple[AnyEvent, InputRecord]], records: Sequence[InputRecord]
-    ) -> list[OutputRecord]:
-        """Add the batch's segments; returns the closed conversations' outputs and the changelog writes."""
-        self.progress.saw(records)
+    async def step(self, valid: Sequence[tuple[AnyEvent, InputRecord]], scores: list[Scores | ErrorRecord]) -> Stepped:
+        """Add the batch's segments (their scores do not depend on the conversation so far); emits the conversations
+        they close, and the changelog writes."""
         async with self._lock:
             now = self._clock()
             touched: dict[str, ConversationState] = {}
-            closed: list[tuple[Conversation, InputRecord]] = []
+            closed: list[Emitted] = []
             for event, record in valid:
                 if not isinstance(event, TranscriptSegment):
                     continue
@@ -80,20 +67,18 @@ class Conversations:
                     continue
                 touched[conversation_id] = step.state
                 if step.closed is not None:
-                    closed.append((step.closed, record))
+                    closed.append(Emitted(step.closed, record))
                     metrics.CONVERSATIONS_CLOSED.labels(reason=step.state.close_reason or "final").inc()
-            outputs = await self._emit(closed)
-            outputs.extend(self._write(state) for state in touched.values())
-            return outputs
+            return Stepped(scores, closed, [self._write(state) for state in touched.values()])
 
-    async def sweep(self, partitions: Collection[int]) -> list[OutputRecord]:
+    async def sweep(self, partitions: Collection[int]) -> Stepped:
         """Close conversations idle for `conversation_idle_s` and drop old closed markers, on these partitions.
 
         Only pass partitions the worker has caught up on: after a restart, a conversation's next segments may be
         waiting in the backlog, and "idle" means no segment arrived, not that the worker was down.
 
-        Returns the outputs to deliver; the store already holds the new states (delivery failure ends the
-        process, and the restarted worker rebuilds the store from the changelog).
+        Returns the conversations to emit and the changelog writes; the store already holds the new states (delivery
+        failure ends the process, and the restarted worker rebuilds the store from the changelog).
         """
         async with self._lock:
             now = self._clock()
@@ -105,16 +90,19 @@ class Conversations:
                 idle_s=self._idle_s,
                 keep_closed_s=self._keep_closed_s,
             )
-            closing: list[tuple[Added, InputRecord]] = [(close(s, "idle", now=now), self._origin(s)) for s in idle]
-            outputs = await self._emit([(step.closed, origin) for step, origin in closing if step.closed is not None])
-            for step, _ in closing:
-                outputs.append(self._write(step.state))
+            emitted: list[Emitted] = []
+            writes: list[OutputRecord] = []
+            for state in idle:
+                step = close(state, "idle", now=now)
+                if step.closed is not None:
+                    emitted.append(Emitted(step.closed, self._origin(state)))
+                writes.append(self._write(step.state))
                 metrics.CONVERSATIONS_CLOSED.labels(reason="idle").inc()
-            outputs.extend(self._forget(state) for state in expired)
+            writes.extend(self._forget(state) for state in expired)
             # Sampled here, from the states this sweep reads anyway: counting on every batch would parse the
             # whole store on the batch path.
             metrics.CONVERSATIONS_OPEN.set(sum(1 for s in everything if s.closed_at is None) - len(idle))
-            return outputs
+            return Stepped(emitted=emitted, writes=writes)
 
     # ---------------------------------------------------------------------------------------- internals
     def _load(self, conversation_id: str) -> ConversationState | None:
@@ -123,20 +111,6 @@ class Conversations:
 
     def _states(self) -> list[ConversationState]:
         return [ConversationState.model_validate_json(raw) for raw in list(self._store.values()) if raw]
-
-    async def _emit(self, closed: Sequence[tuple[Conversation, InputRecord]]) -> list[OutputRecord]:
-        if not closed:
-            return []
-        conversations = [conversation for conversation, _ in closed]
-        records = [record for _, record in closed]
-        outcomes = await self._processor.infer(list(conversations), records)
-        return [
-            # A conversation that fails inference is dead-lettered as the conversation it was assembled into.
-            self._processor.routed(
-                record, conversation, outcome, value=orjson.dumps(conversation.model_dump(mode="json"))
-            )
-            for conversation, record, outcome in zip(conversations, records, outcomes, strict=True)
-        ]
 
     def _write(self, state: ConversationState) -> OutputRecord:
         key = state.conversation_id.encode()

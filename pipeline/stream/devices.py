@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Collection, MutableMapping, Sequence
+from collections.abc import Callable, Collection, Mapping, MutableMapping, Sequence
 
 from pipeline import metrics
-from pipeline.models import AnyEvent, ErrorRecord, IoTMessage, IoTWindow, Result
+from pipeline.models import FAMILIES, AnyEvent, ErrorRecord, IoTMessage, IoTWindow, Scores
 from pipeline.settings import Settings
-from pipeline.stages.devices import DeviceState, close_idle, observe, rescore
+from pipeline.stages.devices import Deviation, DeviceState, close_idle, observe, rescore
 from pipeline.stream import names
-from pipeline.stream.state import Progress, changelog_record, wait_ready
-from pipeline.stream.worker import InputRecord, OutputRecord
+from pipeline.stream.state import changelog_record, wait_ready
+from pipeline.stream.worker import InputRecord, OutputRecord, Stepped
 
 StateStore = MutableMapping[bytes, bytes]  # device id -> DeviceState JSON
 
@@ -30,27 +30,25 @@ class Devices:
         self._settings = settings
         self._store = store
         self._clock = clock
-        self._input_topic = names.topic(prefix, names.INPUT_TOPICS["iot"])
+        self._input_topic = names.topic(prefix, FAMILIES["iot"].input_topic or "iot.in")
         self._changelog_topic = names.topic(prefix, names.STATE_TOPICS["device"])
         self._windows_topic = names.topic(prefix, names.IOT_WINDOWS_TOPIC)
         self._lock = asyncio.Lock()
-        self._closed: list[IoTWindow] = []  # windows closed by the batch being planned
-        self._touched: dict[str, int] = {}  # device id -> partition, changed by the batch being planned
-        self.progress = Progress()
 
     async def ready(self, records: Sequence[InputRecord]) -> None:
         await wait_ready(self._store, records)
 
-    async def annotate(
-        self, valid: Sequence[tuple[AnyEvent, InputRecord]], outcomes: list[Result | ErrorRecord]
-    ) -> list[Result | ErrorRecord]:
-        """Observe each message in order; its result is rescored against the device's history before it."""
+    async def step(self, valid: Sequence[tuple[AnyEvent, InputRecord]], scores: list[Scores | ErrorRecord]) -> Stepped:
+        """Observe each message in order: its anomaly is rescored against the device's history before it. Returns the
+        rescored batch, the windows it closed, then the changelog writes of every device it touched."""
         worker = self._settings.worker
         async with self._lock:
             now = self._clock()
             folded_here: dict[str, DeviceState] = {}  # parsed once and written once per device per batch
-            rescored: list[Result | ErrorRecord] = []
-            for (event, record), outcome in zip(valid, outcomes, strict=True):
+            touched: dict[str, int] = {}  # device id -> partition
+            closed: list[IoTWindow] = []
+            rescored: list[Scores | ErrorRecord] = []
+            for (event, record), outcome in zip(valid, scores, strict=True):
                 if not isinstance(event, IoTMessage):
                     rescored.append(outcome)
                     continue
@@ -70,32 +68,19 @@ class Devices:
                     metrics.IOT_LATE_MESSAGES.labels(placement="replayed").inc()
                 else:
                     folded_here[event.device_id] = seen.state.model_copy(update={"offset": record.source.offset})
-                    self._touched[event.device_id] = record.source.partition
+                    touched[event.device_id] = record.source.partition
                     if seen.closed is not None:
-                        self._closed.append(seen.closed)
+                        closed.append(seen.closed)
                     if seen.placement != "window":
                         metrics.IOT_LATE_MESSAGES.labels(placement=seen.placement).inc()
-                rescored.append(
-                    rescore(outcome, seen.zscores, self._settings) if isinstance(outcome, Result) else outcome
-                )
+                rescored.append(self._rescored(outcome, seen.zscores))
             for device_id, folded in folded_here.items():
                 self._store[device_id.encode()] = folded.model_dump_json().encode()
-            return rescored
+            writes = [self._window(window, touched[window.device_id]) for window in closed]
+            writes.extend(self._write(device_id, partition) for device_id, partition in touched.items())
+            return Stepped(rescored, writes=writes)
 
-    async def after_batch(
-        self, valid: Sequence[tuple[AnyEvent, InputRecord]], records: Sequence[InputRecord]
-    ) -> list[OutputRecord]:
-        """The windows the batch closed, then the changelog writes of every device it touched."""
-        self.progress.saw(records)
-        async with self._lock:
-            partitions = dict(self._touched)
-            outputs = [self._window(window, partitions[window.device_id]) for window in self._closed]
-            outputs.extend(self._write(device_id, partition) for device_id, partition in partitions.items())
-            self._closed.clear()
-            self._touched.clear()
-            return outputs
-
-    async def sweep(self, partitions: Collection[int]) -> list[OutputRecord]:
+    async def sweep(self, partitions: Collection[int]) -> Stepped:
         """Emit the open window of every device gone quiet, on these (caught-up) partitions."""
         grace_s = self._settings.worker.iot_window_grace_s
         async with self._lock:
@@ -111,9 +96,14 @@ class Devices:
                 self._store[state.device_id.encode()] = closed_state.model_dump_json().encode()
                 outputs.append(self._window(window, state.partition))
                 outputs.append(self._write(state.device_id, state.partition))
-            return outputs
+            return Stepped(writes=outputs)
 
     # ---------------------------------------------------------------------------------------- internals
+    def _rescored(self, outcome: Scores | ErrorRecord, zscores: Mapping[str, Deviation]) -> Scores | ErrorRecord:
+        if isinstance(outcome, ErrorRecord) or outcome.anomaly is None:
+            return outcome
+        return outcome.model_copy(update={"anomaly": rescore(outcome.anomaly, zscores, self._settings)})
+
     def _load(self, device_id: str) -> DeviceState | None:
         raw = self._store.get(device_id.encode())
         return DeviceState.model_validate_json(raw) if raw else None

@@ -24,8 +24,8 @@ from pydantic import ValidationError
 
 from pipeline import metrics
 from pipeline.errors import DecodeError, DeliveryError, InputError, SchemaError
-from pipeline.escalation.escalator import Escalator, Outcome, Settled
-from pipeline.models import EVENT_ADAPTER, AnyEvent, EscalationRecord
+from pipeline.escalation.escalator import Escalator, Outcome
+from pipeline.models import EVENT_ADAPTER, AnyEvent, EscalationRecord, ToSink
 from pipeline.settings import Settings
 from pipeline.stream import names
 from pipeline.stream.deadletter import Headers, dead_letter_headers
@@ -109,10 +109,10 @@ class EscalationHandler:
         except Exception as exc:  # a bug met by one record must not stop the tier: that record is set aside
             log.exception("settling %s failed", escalation.id)
             return self._dead_letter(record, "escalation_error", f"{type(exc).__name__}: {exc}")
-        return self._deliveries(outcome, names.record_key(event))
+        return self._deliveries(outcome, event.key())
 
     def _deliveries(self, outcome: Outcome, key: bytes) -> Plan:
-        if isinstance(outcome, Settled):
+        if isinstance(outcome, ToSink):
             result = outcome.result
             sink = Delivery(self._sinks[result.kind], key, _json(result), (), "sink")
             labels = tuple(

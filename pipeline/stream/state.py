@@ -22,22 +22,6 @@ async def wait_ready(store: MutableMapping[bytes, bytes], records: Sequence[Inpu
         await store.ready({record.source.partition for record in records})
 
 
-class Progress:
-    """The offset after the last record processed per input partition, to tell a caught-up partition from one
-    with a backlog (timers must not call a key idle while its next records are still unread)."""
-
-    def __init__(self) -> None:
-        self._next: dict[int, int] = {}
-
-    def saw(self, records: Sequence[InputRecord]) -> None:
-        for record in records:
-            partition, offset = record.source.partition, record.source.offset
-            self._next[partition] = max(self._next.get(partition, 0), offset + 1)
-
-    def next_offset(self, partition: int) -> int:
-        return self._next.get(partition, 0)
-
-
 def changelog_record(topic: str, key: bytes, value: bytes | None, *, input_topic: str, partition: int) -> OutputRecord:
     """A state change, written to the changelog partition that matches its input partition (None: a tombstone)."""
     return OutputRecord(

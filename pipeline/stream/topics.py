@@ -19,19 +19,14 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from pipeline.config_files import read_yaml
 from pipeline.errors import ConfigError, DeliveryError, MinnowError
-from pipeline.models import Conversation, EventKind, FeedEvent, IoTMessage, TranscriptSegment
+from pipeline.models import FAMILIES, EventKind
 
 # Specs live in the repository, next to the package (an editable install); elsewhere pass the folder.
 SPEC_DIR = Path(__file__).resolve().parents[2] / "topics"
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 Role = Literal["input", "sink", "escalation", "review", "labels", "state", "deadletter"]
 CLEANUP_POLICIES = ("delete", "compact", "compact,delete")
-EVENT_MODELS: dict[str, type[BaseModel]] = {
-    "feed": FeedEvent,
-    "transcript": TranscriptSegment,
-    "conversation": Conversation,
-    "iot": IoTMessage,
-}
+EVENT_MODELS: dict[str, type[BaseModel]] = dict(FAMILIES)
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]*$")
 _MAX_TOPIC_NAME = 249  # Kafka's limit on a topic name
 _DYNAMIC_TOPIC_CONFIG = 1  # DescribeConfigs config_source: an override set on the topic itself

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, NoReturn, Protocol
 
@@ -18,9 +18,9 @@ import orjson
 
 from pipeline import metrics
 from pipeline.errors import DeliveryError, InferenceError, InputError
-from pipeline.models import AnyEvent, ErrorRecord, FeedEvent, IoTMessage, Result, ToDeadLetter, ToSink
+from pipeline.models import FAMILIES, AnyEvent, ErrorRecord, Scores, ToDeadLetter, ToSink
 from pipeline.settings import Settings
-from pipeline.stages.route import route
+from pipeline.stages.route import Router
 from pipeline.stages.validate import parse_event
 from pipeline.stream import names
 from pipeline.stream.deadletter import Headers, Provenance, dead_letter_headers, normalize_headers
@@ -63,30 +63,59 @@ class OutputRecord:
     partition: int | None = None  # an explicit partition (state changelogs); None = by key
 
 
-class Engine(Protocol):
-    """What the batch processor needs from the mini model (AsyncMiniModel in production)."""
+class Progress:
+    """The offset after the last record processed per input partition, to tell a caught-up partition from one
+    with a backlog (timers must not call a key idle while its next records are still unread)."""
 
-    async def process(self, events: Sequence[AnyEvent]) -> list[Result | ErrorRecord]: ...
+    def __init__(self) -> None:
+        self._next: dict[int, int] = {}
+
+    def saw(self, records: Sequence[InputRecord]) -> None:
+        for record in records:
+            partition, offset = record.source.partition, record.source.offset
+            self._next[partition] = max(self._next.get(partition, 0), offset + 1)
+
+    def next_offset(self, partition: int) -> int:
+        return self._next.get(partition, 0)
+
+
+class Engine(Protocol):
+    """What the batch processor needs from the mini model (AsyncMiniModel in production): scores, not routes."""
+
+    async def score(self, events: Sequence[AnyEvent]) -> list[Scores | ErrorRecord]: ...
+
+
+@dataclass(frozen=True)
+class Emitted:
+    """An event a stateful step made (an assembled conversation), and the input record it is accounted to."""
+
+    event: AnyEvent
+    origin: InputRecord
+
+
+@dataclass(frozen=True)
+class Stepped:
+    """What a stateful step returns: the batch's scores as its state changes them, the events it emits, and its
+    own records (changelog writes, closed windows) to deliver with the batch."""
+
+    scores: list[Scores | ErrorRecord] = field(default_factory=list)
+    emitted: list[Emitted] = field(default_factory=list)
+    writes: list[OutputRecord] = field(default_factory=list)
 
 
 class StatefulStep(Protocol):
-    """Per-key state kept across batches (conversations, devices).
+    """Per-key state kept across batches (conversations, devices): a plain call that returns data.
 
-    `ready` waits until the state of the batch's partitions is rebuilt; `annotate` sees each batch's valid
-    events with their engine outcomes, in order, and may adjust the outcomes before routing (a device's history
-    changes its anomaly score); `after_batch` returns what the state emits (closed conversations, windows,
-    changelog writes), delivered with the batch.
+    `ready` waits until the state of the batch's partitions is rebuilt; `step` sees each batch's valid events with
+    their scores, in order, and returns a `Stepped` (a device's history changes its anomaly; a final segment emits
+    its conversation). The processor then scores what was emitted and routes everything, once.
     """
 
     async def ready(self, records: Sequence[InputRecord]) -> None: ...
 
-    async def annotate(
-        self, valid: Sequence[tuple[AnyEvent, InputRecord]], outcomes: list[Result | ErrorRecord]
-    ) -> list[Result | ErrorRecord]: ...
-
-    async def after_batch(
-        self, valid: Sequence[tuple[AnyEvent, InputRecord]], records: Sequence[InputRecord]
-    ) -> list[OutputRecord]: ...
+    async def step(
+        self, valid: Sequence[tuple[AnyEvent, InputRecord]], scores: list[Scores | ErrorRecord]
+    ) -> Stepped: ...
 
 
 class TransactionScope(Protocol):
@@ -101,16 +130,8 @@ class Sender(Protocol):
     async def __call__(self, record: OutputRecord, /) -> Awaitable[object]: ...
 
 
-def _json(model: Result | Any) -> bytes:
+def _json(model: Any) -> bytes:
     return orjson.dumps(model.model_dump(mode="json", exclude_none=True))
-
-
-def _event_time(event: AnyEvent) -> datetime | None:
-    if isinstance(event, FeedEvent):
-        return event.created_at
-    if isinstance(event, IoTMessage):
-        return event.ts
-    return None
 
 
 class BatchProcessor:
@@ -134,8 +155,10 @@ class BatchProcessor:
         self._send = send
         self._delivery_timeout_s = delivery_timeout_s
         self._stateful = stateful
+        self._router = Router.configure(settings)
+        self.progress = Progress()
         prefix = settings.kafka.topic_prefix
-        self._sink_topics = {kind: names.topic(prefix, logical) for kind, logical in names.SINK_TOPICS.items()}
+        self._sink_topics = {kind: names.topic(prefix, family.sink_topic) for kind, family in FAMILIES.items()}
         self._escalation_topic = names.topic(prefix, names.ESCALATION_TOPIC)
         self._deadletter_topic = names.topic(prefix, names.DEADLETTER_TOPIC)
 
@@ -152,7 +175,8 @@ class BatchProcessor:
             metrics.INFLIGHT.dec(len(records))
 
     async def plan(self, records: Sequence[InputRecord]) -> list[OutputRecord]:
-        """Validate, infer and route: one output per input record, in input order."""
+        """Validate, score, step the state, route: one output per input record, in input order, then what the
+        state emitted and wrote."""
         if self._stateful is not None:
             await self._stateful.ready(records)
         parsed: list[AnyEvent | InputError] = []
@@ -161,22 +185,35 @@ class BatchProcessor:
                 parsed.append(parse_event(record.value or b"", max_bytes=self._settings.kafka.max_event_bytes))
             except InputError as exc:
                 parsed.append(exc)
-        valid = self._valid(parsed, records)
-        inferred = await self._infer([event for event, _ in valid], [record for _, record in valid])
-        if self._stateful is not None:
-            inferred = await self._stateful.annotate(valid, inferred)
-        outcomes = iter(inferred)
+        valid = [
+            (item, record) for item, record in zip(parsed, records, strict=True) if not isinstance(item, InputError)
+        ]
+        scored = await self._score([event for event, _ in valid], [record for _, record in valid])
+        stepped = await self._stateful.step(valid, scored) if self._stateful is not None else Stepped(scored)
+        outcomes = iter(stepped.scores)
         outputs: list[OutputRecord] = []
         for record, item in zip(records, parsed, strict=True):
             if isinstance(item, InputError):
                 outputs.append(self._dead_letter(record, record.key, item.code, str(item)))
             else:
-                outputs.append(self.routed(record, item, next(outcomes)))
-        if self._stateful is not None:
-            # Whatever the state produced (closed conversations, windows, changelog writes) follows the batch's
-            # own outputs and is acknowledged with them, before the batch's offsets are.
-            outputs.extend(await self._stateful.after_batch(valid, records))
+                outputs.append(self._routed(record, item, next(outcomes)))
+        # What the state produced (closed conversations, windows, changelog writes) follows the batch's own outputs
+        # and is acknowledged with them, before the batch's offsets are.
+        outputs.extend(await self.finish(stepped))
+        self.progress.saw(records)
         return outputs
+
+    async def finish(self, stepped: Stepped) -> list[OutputRecord]:
+        """Score and route the events a step emitted, then its own writes: the outputs to deliver for them."""
+        events = [emitted.event for emitted in stepped.emitted]
+        origins = [emitted.origin for emitted in stepped.emitted]
+        scored = await self._score(events, origins)
+        outputs = [
+            # An emitted event that fails is dead-lettered as the event it was made into: no input bytes are its own.
+            self._routed(origin, event, outcome, value=orjson.dumps(event.model_dump(mode="json")))
+            for event, origin, outcome in zip(events, origins, scored, strict=True)
+        ]
+        return outputs + stepped.writes
 
     async def deliver(self, outputs: Sequence[OutputRecord]) -> None:
         """Send every output in order, then wait for all broker acknowledgements (or raise DeliveryError)."""
@@ -195,49 +232,35 @@ class BatchProcessor:
         self._count_delivered(outputs)
 
     # ---------------------------------------------------------------------------------------- internals
-    @staticmethod
-    def _valid(
-        parsed: Sequence[AnyEvent | InputError], records: Sequence[InputRecord]
-    ) -> list[tuple[AnyEvent, InputRecord]]:
-        return [
-            (item, record) for item, record in zip(parsed, records, strict=True) if not isinstance(item, InputError)
-        ]
-
-    async def _infer(self, events: list[AnyEvent], records: list[InputRecord]) -> list[Result | ErrorRecord]:
+    async def _score(self, events: list[AnyEvent], records: list[InputRecord]) -> list[Scores | ErrorRecord]:
         if not events:
             return []
         started = time.monotonic()
         for record in records:
             metrics.QUEUE_WAIT.observe(max(started - record.consumed_at, 0.0))
         metrics.BATCH_SIZE.observe(len(events))
-        outcomes = await self._engine.process(events)
+        outcomes = await self._engine.score(events)
         metrics.INFERENCE.observe(time.monotonic() - started)
         if len(outcomes) != len(events):  # results must stay aligned with offsets, or nothing can be acked safely
             raise InferenceError(f"engine returned {len(outcomes)} outcomes for {len(events)} events")
         return outcomes
 
-    def routed(
-        self, record: InputRecord, event: AnyEvent, outcome: Result | ErrorRecord, *, value: bytes | None = None
+    def _routed(
+        self, record: InputRecord, event: AnyEvent, outcome: Scores | ErrorRecord, *, value: bytes | None = None
     ) -> OutputRecord:
-        """The one output for an event's outcome; `value` is what a dead letter carries (default: the input's)."""
-        key = names.record_key(event)
+        """The one output for an event: routed once, its topic chosen by the outcome's type."""
+        key = event.key()
         origin = (record.source.topic, record.source.partition)
-        routed = route(event, outcome)
+        routed = self._router.route(event, outcome)
         if isinstance(routed, ToDeadLetter):
             return self._dead_letter(record, key, routed.error.error, routed.error.message, value=value)
         if isinstance(routed, ToSink):
             topic = self._sink_topics[routed.result.kind]
-            return OutputRecord(topic, key, _json(routed.result), (), "sink", (), _event_time(event), origin)
+            return OutputRecord(topic, key, _json(routed.result), (), "sink", (), event.event_time(), origin)
         escalation = routed.record
+        reasons = tuple(escalation.reasons)
         return OutputRecord(
-            self._escalation_topic,
-            key,
-            _json(escalation),
-            (),
-            "escalation",
-            tuple(escalation.reasons),
-            _event_time(event),
-            origin,
+            self._escalation_topic, key, _json(escalation), (), "escalation", reasons, event.event_time(), origin
         )
 
     def _dead_letter(
@@ -247,14 +270,6 @@ class BatchProcessor:
         origin = (record.source.topic, record.source.partition)
         body = record.value if value is None else value
         return OutputRecord(self._deadletter_topic, key, body, headers, "deadletter", (error,), None, origin)
-
-    def attach(self, stateful: StatefulStep) -> None:
-        """Set the state step after construction (it needs this processor to route what it emits)."""
-        self._stateful = stateful
-
-    async def infer(self, events: list[AnyEvent], records: list[InputRecord]) -> list[Result | ErrorRecord]:
-        """Run the engine on events that are not input records themselves (assembled conversations)."""
-        return await self._infer(events, records)
 
     @staticmethod
     def _count_delivered(outputs: Sequence[OutputRecord]) -> None:

@@ -1,4 +1,4 @@
-"""Score IoT readings against per-metric bounds from configuration."""
+"""The anomaly task: score IoT readings against per-metric bounds from configuration."""
 
 from __future__ import annotations
 
@@ -6,12 +6,18 @@ import math
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from pipeline.config_files import read_yaml
 from pipeline.errors import ConfigError
-from pipeline.models import Anomaly, MetricAnomaly
+from pipeline.models import Anomaly, IoTMessage, MetricAnomaly
+from pipeline.settings import Settings
+from pipeline.tasks.base import Batch, NotAskedOfLargeModel
+
+if TYPE_CHECKING:
+    from pipeline.engine.encoder import Encoder
 
 # Inside the bounds a reading scores at most EDGE_SCORE as it nears an edge; outside it climbs towards 1
 # with the excess measured in tenths of the allowed range.
@@ -85,3 +91,41 @@ def score_readings(readings: Mapping[str, float], bounds: Mapping[str, Bounds]) 
         reasons.append(f"no bounds configured for: {', '.join(unbounded)}")
     score = max((m.score for m in metrics.values()), default=0.0)
     return Anomaly(score=score, metrics=metrics, reasons=reasons)
+
+
+# ------------------------------------------------------------------------------------------------ the task
+class AnomalyTask(NotAskedOfLargeModel):
+    """Score an IoT message's readings against the configured bounds (the worker then rescores them against the
+    device's own history). A large model settles an anomaly by classifying the message's text (ClassifyTask)."""
+
+    name: ClassVar[str] = "anomaly"
+    field: ClassVar[str] = "anomaly"
+
+    def __init__(self, settings: Settings, bounds: Mapping[str, Bounds] | None = None) -> None:
+        self._escalate_above = settings.routing.anomaly_escalate_above
+        self._zscore_threshold = settings.worker.iot_zscore_threshold
+        self._bounds = bounds if bounds is not None else {}
+
+    @classmethod
+    def configure(cls, settings: Settings) -> AnomalyTask:
+        return cls(settings)
+
+    @classmethod
+    def load(cls, settings: Settings, encoder: Encoder) -> AnomalyTask:
+        return cls(settings, load_bounds(settings.bounds_file))
+
+    def run(self, batch: Batch) -> list[Anomaly | None]:
+        return [
+            score_readings(event.readings, self._bounds) if isinstance(event, IoTMessage) else None
+            for event in batch.events
+        ]
+
+    def reasons(self, anomaly: Anomaly | None) -> list[str]:
+        if anomaly is None or anomaly.score <= self._escalate_above:
+            return []
+        # A z-score past the threshold is what lifted a metric's score over the line: the device's own history,
+        # not its bounds, says so (pipeline/stages/devices.py scores it that way).
+        deviated = any(
+            m.zscore is not None and abs(m.zscore) > self._zscore_threshold for m in anomaly.metrics.values()
+        )
+        return ["anomaly.high_score", "anomaly.deviation"] if deviated else ["anomaly.high_score"]

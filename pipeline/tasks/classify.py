@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import Field
 
 from pipeline.engine.encoder import Encoder
+from pipeline.errors import AnswerError, ConfigError
 from pipeline.models import Classification
+from pipeline.settings import Settings
+from pipeline.tasks.base import Answer, Asked, Batch, RestoreText, read_section, strict_object
 from pipeline.tasks.calibration import softmax
 from pipeline.tasks.heads import HeadFile, LinearHead
-from pipeline.tasks.labels import LabelSet
+from pipeline.tasks.labels import LabelSet, load_label_sets
+
+__all__ = ["Classifier", "ClassifyTask", "LinearHead", "Prototypes"]
 
 # Zero-shot logits are cosine similarities, which differ by a few hundredths between labels; this default
 # temperature spreads them into probabilities. `minnow train` fits 0.038 on pipeline/data/eval/news_topics_train.jsonl;
@@ -66,8 +73,6 @@ class Classifier:
         for family, head in self.heads.heads.items():
             if family in label_sets and set(head.labels) != set(label_sets[family].names):
                 # A head trained on other labels would silently answer with labels the config no longer has.
-                from pipeline.errors import ConfigError
-
                 raise ConfigError(
                     f"trained head for '{family}' has labels {sorted(head.labels)} but the label set has "
                     f"{sorted(label_sets[family].names)}; retrain with `minnow train`"
@@ -123,4 +128,102 @@ class Classifier:
         )
 
 
-__all__ = ["Classifier", "LinearHead", "Prototypes"]
+__all__ = ["Classifier", "ClassifyTask", "LinearHead", "Prototypes"]
+
+
+# ------------------------------------------------------------------------------------------------ the task
+class ClassificationAnswer(Answer):
+    label: str
+    confidence: float = Field(ge=0, le=1)
+
+
+class ClassifyTask:
+    """Classify each event's text with its family's label set; settled by a large model when unsure.
+
+    An IoT anomaly or an unsupported language is settled by classifying the item too (an IoT message's text says
+    its severity; a label for a text the mini model cannot read is a guess).
+    """
+
+    name: ClassVar[str] = "classify"
+    field: ClassVar[str] = "classification"
+    settled_for: ClassVar[frozenset[str]] = frozenset({"classify", "anomaly", "language"})
+
+    def __init__(self, settings: Settings, classifier: Classifier | None = None) -> None:
+        self._min_confidence = settings.routing.classify_min_confidence
+        self._classifier = classifier
+
+    @classmethod
+    def configure(cls, settings: Settings) -> ClassifyTask:
+        return cls(settings)
+
+    @classmethod
+    def load(cls, settings: Settings, encoder: Encoder) -> ClassifyTask:
+        """The configured label sets, with the trained heads when MINNOW_HEAD_FILE names some."""
+        heads = HeadFile.load(settings.head_file, encoder.files.version) if settings.head_file else None
+        label_sets = load_label_sets(settings.labels_file)
+        return cls(settings, Classifier.build(label_sets, encoder, heads, min_confidence=cls(settings)._min_confidence))
+
+    @property
+    def classifier(self) -> Classifier:
+        if self._classifier is None:
+            raise RuntimeError("ClassifyTask.configure() has no label sets; use ClassifyTask.load()")
+        return self._classifier
+
+    def run(self, batch: Batch) -> list[Classification | None]:
+        out: list[Classification | None] = [None] * len(batch.jobs)
+        by_label_set: dict[str, list[int]] = {}
+        for i, job in enumerate(batch.jobs):
+            if job.label_set is not None and job.label_set in self.classifier.label_sets:
+                by_label_set.setdefault(job.label_set, []).append(i)
+        for label_set, idx in by_label_set.items():
+            vectors = np.stack([batch.embeddings[i].vector for i in idx])
+            for i, c in zip(idx, self.classifier.classify(label_set, vectors), strict=True):
+                out[i] = c
+        return out
+
+    def reasons(self, c: Classification | None) -> list[str]:
+        return ["classify.low_confidence"] if c is not None and c.confidence < self._min_confidence else []
+
+    # ------------------------------------------------------------------------------- the large model's half
+    def wanted(self, asked: Asked) -> bool:
+        c = asked.result.classification
+        return c is not None and bool(c.scores) and bool(asked.unsure & self.settled_for)
+
+    def instruction(self, asked: Asked) -> str:
+        label_set, labels = self._labels(asked)
+        return (
+            f"- classification: choose the one label of the label set `{label_set}` that fits the item best, "
+            f"from: {', '.join(labels)}; give your confidence (0 to 1) that it is right."
+        )
+
+    def answer_schema(self, asked: Asked) -> dict[str, Any]:
+        _, labels = self._labels(asked)
+        return strict_object({"label": {"type": "string", "enum": list(labels)}, "confidence": {"type": "number"}})
+
+    def read(self, section: Mapping[str, Any], asked: Asked) -> ClassificationAnswer:
+        answer = read_section(ClassificationAnswer, self.field, section)
+        label_set, labels = self._labels(asked)
+        if answer.label not in labels:
+            raise AnswerError(f"label {answer.label!r} is not in the label set {label_set!r}")
+        return answer
+
+    def apply(self, answer: Answer, asked: Asked, restore: RestoreText) -> Classification:
+        assert isinstance(answer, ClassificationAnswer)
+        label_set, _ = self._labels(asked)
+        return Classification(
+            label=answer.label,
+            confidence=answer.confidence,
+            scores={answer.label: answer.confidence},
+            label_set=label_set or "",
+            method="zero-shot",
+        )
+
+    def label(self, answer: Answer, asked: Asked, restore: RestoreText) -> dict[str, Any] | None:
+        assert isinstance(answer, ClassificationAnswer)
+        label_set, _ = self._labels(asked)
+        return {"label_set": label_set, "label": answer.label}
+
+    @staticmethod
+    def _labels(asked: Asked) -> tuple[str | None, tuple[str, ...]]:
+        c = asked.result.classification
+        return (c.label_set, tuple(c.scores)) if c is not None else (None, ())

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import Field
 
 from pipeline.engine.text import split_sentences
+from pipeline.errors import AnswerError
 from pipeline.models import Summary
-from pipeline.settings import SummarySettings
+from pipeline.settings import Settings, SummarySettings
+from pipeline.tasks.base import Answer, Asked, Batch, RestoreText, read_section, strict_object
 from pipeline.tasks.rouge import tokenize
+
+if TYPE_CHECKING:
+    from pipeline.engine.encoder import Encoder
 
 Vectors = NDArray[np.float32]
 
@@ -305,3 +312,69 @@ def _confidence(chosen: Vectors, doc_vector: Vectors) -> float:
 def _unit(vector: NDArray[np.float64]) -> NDArray[np.float64]:
     norm = float(np.linalg.norm(vector))
     return vector / norm if norm > 0 else vector
+
+
+# ------------------------------------------------------------------------------------------------ the task
+class SummaryAnswer(Answer):
+    text: str = Field(min_length=1)
+
+
+class SummarizeTask:
+    """Summarize long texts and conversations; an escalated item that has a mini summary gets an abstractive one."""
+
+    name: ClassVar[str] = "summarize"
+    field: ClassVar[str] = "summary"
+
+    def __init__(self, settings: Settings) -> None:
+        self._summary = settings.summary
+        self._min_confidence = settings.routing.summary_min_confidence
+
+    @classmethod
+    def configure(cls, settings: Settings) -> SummarizeTask:
+        return cls(settings)
+
+    @classmethod
+    def load(cls, settings: Settings, encoder: Encoder) -> SummarizeTask:
+        return cls(settings)
+
+    def run(self, batch: Batch) -> list[Summary | None]:
+        out: list[Summary | None] = []
+        for job, emb in zip(batch.jobs, batch.embeddings, strict=True):
+            if not job.summarize:
+                out.append(None)
+                continue
+            speakers = [job.speakers[s] for s in emb.segment_sources] if job.speakers else None
+            out.append(
+                summarize(emb.segments, emb.segment_vectors, emb.vector, speakers=speakers, settings=self._summary)
+            )
+        return out
+
+    def reasons(self, s: Summary | None) -> list[str]:
+        return ["summarize.low_confidence"] if s is not None and s.text and s.confidence < self._min_confidence else []
+
+    # ------------------------------------------------------------------------------- the large model's half
+    def wanted(self, asked: Asked) -> bool:
+        return asked.result.summary is not None and bool(asked.result.summary.text)
+
+    def instruction(self, asked: Asked) -> str:
+        return (
+            f"- summary: an abstractive summary of the item in at most {self._summary.max_sentences} sentences and "
+            f"{self._summary.max_chars} characters, in the item's language."
+        )
+
+    def answer_schema(self, asked: Asked) -> dict[str, Any]:
+        return strict_object({"text": {"type": "string"}})
+
+    def read(self, section: Mapping[str, Any], asked: Asked) -> SummaryAnswer:
+        answer = read_section(SummaryAnswer, self.field, section)
+        if not answer.text.strip():
+            raise AnswerError("summary is empty")
+        return answer
+
+    def apply(self, answer: Answer, asked: Asked, restore: RestoreText) -> Summary:
+        assert isinstance(answer, SummaryAnswer)
+        return Summary(text=restore(answer.text.strip()), sentence_ids=[], confidence=1.0)
+
+    def label(self, answer: Answer, asked: Asked, restore: RestoreText) -> dict[str, Any] | None:
+        assert isinstance(answer, SummaryAnswer)
+        return {"summary": restore(answer.text.strip())}

@@ -8,10 +8,10 @@ import pytest
 
 from pipeline.errors import ConfigError
 from pipeline.models import Classification, Moderation, Result
-from pipeline.settings import RoutingSettings
+from pipeline.settings import RoutingSettings, Settings
 from pipeline.stages.infer import MiniModel
+from pipeline.stages.route import Router
 from pipeline.tasks.anomaly import Bounds, load_bounds, score_readings
-from pipeline.tasks.route import decide
 
 BOUNDS = {"temp": Bounds(min=0, max=100), "vib": Bounds(max=10)}
 
@@ -40,6 +40,12 @@ def test_bundled_bounds_load_and_bad_bounds_are_config_errors(tmp_path: Path) ->
     bad.write_text("metrics:\n  t: {min: 5, max: 1}\n")
     with pytest.raises(ConfigError, match="min"):
         load_bounds(bad)
+
+
+def decide(routing: RoutingSettings, **task_results: object) -> tuple[str, list[str]]:
+    """The routing decision on these task results alone, as the worker's router makes it."""
+    reasons = Router.configure(Settings(routing=routing)).reasons(task_results)
+    return ("escalate" if reasons else "sink"), reasons
 
 
 def _cls(conf: float) -> Classification:
@@ -78,7 +84,8 @@ def test_outcomes_are_routed_by_type(mini_model: MiniModel) -> None:
     from datetime import UTC, datetime
 
     from pipeline.models import ErrorRecord, FeedEvent, ToDeadLetter, ToEscalation, ToSink
-    from pipeline.stages.route import route
+
+    route = Router.configure(mini_model.settings).route
 
     now = datetime(2026, 1, 1, tzinfo=UTC)
     event = FeedEvent(id="r1", source="s", text="The striker scored twice in the cup final.", created_at=now)
@@ -86,7 +93,8 @@ def test_outcomes_are_routed_by_type(mini_model: MiniModel) -> None:
     assert isinstance(result, Result)
     sink = route(event, result)
     assert isinstance(sink, ToSink) and sink.result.id == "r1"
-    unsure = result.model_copy(update={"route": "escalate", "escalation_reasons": ["classify.low_confidence"]})
+    assert result.classification is not None
+    unsure = result.model_copy(update={"classification": result.classification.model_copy(update={"confidence": 0.1})})
     esc = route(event, unsure, now=now)
     assert isinstance(esc, ToEscalation)
     assert esc.record.event["text"] == event.text and esc.record.reasons == ["classify.low_confidence"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 import numpy as np
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.models import InputInfo, IoTMessage, ModelInfo, Result
+from pipeline.models import InputInfo, IoTMessage, ModelInfo, Result, Scores
 from pipeline.settings import Settings, WorkerSettings
 from pipeline.stages.devices import (
     MAX_METRICS,
@@ -24,8 +24,8 @@ from pipeline.stages.devices import (
     observe,
     rescore,
 )
+from pipeline.stages.route import Router
 from pipeline.tasks.anomaly import load_bounds, score_readings
-from pipeline.tasks.route import decide
 
 T0 = 1_700_000_040.0  # a multiple of 60: the start of a one-minute window
 NEVER_CLIP = 10**9  # min_samples that keeps clipping off, for comparisons with plain statistics
@@ -78,16 +78,25 @@ def weighted_reference(values: Sequence[float], half_life: float) -> tuple[float
 def engine_result(message: IoTMessage, settings: Settings = SETTINGS) -> Result:
     """What the mini model returns for a message without text: bounds scores and the routing decision."""
     anomaly = score_readings(message.readings, load_bounds())
-    route, reasons = decide(settings.routing, classification=None, moderation=None, summary=None, anomaly=anomaly)
-    return Result(
+    scores = Scores(
         id=message.id,
         kind="iot",
         anomaly=anomaly,
-        route=route,
-        escalation_reasons=reasons,
         model=ModelInfo(name="mini", version="1", quantization="int8"),
         input=InputInfo(tokens=0, chunks=0, truncated=False),
     )
+    return Router.configure(settings).result(scores)
+
+
+def rescored(result: Result, zscores: Mapping[str, Deviation], settings: Settings = SETTINGS) -> Result:
+    """The result as the worker routes it after the device step rescored its anomaly (the same result when
+    history does not count)."""
+    if result.anomaly is None:
+        return result
+    anomaly = rescore(result.anomaly, zscores, settings)
+    if anomaly is result.anomaly:
+        return result
+    return Router.configure(settings).result(result.model_copy(update={"anomaly": anomaly}))
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -269,7 +278,7 @@ def score_against(state: DeviceState, value: float) -> tuple[Result, Result]:
     message = msg(99, T0 + 3600, temperature_c=value)
     seen = observe(state, message, partition=3, now=T0 + 3601, window_s=60, half_life=50, min_samples=30)
     before = engine_result(message)
-    return before, rescore(before, seen.zscores, SETTINGS)
+    return before, rescored(before, seen.zscores, SETTINGS)
 
 
 def test_an_out_of_pattern_reading_inside_the_bounds_escalates_once_the_device_has_history() -> None:
@@ -303,8 +312,8 @@ def test_the_threshold_maps_to_the_escalation_score_exactly() -> None:
     """|z| = T scores MINNOW_ROUTING__ANOMALY_ESCALATE_ABOVE (not above it: sink); just beyond T escalates."""
     message = msg(1, T0, temperature_c=20.0)
     result = engine_result(message)
-    at = rescore(result, {"temperature_c": Deviation(z=-4.0, mean=22, std=0.5, samples=50)}, SETTINGS)
-    beyond = rescore(result, {"temperature_c": Deviation(z=-4.1, mean=22, std=0.5, samples=50)}, SETTINGS)
+    at = rescored(result, {"temperature_c": Deviation(z=-4.0, mean=22, std=0.5, samples=50)}, SETTINGS)
+    beyond = rescored(result, {"temperature_c": Deviation(z=-4.1, mean=22, std=0.5, samples=50)}, SETTINGS)
     assert at.anomaly is not None and at.anomaly.score == 0.8 and at.route == "sink"
     assert beyond.anomaly is not None and 0.8 < beyond.anomaly.score < 0.85 and beyond.route == "escalate"
 
@@ -312,7 +321,7 @@ def test_the_threshold_maps_to_the_escalation_score_exactly() -> None:
 def test_bounds_escalation_keeps_its_reason_without_deviation_when_history_agrees() -> None:
     """A reading over the bounds that is usual for the device: escalated by bounds, not tagged as deviation."""
     result = engine_result(msg(1, T0, temperature_c=90.0))
-    after = rescore(result, {"temperature_c": Deviation(z=0.5, mean=89.0, std=2.0, samples=500)}, SETTINGS)
+    after = rescored(result, {"temperature_c": Deviation(z=0.5, mean=89.0, std=2.0, samples=500)}, SETTINGS)
     assert after.anomaly is not None and result.anomaly is not None
     assert after.anomaly.score == result.anomaly.score
     assert (after.route, after.escalation_reasons) == ("escalate", ["anomaly.high_score"])
@@ -320,10 +329,10 @@ def test_bounds_escalation_keeps_its_reason_without_deviation_when_history_agree
 
 def test_no_readings_or_no_anomaly_passes_through_unchanged() -> None:
     empty = engine_result(IoTMessage(id="e", device_id="d", ts=datetime.fromtimestamp(T0, UTC), text="hi"))
-    assert rescore(empty, {}, SETTINGS) is empty
+    assert rescored(empty, {}, SETTINGS) is empty
     feed_result = empty.model_copy(update={"kind": "feed", "anomaly": None})
     zs = {"t": Deviation(z=50, mean=0, std=1, samples=1000)}
-    assert rescore(feed_result, zs, SETTINGS) is feed_result
+    assert rescored(feed_result, zs, SETTINGS) is feed_result
 
 
 # ------------------------------------------------------------------------------------------------ contract

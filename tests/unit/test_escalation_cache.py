@@ -24,7 +24,8 @@ from pipeline.escalation.cache_file import (
     open_cache,
 )
 from pipeline.escalation.client import ChatClient, ChatRequest
-from pipeline.escalation.escalator import Escalator, Settled
+from pipeline.escalation.escalator import Escalator
+from pipeline.models import ToSink
 from pipeline.settings import EngineSettings, EscalationSettings, Settings
 from tests.escalation_support import escalation, feed_event
 from tests.openai_server import OpenAIServer
@@ -303,7 +304,7 @@ def test_a_restarted_escalator_answers_from_the_file_and_counts_the_hit(tmp_path
         feed_event("p1", f"Write to {email} today. Rates rose again."), ["classify.low_confidence"], summary="mini"
     )
 
-    async def one_life(server: OpenAIServer) -> Settled:
+    async def one_life(server: OpenAIServer) -> ToSink:
         cfg = EscalationSettings(base_url=server.base_url, cache_file=tmp_path / "cache.sqlite3")
         settings = Settings(escalation=cfg)
         async with (
@@ -311,10 +312,10 @@ def test_a_restarted_escalator_answers_from_the_file_and_counts_the_hit(tmp_path
             open_cache(settings) as cache,
         ):
             outcome = await Escalator(settings, client, cache=cache).settle(record, event)
-        assert isinstance(outcome, Settled)
+        assert isinstance(outcome, ToSink)
         return outcome
 
-    async def main() -> tuple[Settled, Settled, int, float]:
+    async def main() -> tuple[ToSink, ToSink, int, float]:
         async with OpenAIServer() as server:
             first = await one_life(server)
             hits_before = REGISTRY.get_sample_value("minnow_escalator_cache_hits_total") or 0.0

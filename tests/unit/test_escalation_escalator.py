@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from pipeline.escalation.client import ChatClient
-from pipeline.escalation.escalator import Escalator, Outcome, Settled, ToReview
-from pipeline.models import AnyEvent, EscalationRecord
+from pipeline.escalation.escalator import Escalator, Outcome
+from pipeline.models import AnyEvent, EscalationRecord, ToReview, ToSink
 from pipeline.settings import EscalationSettings, Settings
 from tests.escalation_support import conversation_event, escalation, feed_event, iot_event
 from tests.openai_server import MALFORMED, REFUSAL, WRONG_SCHEMA, OpenAIServer, Step, answer, status
@@ -68,8 +68,8 @@ def settle_one_by_one(
     return body
 
 
-def settled(outcome: Outcome) -> Settled:
-    assert isinstance(outcome, Settled), outcome
+def settled(outcome: Outcome) -> ToSink:
+    assert isinstance(outcome, ToSink), outcome
     return outcome
 
 
@@ -232,7 +232,7 @@ def test_no_request_leaves_before_a_retry_after_has_elapsed() -> None:
     items = [feed(f"p{i}", f"Story number {i}.") for i in range(8)]
     slow = [answer(delay_s=0.2)] * 3
     outcomes, server = run(settle_all(*items), status(429, retry_after="0.6"), *slow, max_concurrency=4)
-    assert all(isinstance(o, Settled) for o in outcomes)
+    assert all(isinstance(o, ToSink) for o in outcomes)
     limited = next(r for r in server.requests if r.status == 429)
     pause_ends = limited.responded_at + 0.6
     arrivals = [r.received_at for r in server.requests if r is not limited]
@@ -288,7 +288,7 @@ def test_breaker_mode_wait_holds_requests_until_the_cool_down_ends() -> None:
 
     (outcomes, state_after_failure), server = run(body, status(500), breaker_threshold=1, max_attempts=3)
     assert state_after_failure == "open"
-    assert all(isinstance(o, Settled) for o in outcomes)
+    assert all(isinstance(o, ToSink) for o in outcomes)
     failed_at = server.requests[0].responded_at
     assert all(r.received_at >= failed_at + 0.3 - 0.01 for r in server.requests[1:])
 

@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 from aiokafka import TopicPartition
 
-from pipeline.escalation.escalator import Outcome, Settled, ToReview
-from pipeline.models import AnyEvent, EscalationRecord, LabelRecord, ReviewRecord
+from pipeline.escalation.escalator import Outcome
+from pipeline.models import AnyEvent, EscalationRecord, LabelRecord, ReviewRecord, ToReview, ToSink
 from pipeline.settings import KafkaSettings, Settings
 from pipeline.stream import names
 from pipeline.stream.deadletter import Provenance
@@ -43,7 +43,7 @@ def as_bytes(record: EscalationRecord) -> bytes:
     return orjson.dumps(record.model_dump(mode="json", exclude_none=True))
 
 
-def settled(record: EscalationRecord) -> Settled:
+def settled(record: EscalationRecord) -> ToSink:
     result = record.result.model_copy(update={"route": "sink", "decided_by": "large-model"})
     label = LabelRecord(
         id=record.id,
@@ -56,7 +56,7 @@ def settled(record: EscalationRecord) -> Settled:
         decided_by="big",
         decided_at=AT,
     )
-    return Settled(result, (label,), "large-model")
+    return ToSink(result=result, labels=(label,), settled_by="large-model")
 
 
 def to_review(record: EscalationRecord) -> ToReview:
@@ -69,7 +69,7 @@ def to_review(record: EscalationRecord) -> ToReview:
         result=record.result,
         sent_at=AT,
     )
-    return ToReview(review)
+    return ToReview(record=review)
 
 
 def test_a_settled_record_goes_to_its_sink_keyed_like_the_original_and_labels_keyed_task_id() -> None:

@@ -10,33 +10,43 @@ import pytest
 from pipeline.errors import AnswerError
 from pipeline.escalation.tasks import (
     Prompt,
-    Task,
     answer_schema,
     build_prompt,
     final_result,
-    item_text,
     label_records,
     read_answer,
     tasks_for,
 )
-from pipeline.models import EVENT_ADAPTER, LargeModelInfo
+from pipeline.models import EVENT_ADAPTER, AnyEvent, EscalationRecord, LargeModelInfo
+from pipeline.settings import EscalationSettings, Settings, SummarySettings
+from pipeline.tasks.base import Asked, Task
+from pipeline.tasks.catalog import configure_tasks
 from pipeline.tasks.moderate import CATEGORIES
 from tests.escalation_support import AT, FEED_LABELS, conversation_event, escalation, feed_event, iot_event
+
+SETTINGS = Settings()
+
+
+def names(record: EscalationRecord) -> tuple[str, ...]:
+    return tuple(task.name for task in tasks_for(record, SETTINGS))
+
+
+def item_text(event: AnyEvent) -> str:
+    """The text the large model reads: the event family's own."""
+    return event.prompt_text()
+
 
 INFO = LargeModelInfo(name="big-1", latency_ms=120.0, tokens_in=300, tokens_out=40, cost_usd=0.0001)
 
 
 def prompt_for(event: dict[str, Any], reasons: list[str], *, summary: str | None = None, **kw: Any) -> Prompt:
     record, parsed = escalation(event, reasons, summary=summary)
-    options: dict[str, Any] = {
-        "redact_text": True,
-        "max_input_chars": 24_000,
-        "max_output_tokens": 256,
-        "summary_sentences": 3,
-        "summary_chars": 600,
-    }
-    options.update(kw)
-    return build_prompt(record, parsed, tasks_for(record), **options)
+    escalation_settings: dict[str, Any] = {"redact": True, "max_input_chars": 24_000, "max_output_tokens": 256}
+    escalation_settings.update(kw)
+    settings = Settings(
+        escalation=EscalationSettings(**escalation_settings), summary=SummarySettings(max_sentences=3, max_chars=600)
+    )
+    return build_prompt(record, parsed, tasks_for(record, settings), settings)
 
 
 def walk_objects(schema: dict[str, Any]) -> list[dict[str, Any]]:
@@ -50,18 +60,22 @@ def test_tasks_follow_the_reasons_and_long_items_get_a_summary() -> None:
     """classify.* → classify, moderate.* → moderate, anomaly.* → classify (an IoT message with text); an item with a
     mini summary (conversation, long post) also gets an abstractive one; IoT without text has nothing to settle."""
     record, _ = escalation(feed_event("a", "x"), ["classify.low_confidence"])
-    assert tasks_for(record) == ("classify",)
+    assert names(record) == ("classify",)
     record, _ = escalation(feed_event("b", "x"), ["moderate.uncertain_category"], summary="s")
-    assert tasks_for(record) == ("moderate", "summarize")
+    assert names(record) == ("moderate", "summarize")
     record, _ = escalation(iot_event("c", "dev-1", "fan failure"), ["anomaly.high_score"])
-    assert tasks_for(record) == ("classify",)
+    assert names(record) == ("classify",)
     record, _ = escalation(iot_event("d", "dev-1"), ["anomaly.high_score"], with_moderation=False)
-    assert tasks_for(record) == ()
+    assert names(record) == ()
 
 
 def test_the_schema_is_strict_everywhere() -> None:
     """OpenAI strict mode: every object lists all its properties as required and allows no others."""
-    schema = answer_schema(("classify", "moderate", "summarize"), FEED_LABELS, CATEGORIES)
+    record, _ = escalation(
+        feed_event("s", "x"), ["classify.low_confidence", "moderate.uncertain_category"], summary="s"
+    )
+    assert record.result.classification is not None and tuple(record.result.classification.scores) == FEED_LABELS
+    schema = answer_schema(configure_tasks(SETTINGS)[:3], Asked(record, SETTINGS))
     objects = walk_objects(schema)
     assert len(objects) == 5
     for obj in objects:
@@ -81,7 +95,7 @@ def test_the_prompt_carries_the_redacted_text_and_keeps_the_mapping_in_process()
 
 
 def test_redaction_can_be_turned_off() -> None:
-    prompt = prompt_for(feed_event("p", "Mail amy@example.com"), ["classify.low_confidence"], redact_text=False)
+    prompt = prompt_for(feed_event("p", "Mail amy@example.com"), ["classify.low_confidence"], redact=False)
     assert "amy@example.com" in prompt.request.messages[-1]["content"] and prompt.mapping == {}
 
 
@@ -132,17 +146,8 @@ def test_final_result_and_labels_from_an_answer() -> None:
     record, parsed = escalation(
         feed_event("p9", text), ["classify.low_confidence", "moderate.uncertain_category"], summary="mini summary"
     )
-    tasks: tuple[Task, ...] = tasks_for(record)
-    prompt = build_prompt(
-        record,
-        parsed,
-        tasks,
-        redact_text=True,
-        max_input_chars=24_000,
-        max_output_tokens=256,
-        summary_sentences=3,
-        summary_chars=600,
-    )
+    tasks: tuple[Task, ...] = tasks_for(record, SETTINGS)
+    prompt = build_prompt(record, parsed, tasks, SETTINGS)
     scores = {**dict.fromkeys(CATEGORIES, 0.05), "hate": 0.9, "harassment": 0.6}
     answer = read_answer(
         prompt,
@@ -176,16 +181,7 @@ def test_a_conversation_label_holds_the_text_the_mini_model_classifies_not_the_p
     (one per line, no speakers), so `minnow train --from-topic` fits heads on the heads' own inputs."""
     turns = [("agent", "How can I help?"), ("customer", "I was billed twice, call me at +44 20 7946 0958.")]
     record, parsed = escalation(conversation_event("call-3", turns), ["classify.low_confidence"])
-    prompt = build_prompt(
-        record,
-        parsed,
-        ("classify",),
-        redact_text=True,
-        max_input_chars=24_000,
-        max_output_tokens=256,
-        summary_sentences=3,
-        summary_chars=600,
-    )
+    prompt = build_prompt(record, parsed, configure_tasks(SETTINGS)[:1], SETTINGS)
     assert "customer: I was billed twice" in prompt.text
     answer = read_answer(prompt, orjson.dumps({"classification": {"label": "billing", "confidence": 0.9}}).decode())
     (label,) = label_records(record, prompt, answer, model="big-1", now=AT)

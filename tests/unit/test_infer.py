@@ -23,6 +23,7 @@ from pipeline.models import (
 from pipeline.stages.infer import MiniModel
 from pipeline.stages.runtime import AsyncMiniModel
 from pipeline.stages.validate import decode_line
+from pipeline.tasks.moderate import ModerateTask
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -108,13 +109,11 @@ class _PoisonModerator:
 
 
 def test_poison_event_is_isolated_by_bisection(mini_model: MiniModel) -> None:
-    poisoned = MiniModel(
-        mini_model.encoder,
-        mini_model.classifier,
-        _PoisonModerator(mini_model.moderator),  # type: ignore[arg-type]
-        mini_model.bounds,
-        mini_model.settings,
-    )
+    moderate = mini_model.task(ModerateTask)
+    assert isinstance(moderate, ModerateTask)
+    poisoned_moderation = ModerateTask(mini_model.settings, _PoisonModerator(moderate.moderator))  # type: ignore[arg-type]
+    tasks = [poisoned_moderation if task is moderate else task for task in mini_model.tasks]
+    poisoned = MiniModel(mini_model.encoder, tasks, mini_model.settings)
     events = [feed(f"e{i}", "POISON" if i == 5 else f"ordinary post number {i}") for i in range(8)]
     results = poisoned.process(events)
     assert [r.id for r in results] == [e.id for e in events]
@@ -138,7 +137,7 @@ def test_async_engine_runs_off_the_event_loop(mini_model: MiniModel) -> None:
 
         async with AsyncMiniModel(mini_model) as engine:
             task = asyncio.create_task(ticker())
-            results = await engine.process([feed(f"a{i}", LONG_POST) for i in range(32)])
+            results = await engine.score([feed(f"a{i}", LONG_POST) for i in range(32)])
             done = True
             await task
         return ticks, results

@@ -217,7 +217,7 @@ def test_conversation_text_is_its_turns_in_order() -> None:
 
 
 def test_flag_threshold_is_the_escalators() -> None:
-    from pipeline.escalation.tasks import FLAG_AT
+    from pipeline.tasks.moderate import FLAG_AT
 
     assert verdicts.FLAG_AT == FLAG_AT
 

@@ -37,10 +37,17 @@ def run(processor: BatchProcessor, records: list[InputRecord]) -> list[OutputRec
 
 
 def conversations_worker(store: dict[bytes, bytes], clock: list[float]) -> tuple[BatchProcessor, Conversations]:
-    processor = BatchProcessor(SETTINGS, FakeEngine(), FakeSender())
-    step = Conversations(SETTINGS, processor, store, clock=lambda: clock[0])
-    processor.attach(step)
-    return processor, step
+    step = Conversations(SETTINGS, store, clock=lambda: clock[0])
+    return BatchProcessor(SETTINGS, FakeEngine(), FakeSender(), stateful=step), step
+
+
+def sweep(processor: BatchProcessor, step: Conversations, partitions: set[int]) -> list[OutputRecord]:
+    """What the worker's sweep timer delivers: the step's emitted conversations scored and routed, then its writes."""
+
+    async def swept() -> list[OutputRecord]:
+        return await processor.finish(await step.sweep(partitions))
+
+    return asyncio.run(swept())
 
 
 def test_a_final_segment_emits_the_conversation_after_the_segment_results_then_the_changelog() -> None:
@@ -74,22 +81,20 @@ def test_the_sweep_closes_only_idle_conversations_on_the_partitions_it_is_given(
     clock = [NOW]
     processor, step = conversations_worker(store, clock)
     run(processor, [record(talk(0), 0, topic="transcripts.in")])
-    assert asyncio.run(step.sweep({2})) == [], "not idle yet"
+    assert sweep(processor, step, {2}) == [], "not idle yet"
     clock[0] += SETTINGS.worker.conversation_idle_s
-    assert asyncio.run(step.sweep({0, 1})) == [], "partition 2 is not among those swept"
-    closed = asyncio.run(step.sweep({2}))
+    assert sweep(processor, step, {0, 1}) == [], "partition 2 is not among those swept"
+    closed = sweep(processor, step, {2})
     assert [(o.destination, o.key) for o in closed] == [("sink", b"c1"), ("state", b"c1")]
     assert ConversationState.model_validate_json(store[b"c1"]).close_reason == "idle"
     clock[0] += SETTINGS.worker.conversation_keep_closed_s
-    (tombstone,) = asyncio.run(step.sweep({2}))
+    (tombstone,) = sweep(processor, step, {2})
     assert (tombstone.value, tombstone.partition, b"c1" in store) == (None, 2, False)
-    assert step.progress.next_offset(2) == 1
+    assert processor.progress.next_offset(2) == 1
 
 
 def devices_worker(store: dict[bytes, bytes]) -> BatchProcessor:
-    processor = BatchProcessor(SETTINGS, FakeEngine(), FakeSender())
-    processor.attach(Devices(SETTINGS, store, clock=lambda: NOW))
-    return processor
+    return BatchProcessor(SETTINGS, FakeEngine(), FakeSender(), stateful=Devices(SETTINGS, store, clock=lambda: NOW))
 
 
 def test_each_minute_closes_the_previous_window_and_the_device_state_goes_to_its_partition() -> None:

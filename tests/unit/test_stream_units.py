@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 
 from pipeline import cli
 from pipeline.errors import DeliveryError, InferenceError
-from pipeline.models import AnyEvent, ErrorRecord, InputInfo, ModelInfo, Result
+from pipeline.models import Anomaly, AnyEvent, Classification, ErrorRecord, InputInfo, ModelInfo, Scores
 from pipeline.settings import KafkaSettings, Settings, WorkerSettings
 from pipeline.stream import names
 from pipeline.stream.deadletter import MAX_MESSAGE_CHARS, Provenance, dead_letter_headers, normalize_headers
@@ -54,6 +54,12 @@ def record(value: bytes | None, offset: int, *, topic: str = "feeds.in", key: by
     return InputRecord(Provenance(PREFIX + topic, 2, offset), key, value, consumed_at=0.0)
 
 
+UNSURE_LABEL = Classification(
+    label="world", confidence=0.3, scores={"world": 0.3}, label_set="feed", method="zero-shot"
+)
+HIGH_ANOMALY = Anomaly(score=0.95, metrics={})
+
+
 class FakeEngine:
     """Sinks every event, except ids listed as escalated (classify.low_confidence) or failing (an error record)."""
 
@@ -61,20 +67,21 @@ class FakeEngine:
         self.escalate, self.fail, self.drop_one = set(escalate), set(fail), drop_one
         self.batches: list[list[str]] = []
 
-    async def process(self, events: Sequence[AnyEvent]) -> list[Result | ErrorRecord]:
+    async def score(self, events: Sequence[AnyEvent]) -> list[Scores | ErrorRecord]:
         self.batches.append([e.id for e in events])
-        out: list[Result | ErrorRecord] = []
+        out: list[Scores | ErrorRecord] = []
         for event in events:
             if event.id in self.fail:
                 out.append(ErrorRecord(error="inference_error", message="boom", id=event.id))
                 continue
-            reasons = ["classify.low_confidence", "anomaly.high_score"] if event.id in self.escalate else []
+            # Unsure scores earn the router's reasons classify.low_confidence and anomaly.high_score.
+            unsure = event.id in self.escalate
             out.append(
-                Result(
+                Scores(
                     id=event.id,
                     kind=event.kind,
-                    route="escalate" if reasons else "sink",
-                    escalation_reasons=reasons,
+                    classification=UNSURE_LABEL if unsure else None,
+                    anomaly=HIGH_ANOMALY if unsure else None,
                     model=MODEL,
                     input=InputInfo(tokens=3, chunks=1, truncated=False),
                     timings={"batch_size": float(len(events))},
@@ -356,10 +363,10 @@ def test_the_app_has_one_single_actor_agent_per_input_topic_and_no_web_server(tm
 
     app = create_app(SETTINGS, FakeEngine(), datadir=tmp_path)
     agents = {agent.name: agent for agent in app.agents.values()}
-    assert sorted(agents) == ["minnow.feed", "minnow.iot", "minnow.transcript"]
+    assert sorted(agents) == ["minnow.feed", "minnow.iot", "minnow.ticket", "minnow.transcript"]
     assert {a.concurrency for a in agents.values()} == {1}
     topics = {name for agent in agents.values() for name in agent.channel.topics}
-    assert topics == {"t.feeds.in", "t.transcripts.in", "t.iot.in"}
+    assert topics == {"t.feeds.in", "t.transcripts.in", "t.iot.in", "t.tickets.in"}
     assert app.conf.web_enabled is False and app.conf.topic_allow_declare is False
     assert Path(app.conf.datadir).parent == tmp_path or Path(app.conf.datadir) == tmp_path
     assert str(app.conf.processing_guarantee.value) == "at_least_once"

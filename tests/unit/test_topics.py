@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.errors import ConfigError, DeliveryError
-from pipeline.models import AnyEvent, Conversation, FeedEvent, IoTMessage, TranscriptSegment
+from pipeline.models import AnyEvent, Conversation, FeedEvent, IoTMessage, SupportTicket, TranscriptSegment
 from pipeline.stream import names, topics
 
 DAY_MS = 24 * 60 * 60 * 1000
@@ -23,6 +23,9 @@ SAMPLES: dict[str, AnyEvent] = {
     "transcript": SEGMENT,
     "conversation": Conversation(id="c-1", segments=[SEGMENT]),
     "iot": IoTMessage(id="m-1", device_id="d-1", ts=datetime(2025, 1, 1, tzinfo=UTC), readings={"t": 1.0}),
+    "ticket": SupportTicket.model_validate(
+        {"id": "e-1", "thread_id": "t-1", "body": "Refund?", "from": "a@b.c", "sent_at": "2025-01-01T00:00:00Z"}
+    ),
 }
 
 
@@ -67,7 +70,7 @@ def test_spec_keys_name_the_field_that_record_key_uses(specs: dict[str, topics.T
             event = SAMPLES[kind]
             assert names.record_key(event) == str(getattr(event, field)).encode(), (spec.name, kind)
             checked += 1
-    assert checked == 17  # 4 kinds over the inputs, 4 over the sinks, windows, 4 each for escalations and review
+    assert checked == 21  # 5 kinds over the inputs, 5 over the sinks, windows, 5 each for escalations and review
     assert specs["deadletter"].key.by_kind is None
 
 
@@ -78,6 +81,7 @@ def test_input_topics_cover_every_event_kind_of_their_family(specs: dict[str, to
         "feeds.in": ("pipeline.models:FeedEvent",),
         "transcripts.in": ("pipeline.models:TranscriptSegment", "pipeline.models:Conversation"),
         "iot.in": ("pipeline.models:IoTMessage",),
+        "tickets.in": ("pipeline.models:SupportTicket",),
     }
     for kind, logical in names.INPUT_TOPICS.items():
         assert kind in (specs[logical].key.by_kind or {})
@@ -101,7 +105,9 @@ def test_retention_partitions_and_sizes_are_what_the_contract_promises(specs: di
         "feeds.in": (6, 7, "delete"),
         "transcripts.in": (6, 7, "delete"),
         "iot.in": (6, 7, "delete"),
+        "tickets.in": (6, 7, "delete"),
         "feeds.enriched": (6, 7, "delete"),
+        "tickets.enriched": (6, 7, "delete"),
         "transcripts.enriched": (6, 7, "delete"),
         "iot.enriched": (6, 7, "delete"),
         "labels": (3, -1, "compact"),  # training data, replaced per key
