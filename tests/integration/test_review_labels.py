@@ -20,9 +20,10 @@ from pipeline.engine import Encoder
 from pipeline.models import FeedEvent, LabelRecord, Result, ReviewRecord
 from pipeline.review.verdicts import label_key, latest_verdicts
 from pipeline.settings import RoutingSettings, Settings
-from pipeline.stages.infer import MiniModel, build_classifier
+from pipeline.stages.infer import MiniModel
 from pipeline.stream.labels import read_labels
 from pipeline.stream.names import REVIEW_SKIPS
+from pipeline.tasks.classify import ClassifyTask
 from pipeline.tasks.heads import HeadFile
 from pipeline.tasks.labels import load_label_sets
 from tests.integration.helpers import create_topic
@@ -192,7 +193,7 @@ def test_distillation_verdicts_through_the_topic_train_the_same_head(
     labels_topic = prefix + "labels"
     asyncio.run(create_topic(kafka_bootstrap, labels_topic, partitions=3))
     stream = [r for r in read_labeled(EVAL / "news_topics_train.jsonl") if r.label]
-    classifier = build_classifier(settings, encoder)
+    classifier = ClassifyTask.load(settings, encoder).classifier
     collect = RoutingSettings(classify_min_confidence=0.75)
     escalated = replay(classifier, "feed", encoder.embed([r.text for r in stream]), collect).escalated
     verdicts: list[LabelRecord] = stand_in_verdicts(stream, escalated, "feed")
