@@ -64,7 +64,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.data:
             raise ConfigError("say what to train on: --data FILE, --from-topic labels, or both")
         return train.run(_settings(args), Path(args.data), Path(args.out))
-    from pipeline.stream import labels, tools
+    from pipeline.ops import tools
+    from pipeline.stream import labels
 
     settings = _settings(args)
     kafka = settings.kafka
@@ -81,8 +82,9 @@ def cmd_review(args: argparse.Namespace) -> int:
     import os
 
     from pipeline.errors import ConfigError
+    from pipeline.ops import tools
     from pipeline.review.prompt import read_answers
-    from pipeline.stream import review, tools
+    from pipeline.stream import review
 
     kafka = _settings(args).kafka
     reviewer = args.reviewer or os.environ.get("USER") or os.environ.get("LOGNAME")
@@ -130,19 +132,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_model(args: argparse.Namespace) -> int:
-    from pipeline.commands import bench
+    from pipeline.bench import model
 
-    return bench.run(_settings(args), as_json=args.json, seconds=args.seconds, batch_sizes=args.batch_sizes)
+    return model.run(_settings(args), as_json=args.json, seconds=args.seconds, batch_sizes=args.batch_sizes)
 
 
 def cmd_bench_e2e(args: argparse.Namespace) -> int:
-    from pipeline.stream import bench_e2e
+    from pipeline.bench import e2e
 
-    return bench_e2e.run(_settings(args), as_json=args.json, events=args.events, warmup=args.warmup, rounds=args.rounds)
+    return e2e.run(_settings(args), as_json=args.json, events=args.events, warmup=args.warmup, rounds=args.rounds)
 
 
 def cmd_dev_kafka(args: argparse.Namespace) -> int:
-    from pipeline import devkafka
+    from pipeline.ops import devkafka
 
     return devkafka.main([args.action, *args.rest])
 
@@ -168,8 +170,8 @@ def cmd_escalator(args: argparse.Namespace) -> int:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
+    from pipeline.ops import tools
     from pipeline.settings import load_settings
-    from pipeline.stream import tools
 
     kafka = load_settings().kafka
     return tools.run_produce(
@@ -182,8 +184,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
+    from pipeline.ops import tools
     from pipeline.settings import load_settings
-    from pipeline.stream import tools
 
     kafka = load_settings().kafka
     return tools.run_tail(
@@ -199,11 +201,12 @@ def cmd_tail(args: argparse.Namespace) -> int:
 def cmd_topics_apply(args: argparse.Namespace) -> int:
     import asyncio
 
+    from pipeline import topic_specs
+    from pipeline.ops import topics
     from pipeline.settings import load_settings
-    from pipeline.stream import topics
 
     kafka = load_settings().kafka
-    specs = topics.load_specs(Path(args.specs) if args.specs else topics.SPEC_DIR)
+    specs = topic_specs.load_specs(Path(args.specs) if args.specs else topic_specs.SPEC_DIR)
     prefix = kafka.topic_prefix if args.prefix is None else args.prefix
     bootstrap = args.bootstrap_servers or kafka.bootstrap_servers
     print(asyncio.run(topics.apply(bootstrap, prefix, specs, replication=args.replication)))
@@ -211,11 +214,11 @@ def cmd_topics_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_topics_schemas(args: argparse.Namespace) -> int:
-    from pipeline.stream import topics
+    from pipeline import topic_specs
 
-    folder = Path(args.specs) if args.specs else topics.SPEC_DIR
+    folder = Path(args.specs) if args.specs else topic_specs.SPEC_DIR
     if args.check:
-        drifted = topics.check_schemas(folder)
+        drifted = topic_specs.check_schemas(folder)
         for path in drifted:
             print(f"drifted: {path}")
         if drifted:
@@ -223,7 +226,7 @@ def cmd_topics_schemas(args: argparse.Namespace) -> int:
             return 1
         print(f"schemas in {folder / 'schemas'} match the models")
         return 0
-    touched = topics.write_schemas(folder)
+    touched = topic_specs.write_schemas(folder)
     for path in touched:
         print(f"wrote: {path}" if path.exists() else f"removed: {path}")
     print(f"{len(touched)} schema file(s) changed in {folder / 'schemas'}")
@@ -231,7 +234,7 @@ def cmd_topics_schemas(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pipeline.stream import demo
+    from pipeline.ops import demo
 
     return demo.run(_settings(args))
 
@@ -361,7 +364,7 @@ def _add_escalator(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def _add_produce_and_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """`minnow produce` and `minnow tail`: Kafka tools for people (pipeline/stream/tools.py)."""
+    """`minnow produce` and `minnow tail`: Kafka tools for people (pipeline/ops/tools.py)."""
 
     def topic_opts(p: argparse.ArgumentParser) -> None:
         p.add_argument("--raw-topic", action="store_true", help="use TOPIC as is, without MINNOW_KAFKA__TOPIC_PREFIX")

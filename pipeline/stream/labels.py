@@ -13,11 +13,11 @@ from pydantic import ValidationError
 
 from pipeline.commands.labeled import read_labeled
 from pipeline.commands.train import rows_from_verdicts, train_and_save
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, StreamToolError
 from pipeline.models import LabelRecord
 from pipeline.review.verdicts import KeyedLabel, latest_verdicts
 from pipeline.settings import Settings
-from pipeline.stream.tools import StreamToolError, partitions, started
+from pipeline.stream.clients import partitions, started
 
 log = logging.getLogger(__name__)
 

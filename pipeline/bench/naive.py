@@ -15,12 +15,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from pipeline.errors import DeliveryError, InputError
 from pipeline.models import ToDeadLetter, ToSink
+from pipeline.ops.topics import apply
 from pipeline.stages.infer import MiniModel
 from pipeline.stages.route import route
 from pipeline.stages.runtime import AsyncMiniModel
 from pipeline.stages.validate import parse_event
 from pipeline.stream import names
-from pipeline.stream.topics import apply, load_specs
+from pipeline.topic_specs import load_specs
 
 OUTPUT_TOPICS = (names.SINK_TOPICS["feed"], names.ESCALATION_TOPIC, names.DEADLETTER_TOPIC)  # of every bench worker
 NAIVE_PREFIX = "naive."  # the naive worker's own copies of the feed topics, under the bench prefix
