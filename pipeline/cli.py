@@ -65,11 +65,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("say what to train on: --data FILE, --from-topic labels, or both")
         return train.run(_settings(args), Path(args.data), Path(args.out))
     from pipeline.ops import tools
-    from pipeline.stream import labels
 
     settings = _settings(args)
     kafka = settings.kafka
-    return labels.run_train(
+    return train.run_from_topic(
         settings,
         args.bootstrap_servers or kafka.bootstrap_servers,
         tools.resolve_topic(args.from_topic, kafka.topic_prefix, raw=args.raw_topic),

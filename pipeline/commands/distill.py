@@ -19,8 +19,6 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
-from pipeline.commands.labeled import LabeledRow, read_labeled
-from pipeline.commands.train import fit_heads, rows_from_verdicts
 from pipeline.engine import Encoder, load_encoder
 from pipeline.errors import ConfigError, MinnowError
 from pipeline.models import Classification, EventKind, LabelRecord
@@ -29,6 +27,7 @@ from pipeline.settings import RoutingSettings, Settings
 from pipeline.stages.infer import build_classifier
 from pipeline.tasks.classify import Classifier
 from pipeline.tasks.route import decide
+from pipeline.training import LabeledRow, fit_heads, read_labeled, rows_from_verdicts
 
 STAND_IN = "gold label (stand-in for a reviewer)"
 VERDICTS = "verdicts"

@@ -14,8 +14,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from pipeline.cli import main
 from pipeline.commands.distill import replay, stand_in_verdicts
-from pipeline.commands.labeled import LabeledRow, read_labeled
-from pipeline.commands.train import fit_heads, rows_from_verdicts
 from pipeline.engine import Encoder
 from pipeline.models import FeedEvent, LabelRecord, Result, ReviewRecord
 from pipeline.review.verdicts import label_key, latest_verdicts
@@ -25,6 +23,7 @@ from pipeline.stream.labels import read_labels
 from pipeline.stream.names import REVIEW_SKIPS
 from pipeline.tasks.heads import HeadFile
 from pipeline.tasks.labels import load_label_sets
+from pipeline.training import LabeledRow, fit_heads, read_labeled, rows_from_verdicts
 from tests.integration.helpers import create_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
