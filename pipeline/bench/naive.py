@@ -21,6 +21,7 @@ from pipeline.stages.route import route
 from pipeline.stages.runtime import AsyncMiniModel
 from pipeline.stages.validate import parse_event
 from pipeline.stream import names
+from pipeline.stream.codec import encode
 from pipeline.topic_specs import load_specs
 
 OUTPUT_TOPICS = (names.SINK_TOPICS["feed"], names.ESCALATION_TOPIC, names.DEADLETTER_TOPIC)  # of every bench worker
@@ -92,7 +93,7 @@ class NaiveWorker:
             if isinstance(routed, ToSink)
             else (names.ESCALATION_TOPIC, routed.record)
         )
-        return topic, names.record_key(event), orjson.dumps(out.model_dump(mode="json", exclude_none=True))
+        return topic, names.record_key(event), encode(out)
 
     async def run(self, feeder: AIOKafkaProducer, ids: list[str], texts: Sequence[str]) -> float:
         """Events/s from the first produce of these events (by `feeder`) to the commit of the last."""

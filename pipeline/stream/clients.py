@@ -1,4 +1,5 @@
-"""Starting aiokafka clients, and asking a broker which partitions a topic has, with errors that say where."""
+"""Starting aiokafka clients (and the producers' request size limit), and asking a broker which partitions a topic
+has, with errors that say where."""
 
 from __future__ import annotations
 
@@ -10,6 +11,11 @@ from aiokafka.errors import KafkaError
 
 from pipeline.errors import StreamToolError
 from pipeline.stream.health import topic_partitions
+
+# Every producer that writes Minnow's outputs: the broker's max.message.bytes (per topic) is the real limit. The
+# producer must not refuse a large dead letter or escalation on its own, or an oversize input record would stop a
+# worker on every restart.
+PRODUCER_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 
 
 class KafkaRecord(Protocol):
