@@ -25,7 +25,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     if getattr(args, "precision", None):
         engine["precision"] = args.precision
     if getattr(args, "batch_size", None):
-        engine["max_batch_size"] = args.batch_size
+        engine["max_windows_per_batch"] = args.batch_size
     if engine:
         overrides["engine"] = settings.engine.model_copy(update=engine)
     return settings.model_copy(update=overrides) if overrides else settings
@@ -257,6 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_WINDOWS = "model windows per encoder run (MINNOW_ENGINE__MAX_WINDOWS_PER_BATCH)"
+
+
+def _engine_opts(p: argparse.ArgumentParser, batch_help: str = f"{_WINDOWS}, default 32") -> None:
+    """--precision and --batch-size; the latter sets the engine's windows per run (and, for files, events per batch)."""
+    p.add_argument("--precision", choices=["int8", "fp32"], help="model precision (default int8)")
+    p.add_argument("--batch-size", type=int, help=batch_help)
+
+
 def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The engine on files: models build, embed, infer, train, eval."""
     models = sub.add_parser("models", help="build or inspect the ONNX model artifacts")
@@ -266,20 +275,16 @@ def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     b.add_argument("--verify", action="store_true", help="re-hash the artifacts against the manifest")
     b.set_defaults(func=cmd_models_build)
 
-    def engine_opts(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--precision", choices=["int8", "fp32"], help="model precision (default int8)")
-        p.add_argument("--batch-size", type=int, help="events per engine batch")
-
     e = sub.add_parser("embed", help='{"id","text"} JSON lines in, {"id","embedding"} out')
     e.add_argument("input", nargs="?", help="input file (default stdin)")
-    engine_opts(e)
+    _engine_opts(e, f"texts per batch (default 64); also the {_WINDOWS}")
     e.set_defaults(func=cmd_embed)
 
     i = sub.add_parser("infer", help="events as JSON lines in, one result (or error record) per line out")
     i.add_argument("input", nargs="?", help="input file (default stdin)")
     i.add_argument("--labels", help="YAML label sets (default: the bundled ones)")
     i.add_argument("--heads", help="trained heads from `minnow train`")
-    engine_opts(i)
+    _engine_opts(i, f"events per batch (default 32); also the {_WINDOWS}")
     i.set_defaults(func=cmd_infer)
 
     t = sub.add_parser("train", help="fit classification heads and calibration on labeled lines or the labels topic")
@@ -289,7 +294,7 @@ def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     t.add_argument("--bootstrap-servers", help="host:port list (default MINNOW_KAFKA__BOOTSTRAP_SERVERS)")
     t.add_argument("--out", default="heads.json", help="where to write the heads (default heads.json)")
     t.add_argument("--labels", help="YAML label sets (default: the bundled ones)")
-    engine_opts(t)
+    _engine_opts(t)
     t.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="accuracy, macro-F1, calibration and selective accuracy on labeled data")
@@ -298,7 +303,7 @@ def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     ev.add_argument("--plot", help="write the selective-accuracy plot here (PNG); default next to --data")
     ev.add_argument("--labels", help="YAML label sets")
     ev.add_argument("--heads", help="trained heads to evaluate instead of zero-shot")
-    engine_opts(ev)
+    _engine_opts(ev)
     ev.set_defaults(func=cmd_eval)
 
     di = sub.add_parser(
@@ -318,7 +323,7 @@ def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     di.add_argument("--plot", help="write held-out macro-F1 and escalation against items settled here (PNG)")
     di.add_argument("--labels", help="YAML label sets")
     di.add_argument("--heads", help="the heads the stream starts with (default: zero-shot)")
-    engine_opts(di)
+    _engine_opts(di)
     di.set_defaults(func=cmd_distill)
 
 
@@ -329,7 +334,13 @@ def _add_bench_and_dev(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     bm = bsub.add_parser("model", help="engine vs bare encoder throughput, and peak RSS")
     bm.add_argument("--json", action="store_true")
     bm.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
-    bm.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 64])
+    bm.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="+",
+        default=[1, 8, 32, 64],
+        help="batch sizes measured: events per engine call, windows per bare encoder run",
+    )
     bm.add_argument("--precision", choices=["int8", "fp32"])
     bm.set_defaults(func=cmd_bench_model)
     be = bsub.add_parser("e2e", help="events/s and latency through the broker and a worker, vs the engine alone")
