@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.models import (
+    AnyEvent,
     Conversation,
     ErrorRecord,
     FeedEvent,
@@ -43,7 +44,7 @@ LONG_POST = (
 
 
 def test_mixed_batch_gives_one_result_per_event_in_order(mini_model: MiniModel) -> None:
-    events = [
+    events: list[AnyEvent] = [
         feed("f1", "The striker scored a hat-trick as the home team won the league title."),
         feed("f2", LONG_POST),
         turn("c1", 0, "customer", "I was billed twice this month and want my money back."),
