@@ -36,14 +36,16 @@ test: setup ## run every test (unit and integration)
 test-unit: setup ## run the fast unit tests only
 	$(BIN)/python -m pytest tests/unit -m "not slow"
 
-lint: setup ## ruff check and format check
-	$(BIN)/ruff check pipeline tests
-	$(BIN)/ruff format --check pipeline tests
+LINTED := pipeline tests scripts
 
-typecheck: setup ## mypy --strict on the package
-	$(BIN)/mypy --strict pipeline
+lint: setup ## ruff check and format check of the package, the tests and the scripts
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
-check: lint typecheck test ## everything CI runs, and the linters
+typecheck: setup ## mypy --strict on the package, the tests and the scripts
+	$(BIN)/mypy --strict $(LINTED)
+
+check: lint typecheck test ## everything CI runs: lint, typecheck, every test
 
 bench: setup ## the model benchmark (docs/benchmarks.md)
 	$(BIN)/minnow bench model

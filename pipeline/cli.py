@@ -25,7 +25,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     if getattr(args, "precision", None):
         engine["precision"] = args.precision
     if getattr(args, "batch_size", None):
-        engine["max_batch_size"] = args.batch_size
+        engine["max_windows_per_batch"] = args.batch_size
     if engine:
         overrides["engine"] = settings.engine.model_copy(update=engine)
     return settings.model_copy(update=overrides) if overrides else settings
@@ -64,11 +64,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.data:
             raise ConfigError("say what to train on: --data FILE, --from-topic labels, or both")
         return train.run(_settings(args), Path(args.data), Path(args.out))
-    from pipeline.stream import labels, tools
+    from pipeline.ops import tools
 
     settings = _settings(args)
     kafka = settings.kafka
-    return labels.run_train(
+    return train.run_from_topic(
         settings,
         args.bootstrap_servers or kafka.bootstrap_servers,
         tools.resolve_topic(args.from_topic, kafka.topic_prefix, raw=args.raw_topic),
@@ -81,8 +81,9 @@ def cmd_review(args: argparse.Namespace) -> int:
     import os
 
     from pipeline.errors import ConfigError
+    from pipeline.ops import tools
     from pipeline.review.prompt import read_answers
-    from pipeline.stream import review, tools
+    from pipeline.stream import review
 
     kafka = _settings(args).kafka
     reviewer = args.reviewer or os.environ.get("USER") or os.environ.get("LOGNAME")
@@ -130,19 +131,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_model(args: argparse.Namespace) -> int:
-    from pipeline.commands import bench
+    from pipeline.bench import model
 
-    return bench.run(_settings(args), as_json=args.json, seconds=args.seconds, batch_sizes=args.batch_sizes)
+    return model.run(_settings(args), as_json=args.json, seconds=args.seconds, batch_sizes=args.batch_sizes)
 
 
 def cmd_bench_e2e(args: argparse.Namespace) -> int:
-    from pipeline.stream import bench_e2e
+    from pipeline.bench import e2e
 
-    return bench_e2e.run(_settings(args), as_json=args.json, events=args.events, warmup=args.warmup, rounds=args.rounds)
+    return e2e.run(_settings(args), as_json=args.json, events=args.events, warmup=args.warmup, rounds=args.rounds)
 
 
 def cmd_dev_kafka(args: argparse.Namespace) -> int:
-    from pipeline import devkafka
+    from pipeline.ops import devkafka
 
     return devkafka.main([args.action, *args.rest])
 
@@ -168,8 +169,8 @@ def cmd_escalator(args: argparse.Namespace) -> int:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
+    from pipeline.ops import tools
     from pipeline.settings import load_settings
-    from pipeline.stream import tools
 
     kafka = load_settings().kafka
     return tools.run_produce(
@@ -182,8 +183,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
+    from pipeline.ops import tools
     from pipeline.settings import load_settings
-    from pipeline.stream import tools
 
     kafka = load_settings().kafka
     return tools.run_tail(
@@ -199,11 +200,12 @@ def cmd_tail(args: argparse.Namespace) -> int:
 def cmd_topics_apply(args: argparse.Namespace) -> int:
     import asyncio
 
+    from pipeline import topic_specs
+    from pipeline.ops import topics
     from pipeline.settings import load_settings
-    from pipeline.stream import topics
 
     kafka = load_settings().kafka
-    specs = topics.load_specs(Path(args.specs) if args.specs else topics.SPEC_DIR)
+    specs = topic_specs.load_specs(Path(args.specs) if args.specs else topic_specs.SPEC_DIR)
     prefix = kafka.topic_prefix if args.prefix is None else args.prefix
     bootstrap = args.bootstrap_servers or kafka.bootstrap_servers
     print(asyncio.run(topics.apply(bootstrap, prefix, specs, replication=args.replication)))
@@ -211,11 +213,11 @@ def cmd_topics_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_topics_schemas(args: argparse.Namespace) -> int:
-    from pipeline.stream import topics
+    from pipeline import topic_specs
 
-    folder = Path(args.specs) if args.specs else topics.SPEC_DIR
+    folder = Path(args.specs) if args.specs else topic_specs.SPEC_DIR
     if args.check:
-        drifted = topics.check_schemas(folder)
+        drifted = topic_specs.check_schemas(folder)
         for path in drifted:
             print(f"drifted: {path}")
         if drifted:
@@ -223,7 +225,7 @@ def cmd_topics_schemas(args: argparse.Namespace) -> int:
             return 1
         print(f"schemas in {folder / 'schemas'} match the models")
         return 0
-    touched = topics.write_schemas(folder)
+    touched = topic_specs.write_schemas(folder)
     for path in touched:
         print(f"wrote: {path}" if path.exists() else f"removed: {path}")
     print(f"{len(touched)} schema file(s) changed in {folder / 'schemas'}")
@@ -231,7 +233,7 @@ def cmd_topics_schemas(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pipeline.stream import demo
+    from pipeline.ops import demo
 
     return demo.run(_settings(args))
 
@@ -255,6 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_WINDOWS = "model windows per encoder run (MINNOW_ENGINE__MAX_WINDOWS_PER_BATCH)"
+
+
+def _engine_opts(p: argparse.ArgumentParser, batch_help: str = f"{_WINDOWS}, default 32") -> None:
+    """--precision and --batch-size; the latter sets the engine's windows per run (and, for files, events per batch)."""
+    p.add_argument("--precision", choices=["int8", "fp32"], help="model precision (default int8)")
+    p.add_argument("--batch-size", type=int, help=batch_help)
+
+
 def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The engine on files: models build, embed, infer, train, eval."""
     models = sub.add_parser("models", help="build or inspect the ONNX model artifacts")
@@ -264,20 +275,16 @@ def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     b.add_argument("--verify", action="store_true", help="re-hash the artifacts against the manifest")
     b.set_defaults(func=cmd_models_build)
 
-    def engine_opts(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--precision", choices=["int8", "fp32"], help="model precision (default int8)")
-        p.add_argument("--batch-size", type=int, help="events per engine batch")
-
     e = sub.add_parser("embed", help='{"id","text"} JSON lines in, {"id","embedding"} out')
     e.add_argument("input", nargs="?", help="input file (default stdin)")
-    engine_opts(e)
+    _engine_opts(e, f"texts per batch (default 64); also the {_WINDOWS}")
     e.set_defaults(func=cmd_embed)
 
     i = sub.add_parser("infer", help="events as JSON lines in, one result (or error record) per line out")
     i.add_argument("input", nargs="?", help="input file (default stdin)")
     i.add_argument("--labels", help="YAML label sets (default: the bundled ones)")
     i.add_argument("--heads", help="trained heads from `minnow train`")
-    engine_opts(i)
+    _engine_opts(i, f"events per batch (default 32); also the {_WINDOWS}")
     i.set_defaults(func=cmd_infer)
 
     t = sub.add_parser("train", help="fit classification heads and calibration on labeled lines or the labels topic")
@@ -287,7 +294,7 @@ def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     t.add_argument("--bootstrap-servers", help="host:port list (default MINNOW_KAFKA__BOOTSTRAP_SERVERS)")
     t.add_argument("--out", default="heads.json", help="where to write the heads (default heads.json)")
     t.add_argument("--labels", help="YAML label sets (default: the bundled ones)")
-    engine_opts(t)
+    _engine_opts(t)
     t.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="accuracy, macro-F1, calibration and selective accuracy on labeled data")
@@ -296,7 +303,7 @@ def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     ev.add_argument("--plot", help="write the selective-accuracy plot here (PNG); default next to --data")
     ev.add_argument("--labels", help="YAML label sets")
     ev.add_argument("--heads", help="trained heads to evaluate instead of zero-shot")
-    engine_opts(ev)
+    _engine_opts(ev)
     ev.set_defaults(func=cmd_eval)
 
     di = sub.add_parser(
@@ -316,7 +323,7 @@ def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     di.add_argument("--plot", help="write held-out macro-F1 and escalation against items settled here (PNG)")
     di.add_argument("--labels", help="YAML label sets")
     di.add_argument("--heads", help="the heads the stream starts with (default: zero-shot)")
-    engine_opts(di)
+    _engine_opts(di)
     di.set_defaults(func=cmd_distill)
 
 
@@ -327,7 +334,13 @@ def _add_bench_and_dev(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     bm = bsub.add_parser("model", help="engine vs bare encoder throughput, and peak RSS")
     bm.add_argument("--json", action="store_true")
     bm.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
-    bm.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 64])
+    bm.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="+",
+        default=[1, 8, 32, 64],
+        help="batch sizes measured: events per engine call, windows per bare encoder run",
+    )
     bm.add_argument("--precision", choices=["int8", "fp32"])
     bm.set_defaults(func=cmd_bench_model)
     be = bsub.add_parser("e2e", help="events/s and latency through the broker and a worker, vs the engine alone")
@@ -361,7 +374,7 @@ def _add_escalator(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def _add_produce_and_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """`minnow produce` and `minnow tail`: Kafka tools for people (pipeline/stream/tools.py)."""
+    """`minnow produce` and `minnow tail`: Kafka tools for people (pipeline/ops/tools.py)."""
 
     def topic_opts(p: argparse.ArgumentParser) -> None:
         p.add_argument("--raw-topic", action="store_true", help="use TOPIC as is, without MINNOW_KAFKA__TOPIC_PREFIX")

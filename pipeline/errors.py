@@ -9,6 +9,9 @@
     │   └── SchemaError
     ├── InferenceError         the encoder failed on a batch
     ├── DeliveryError          (streaming) an output was not acknowledged by the broker
+    ├── StreamToolError        (operations) produce, tail, review or a labels read could not start:
+    │                          the broker is unreachable or the topic does not exist
+    ├── DevKafkaError          (operations) the local development broker could not be resolved, started or stopped
     └── EscalationError        (escalation tier) the large model could not settle an item
         ├── ProviderError      the endpoint failed: HTTP status, timeout, connection (status, retry_after_s)
         ├── AnswerError        the answer is not JSON, or not valid against the task's schema
@@ -57,6 +60,18 @@ class InferenceError(MinnowError):
 
 class DeliveryError(MinnowError):
     code = "delivery_error"
+
+
+class StreamToolError(MinnowError):
+    """A produce, tail, review or labels read could not start: the broker is unreachable or the topic is missing."""
+
+    code = "stream_tool_error"
+
+
+class DevKafkaError(MinnowError):
+    """The local development broker could not be resolved, started or stopped."""
+
+    code = "dev_kafka_error"
 
 
 class EscalationError(MinnowError):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger(__name__)
 
 Precision = Literal["int8", "fp32"]
 
@@ -25,7 +28,9 @@ class EngineSettings(_Frozen):
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="where built ONNX artifacts live")
     precision: Precision = Field(default="int8", description="int8 (quantized, default) or fp32")
     intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime threads per batch; 0 = one per core")
-    max_batch_size: int = Field(default=32, ge=1, le=1024, description="model windows per encoder batch")
+    max_windows_per_batch: int = Field(
+        default=32, ge=1, le=1024, description="model windows (rows) per encoder run, whatever events they come from"
+    )
     max_tokens_per_batch: int = Field(default=4096, ge=256, description="padded tokens (rows x longest) per batch")
     max_seq_tokens: int = Field(default=256, ge=16, le=512, description="model token window per chunk")
     max_chunks_per_text: int = Field(
@@ -33,6 +38,18 @@ class EngineSettings(_Frozen):
     )
     max_text_chars: int = Field(default=100_000, ge=1, description="longer texts are cut and marked `truncated`")
     inflight_batches: int = Field(default=2, ge=1, description="batches running in the executor at once")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deprecated_names(cls, data: Any) -> Any:
+        # MINNOW_ENGINE__MAX_BATCH_SIZE was this cap's name; "batch" now means events everywhere. Still read, when
+        # the new name is not set.
+        if isinstance(data, dict) and "max_batch_size" in data:
+            data = dict(data)
+            old = data.pop("max_batch_size")
+            data.setdefault("max_windows_per_batch", old)
+            log.warning("MINNOW_ENGINE__MAX_BATCH_SIZE is deprecated: use MINNOW_ENGINE__MAX_WINDOWS_PER_BATCH")
+        return data
 
     @model_validator(mode="after")
     def _batch_fits_window(self) -> EngineSettings:

@@ -19,14 +19,13 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
-from pipeline.commands.labeled import LabeledRow, read_labeled
-from pipeline.commands.train import fit_heads, rows_from_verdicts
 from pipeline.engine import Encoder, load_encoder
 from pipeline.errors import ConfigError, MinnowError
 from pipeline.models import Classification, EventKind, LabelRecord
 from pipeline.review.verdicts import KeyedLabel, label_key, latest_verdicts
 from pipeline.settings import RoutingSettings, Settings
 from pipeline.tasks.classify import Classifier, ClassifyTask
+from pipeline.training import LabeledRow, fit_heads, read_labeled, rows_from_verdicts
 
 STAND_IN = "gold label (stand-in for a reviewer)"
 VERDICTS = "verdicts"

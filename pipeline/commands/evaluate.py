@@ -11,11 +11,11 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
-from pipeline.commands.labeled import LabeledRow, read_labeled
 from pipeline.engine import Encoder, load_encoder
 from pipeline.settings import Settings
 from pipeline.tasks.calibration import expected_calibration_error
 from pipeline.tasks.classify import Classifier, ClassifyTask
+from pipeline.training import LabeledRow, read_labeled
 
 ESCALATION_RATES = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
 

@@ -1,27 +1,20 @@
-"""`minnow train`: fit a calibrated logistic head per family, and the zero-shot temperature, from labeled examples."""
+"""`minnow train`: fit a calibrated logistic head per family, and the zero-shot temperature, from labeled examples
+in a file, the labels topic, or both."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
-from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-from numpy.typing import NDArray
-
-from pipeline.commands.labeled import LabeledRow, read_labeled
-from pipeline.engine import Encoder, load_encoder
+from pipeline.engine import load_encoder
 from pipeline.errors import ConfigError
-from pipeline.models import LabelRecord
+from pipeline.review.verdicts import latest_verdicts
 from pipeline.settings import Settings
-from pipeline.tasks.classify import Prototypes
-from pipeline.tasks.heads import HeadFile, LinearHead, describe, fit_head, fit_zero_shot_temperature, new_head_file
-from pipeline.tasks.labels import LabelSet, load_label_sets
-
-MIN_EXAMPLES_PER_LABEL = 3
-
-Embed = Callable[[Sequence[str]], NDArray[np.float32]]
+from pipeline.tasks.heads import describe
+from pipeline.tasks.labels import load_label_sets
+from pipeline.training import LabeledRow, fit_heads, read_labeled, rows_from_verdicts
 
 
 def run(settings: Settings, data: Path, out: Path) -> int:
@@ -29,13 +22,29 @@ def run(settings: Settings, data: Path, out: Path) -> int:
     return train_and_save(settings, rows, out, origin=str(data))
 
 
-def rows_from_verdicts(verdicts: Sequence[LabelRecord]) -> list[LabeledRow]:
-    """Classification verdicts (from the labels topic) as labeled examples: the label set is the family."""
-    return [
-        LabeledRow(id=v.id, family=v.label_set, text=v.text, label=v.label)
-        for v in verdicts
-        if v.task == "classify" and v.label_set and v.label is not None
-    ]
+def run_from_topic(settings: Settings, bootstrap_servers: str, topic: str, data: Path | None, out: Path) -> int:
+    """`minnow train --from-topic labels [--data more.jsonl]`: the latest classify verdicts, plus a file if given."""
+    from pipeline.stream.labels import read_labels  # aiokafka: only when a topic is read
+
+    read = asyncio.run(read_labels(bootstrap_servers, topic))
+    verdicts = list(latest_verdicts(read.entries).values())
+    rows = rows_from_verdicts(verdicts)
+    print(
+        f"{topic}: {read.records} records, {len(verdicts)} latest verdicts, {len(rows)} for classification"
+        + (f", {read.unreadable} unreadable (skipped)" if read.unreadable else ""),
+        file=sys.stderr,
+    )
+    if not rows:
+        raise ConfigError(
+            f"the labels topic {topic} has no classification verdicts ({read.records} records read up to its end "
+            "offsets); settle items with `minnow review` first, or train from a file with --data"
+        )
+    origin = f"topic {topic}"
+    if data is not None:
+        rows += read_labeled(data)
+        origin += f" and {data}"
+    # Verdicts are the escalated, hardest items: no zero-shot temperature is fitted to them (docs/distillation.md).
+    return train_and_save(settings, rows, out, origin=origin, require_head=True, zero_shot_temperatures=False)
 
 
 def train_and_save(
@@ -64,59 +73,3 @@ def train_and_save(
     head_file.save(out)
     print(f"wrote {out}\n{describe(head_file)}")
     return 0
-
-
-def fit_heads(
-    rows: Sequence[LabeledRow],
-    label_sets: dict[str, LabelSet],
-    encoder: Encoder,
-    *,
-    origin: str,
-    embed: Embed | None = None,
-    zero_shot_temperatures: bool = True,
-) -> tuple[HeadFile, dict[str, str]]:
-    """A head per family with enough examples of every label, a zero-shot temperature per family with two labels
-    or more (unless `zero_shot_temperatures` is off); and, per family left without a head, why.
-
-    Turn the temperatures off for rows that are not a fair sample: verdicts on escalated items are the hardest
-    ones, and a temperature fitted to them makes zero-shot under-confident (docs/distillation.md measures it).
-    `embed` may serve vectors already computed."""
-    embed = embed or encoder.embed
-    by_family: dict[str, list[LabeledRow]] = defaultdict(list)
-    for row in rows:
-        if row.label is not None:
-            by_family[row.family].append(row)
-    if not by_family:
-        raise ConfigError(f"{origin} has no labeled examples for classification")
-    unknown = sorted(set(by_family) - set(label_sets))
-    if unknown:
-        raise ConfigError(f"{origin} has families without a label set: {', '.join(unknown)}")
-    heads: dict[str, LinearHead] = {}
-    temps: dict[str, float] = {}
-    skipped: dict[str, str] = {}
-    for family, fam_rows in by_family.items():
-        label_set = label_sets[family]
-        labels = [r.label for r in fam_rows if r.label is not None]
-        strangers = sorted(set(labels) - set(label_set.names))
-        if strangers:
-            raise ConfigError(f"{origin}: labels not in the '{family}' label set: {', '.join(strangers)}")
-        counts = Counter(labels)
-        if len(counts) < 2:
-            # One label teaches nothing: a temperature fitted to it would make zero-shot overconfident.
-            only = f"all {len(labels)} examples are" if len(labels) > 1 else "the one example is"
-            skipped[family] = f"nothing trained: {only} '{labels[0]}' (two labels at least)"
-            continue
-        vectors = embed([r.text for r in fam_rows])
-        if zero_shot_temperatures:
-            temps[family] = fit_zero_shot_temperature(
-                Prototypes.build(label_set, encoder).logits(vectors), labels, label_set.names
-            )
-        thin = [f"{n} ({counts[n]})" for n in label_set.names if counts[n] < MIN_EXAMPLES_PER_LABEL]
-        if thin:
-            fallback = "zero-shot calibration only" if zero_shot_temperatures else "zero-shot as configured"
-            skipped[family] = (
-                f"no trained head (fewer than {MIN_EXAMPLES_PER_LABEL} examples for: {', '.join(thin)}); {fallback}"
-            )
-            continue
-        heads[family] = fit_head(vectors, labels, label_set.names)
-    return new_head_file(heads, temps, encoder.files.version), skipped

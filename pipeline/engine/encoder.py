@@ -187,14 +187,14 @@ class Encoder:
 
     # ----------------------------------------------------------------------------------------- batching
     def plan_batches(self, lengths: Sequence[int]) -> list[list[int]]:
-        """Group unit indices into length buckets: sorted by length, cut by batch size and padded tokens."""
+        """Group unit indices into length buckets: sorted by length, cut by windows per batch and padded tokens."""
         order = sorted(range(len(lengths)), key=lengths.__getitem__)
         batches: list[list[int]] = []
         current: list[int] = []
         for i in order:
             longest = lengths[i]  # sorted ascending: the newcomer is the longest so far
             if current and (
-                len(current) >= self.settings.max_batch_size
+                len(current) >= self.settings.max_windows_per_batch
                 or (len(current) + 1) * longest > self.settings.max_tokens_per_batch
                 # a new length bucket once padding to the newcomer would waste a third of the shortest rows
                 or longest > BUCKET_GROWTH * lengths[current[0]] + BUCKET_SLACK

@@ -14,6 +14,7 @@ import faust
 from pipeline.metrics import PARTITIONS_ASSIGNED
 from pipeline.settings import Settings
 from pipeline.stream import names
+from pipeline.stream.clients import PRODUCER_MAX_REQUEST_BYTES
 from pipeline.stream.conversations import Conversations
 from pipeline.stream.devices import Devices
 from pipeline.stream.state import ChangelogStore
@@ -21,10 +22,6 @@ from pipeline.stream.transactions import Transactions
 from pipeline.stream.worker import BatchProcessor, Engine, OutputRecord, batch_agent, exit_undelivered
 
 log = logging.getLogger(__name__)
-
-# The broker's max.message.bytes is the real limit; the producer must not refuse a large dead letter on its own,
-# or an oversize input record would stop the worker on every restart.
-PRODUCER_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 
 
 class FaustSender:

@@ -26,8 +26,11 @@ from pipeline import metrics
 from pipeline.errors import DecodeError, DeliveryError, InputError, SchemaError
 from pipeline.escalation.escalator import Escalator, Outcome
 from pipeline.models import EVENT_ADAPTER, AnyEvent, EscalationRecord, ToSink
+from pipeline.review.verdicts import label_key
 from pipeline.settings import Settings
 from pipeline.stream import names
+from pipeline.stream.clients import PRODUCER_MAX_REQUEST_BYTES
+from pipeline.stream.codec import encode
 from pipeline.stream.deadletter import Headers, dead_letter_headers
 from pipeline.stream.offsets import OffsetLedger
 from pipeline.stream.worker import EXIT_UNDELIVERED, InputRecord, input_record
@@ -36,8 +39,6 @@ log = logging.getLogger(__name__)
 
 Destination = Literal["sink", "labels", "review", "deadletter"]
 
-# As in app.py: the broker's max.message.bytes is the limit (2 MiB for escalations), not the producer's default.
-PRODUCER_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 # Escalation records carry the whole event; a fetch must be able to return the largest one.
 FETCH_MAX_PARTITION_BYTES = 4 * 1024 * 1024
 COMMIT_INTERVAL_S = 1.0
@@ -66,10 +67,6 @@ class Plan:
     deliveries: tuple[Delivery, ...]
     outcome: Literal["sink", "review", "deadletter"]
     reason: str
-
-
-def _json(model: Any) -> bytes:
-    return orjson.dumps(model.model_dump(mode="json", exclude_none=True))
 
 
 def decode(raw: bytes | None) -> tuple[EscalationRecord, AnyEvent]:
@@ -114,13 +111,13 @@ class EscalationHandler:
     def _deliveries(self, outcome: Outcome, key: bytes) -> Plan:
         if isinstance(outcome, ToSink):
             result = outcome.result
-            sink = Delivery(self._sinks[result.kind], key, _json(result), (), "sink")
+            sink = Delivery(self._sinks[result.kind], key, encode(result), (), "sink")
             labels = tuple(
-                Delivery(self._labels, f"{label.task}:{label.id}".encode(), _json(label), (), "labels")
+                Delivery(self._labels, label_key(label).encode(), encode(label), (), "labels")
                 for label in outcome.labels
             )
             return Plan((sink, *labels), "sink", outcome.reason)
-        review = Delivery(self._review, key, _json(outcome.record), (), "review")
+        review = Delivery(self._review, key, encode(outcome.record), (), "review")
         return Plan((review,), "review", outcome.reason)
 
     def _dead_letter(self, record: InputRecord, error: str, message: str) -> Plan:

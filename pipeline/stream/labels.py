@@ -1,23 +1,18 @@
-"""The labels topic as training data: read it to its end offsets at start, keep the latest verdict per key, train."""
+"""The labels topic as training data: read it to its end offsets at start (`minnow train --from-topic`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
-from pipeline.commands.labeled import read_labeled
-from pipeline.commands.train import rows_from_verdicts, train_and_save
-from pipeline.errors import ConfigError
+from pipeline.errors import StreamToolError
 from pipeline.models import LabelRecord
-from pipeline.review.verdicts import KeyedLabel, latest_verdicts
-from pipeline.settings import Settings
-from pipeline.stream.tools import StreamToolError, partitions, started
+from pipeline.review.verdicts import KeyedLabel
+from pipeline.stream.clients import partitions, started
 
 log = logging.getLogger(__name__)
 
@@ -87,26 +82,3 @@ async def _read_to(consumer: AIOKafkaConsumer, topic: str, ends: dict[TopicParti
             if await consumer.position(tp) >= ends[tp]:
                 left.discard(tp)
     return LabelsRead(topic=topic, entries=entries, unreadable=unreadable)
-
-
-def run_train(settings: Settings, bootstrap_servers: str, topic: str, data: Path | None, out: Path) -> int:
-    """`minnow train --from-topic labels [--data more.jsonl]`: the latest classify verdicts, plus a file if given."""
-    read = asyncio.run(read_labels(bootstrap_servers, topic))
-    verdicts = list(latest_verdicts(read.entries).values())
-    rows = rows_from_verdicts(verdicts)
-    print(
-        f"{topic}: {read.records} records, {len(verdicts)} latest verdicts, {len(rows)} for classification"
-        + (f", {read.unreadable} unreadable (skipped)" if read.unreadable else ""),
-        file=sys.stderr,
-    )
-    if not rows:
-        raise ConfigError(
-            f"the labels topic {topic} has no classification verdicts ({read.records} records read up to its end "
-            "offsets); settle items with `minnow review` first, or train from a file with --data"
-        )
-    origin = f"topic {topic}"
-    if data is not None:
-        rows += read_labeled(data)
-        origin += f" and {data}"
-    # Verdicts are the escalated, hardest items: no zero-shot temperature is fitted to them (docs/distillation.md).
-    return train_and_save(settings, rows, out, origin=origin, require_head=True, zero_shot_temperatures=False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.models import FAMILIES, AnyEvent
+from pipeline.models import FAMILIES
 
 # Logical topic names; the real name is MINNOW_KAFKA__TOPIC_PREFIX + logical name (see topics/). The families'
 # own topics are declared on their event models (pipeline/models.py); these are views of that one table.
@@ -31,8 +31,3 @@ REVIEW_SKIPS = "minnow.review.skips"
 
 def topic(prefix: str, logical: str) -> str:
     return f"{prefix}{logical}"
-
-
-def record_key(event: AnyEvent) -> bytes:
-    """Outputs are keyed so per-key order holds: the event's family says by what (device, conversation, thread...)."""
-    return event.key()

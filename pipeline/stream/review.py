@@ -16,12 +16,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
-from pipeline.errors import DeliveryError
+from pipeline.errors import DeliveryError, StreamToolError
 from pipeline.models import ReviewRecord
 from pipeline.review.prompt import Accept, ScriptedAnswer, ask, decide
 from pipeline.review.verdicts import Decision, Quit, Skip, Verdict, label_key, label_records
+from pipeline.stream.clients import KafkaRecord, partitions, started
+from pipeline.stream.codec import encode
 from pipeline.stream.names import REVIEW_SKIPS
-from pipeline.stream.tools import KafkaRecord, StreamToolError, partitions, started
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ class _Session:
         records = label_records(item, verdict, reviewer=self.options.reviewer, now=datetime.now(UTC))
         futures = []
         for label in records:
-            value, key = label.model_dump_json().encode(), label_key(label).encode()
+            value, key = encode(label), label_key(label).encode()
             futures.append(await self._send(self.options.labels_topic, value, key, []))
         await _acknowledged(futures, f"the verdict on {item.id}", self.options.labels_topic)
         return len(records)

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from pipeline import devkafka
+from pipeline.ops import devkafka
 
 BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
 # Confluent images are what testcontainers' KafkaContainer drives (it edits their start scripts);
@@ -86,7 +86,7 @@ def _local_broker() -> Iterator[str]:
     cache_dir = devkafka.default_cache_dir()
     running = devkafka.status(cache_dir)
     if running is not None:
-        # A developer's `python -m pipeline.devkafka start` broker: use it, leave it running.
+        # A developer's `python -m pipeline.ops.devkafka start` broker: use it, leave it running.
         yield running.bootstrap_servers
         return
     info = devkafka.start(cache_dir)

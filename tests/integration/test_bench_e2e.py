@@ -10,7 +10,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from pipeline import cli
-from pipeline.stream import bench_e2e
+from pipeline.bench import e2e
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 
@@ -65,7 +65,7 @@ def test_a_small_bench_accounts_for_every_event_and_reports_sane_figures(
     assert steps["model"] > 0 and steps["produce_ack"] > 0 and steps["commit"] > 0  # a call and two round trips
     assert 100 < report["worker_peak_rss_mb"] < 2000  # a loaded model, not a number from the wrong process
 
-    text = bench_e2e.render(report)
+    text = e2e.render(report)
     assert "| broker + worker, bursts |" in text and "e2e / engine only" in text and "target ≥ 3" in text
     assert "| naive worker through the broker" in text and "e2e / naive worker: " in text
     assert asyncio.run(_topics_with(kafka_bootstrap, report["topic_prefix"])) == []

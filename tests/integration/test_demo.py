@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.ops import demo
 from pipeline.settings import EngineSettings, KafkaSettings, Settings
-from pipeline.stream import demo
 
 pytestmark = pytest.mark.integration
 

@@ -51,7 +51,7 @@ class Planned:
         self, item: tuple[EscalationRecord, Any], *, review: str | None = None, tasks: tuple[str, ...] = ()
     ) -> None:
         record, event = item
-        self.records.append((record, names.record_key(event)))
+        self.records.append((record, event.key()))
         if review is not None:
             self.review[record.id] = review
         self.label_tasks.update(tasks)
@@ -187,13 +187,13 @@ async def scenario(bootstrap: str, random_name: Callable[[str], str]) -> None:
     for logical in (names.ESCALATION_TOPIC, *OUTPUT_TOPICS, names.DEADLETTER_TOPIC):
         await create_topic(bootstrap, prefix + logical, PARTITIONS)
     waves = [plan("a"), plan("b")]
-    undecodable = [(b"bad-1", b"{not json"), (b"bad-2", b'{"id": "x"}')]
+    undecodable: list[tuple[bytes | None, bytes | None]] = [(b"bad-1", b"{not json"), (b"bad-2", b'{"id": "x"}')]
 
     async with OpenAIServer() as server:
         # One malformed answer at most per item (answer_retries=1 then settles it); provider errors are retried.
         server.script(status(429, retry_after="0.3"), status(500), MALFORMED, status(503), status(500))
-        for wave in ("a", "b"):
-            server.script_for(f"{POISON} {wave}", MALFORMED, WRONG_SCHEMA)
+        for name in ("a", "b"):
+            server.script_for(f"{POISON} {name}", MALFORMED, WRONG_SCHEMA)
         config = settings(bootstrap, prefix, group, server.base_url)
         escalator_group = group + ESCALATOR_GROUP_SUFFIX
         for number, wave in enumerate(waves):
@@ -320,7 +320,7 @@ def crash_plan() -> Crash:
 
 def encoded(item: tuple[EscalationRecord, Any]) -> tuple[bytes | None, bytes | None]:
     record, event = item
-    return names.record_key(event), orjson.dumps(record.model_dump(mode="json", exclude_none=True))
+    return event.key(), orjson.dumps(record.model_dump(mode="json", exclude_none=True))
 
 
 async def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, process: EscalatorProcess) -> None:

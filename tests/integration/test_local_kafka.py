@@ -14,7 +14,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from pipeline import devkafka
+from pipeline.ops import devkafka
 from tests.integration.helpers import create_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,8 +14,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from pipeline.cli import main
 from pipeline.commands.distill import replay, stand_in_verdicts
-from pipeline.commands.labeled import LabeledRow, read_labeled
-from pipeline.commands.train import fit_heads, rows_from_verdicts
 from pipeline.engine import Encoder
 from pipeline.models import FeedEvent, LabelRecord, Result, ReviewRecord
 from pipeline.review.verdicts import label_key, latest_verdicts
@@ -26,6 +24,7 @@ from pipeline.stream.names import REVIEW_SKIPS
 from pipeline.tasks.classify import ClassifyTask
 from pipeline.tasks.heads import HeadFile
 from pipeline.tasks.labels import load_label_sets
+from pipeline.training import LabeledRow, fit_heads, read_labeled, rows_from_verdicts
 from tests.integration.helpers import create_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -80,7 +79,7 @@ def review_records(mini_model: MiniModel, items: list[LabeledRow]) -> list[Revie
     return records
 
 
-async def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
+async def produce(bootstrap: str, topic: str, records: Sequence[tuple[bytes | None, bytes | None]]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
     try:

@@ -13,11 +13,12 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from pipeline.cli import main
 from pipeline.errors import ConfigError
-from pipeline.stream import topics
+from pipeline.ops import topics
+from pipeline.topic_specs import TopicSpec, load_specs
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
-SPECS = topics.load_specs()
+SPECS = load_specs()
 N_TOPICS = len(SPECS)  # every spec in topics/, whatever their number
 DYNAMIC_TOPIC_CONFIG = 1  # DescribeConfigs config_source of an override set on the topic
 
@@ -67,7 +68,7 @@ def prefix(kafka_bootstrap: str, random_name: Callable[[str], str]) -> Iterator[
     asyncio.run(_admin_call(kafka_bootstrap, delete))
 
 
-def _with(name: str, **changes: Any) -> list[topics.TopicSpec]:
+def _with(name: str, **changes: Any) -> list[TopicSpec]:
     """The real specs, with one topic changed."""
     return [spec.model_copy(update=changes) if spec.name == name else spec for spec in SPECS]
 

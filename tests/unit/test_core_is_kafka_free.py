@@ -33,3 +33,14 @@ def test_importing_the_escalation_tier_does_not_import_kafka_libraries() -> None
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     count, _, bad = out.stdout.strip().partition(" ")
     assert int(count) >= 9 and bad == ""
+
+
+def test_training_and_topic_specs_do_not_import_kafka_libraries() -> None:
+    """Labeled data, head fitting, topic specs and schema generation run without a Kafka client library."""
+    code = (
+        "import sys, pipeline.training, pipeline.topic_specs, pipeline.commands.train;"
+        "pipeline.topic_specs.check_schemas();"
+        "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in {'faust', 'aiokafka', 'kafka'})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

@@ -33,6 +33,11 @@ SETTINGS = Settings(worker=WorkerSettings(iot_min_samples=30, iot_zscore_thresho
 
 
 def msg(i: int, ts: float, device: str = "d-1", **readings: float) -> IoTMessage:
+    return reading(i, ts, readings, device)
+
+
+def reading(i: int, ts: float, readings: dict[str, float], device: str = "d-1") -> IoTMessage:
+    """`msg` with readings named at run time (a `**` dict could also fill `device`, as far as mypy knows)."""
     return IoTMessage(id=f"m-{i}", device_id=device, ts=datetime.fromtimestamp(ts, UTC), readings=readings)
 
 
@@ -52,7 +57,7 @@ def feed(
         ts = start + i * step
         seen = observe(
             state,
-            msg(i, ts, **{metric: value}),
+            reading(i, ts, {metric: value}),
             partition=3,
             now=ts + 1,
             window_s=60.0,
@@ -166,7 +171,9 @@ def test_non_finite_and_absurd_readings_never_touch_statistics_or_windows() -> N
 def test_metrics_past_the_cap_get_no_state() -> None:
     """A device that invents metric names cannot grow its changelog record without limit."""
     readings = {f"m{i}": float(i) for i in range(MAX_METRICS + 5)}
-    state = observe(None, msg(0, T0, **readings), partition=0, now=T0, window_s=60, half_life=50, min_samples=30).state
+    state = observe(
+        None, reading(0, T0, readings), partition=0, now=T0, window_s=60, half_life=50, min_samples=30
+    ).state
     assert sorted(state.stats) == sorted(f"m{i}" for i in range(MAX_METRICS))
     assert state.window is not None and len(state.window.metrics) == MAX_METRICS
 

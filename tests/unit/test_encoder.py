@@ -48,7 +48,7 @@ def test_plan_batches_respects_size_and_token_budget(encoder: Encoder) -> None:
     batches = encoder.plan_batches(lengths)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))  # every unit exactly once
     for b in batches:
-        assert len(b) <= encoder.settings.max_batch_size
+        assert len(b) <= encoder.settings.max_windows_per_batch
         assert len(b) * max(lengths[i] for i in b) <= encoder.settings.max_tokens_per_batch
     # length buckets: within a batch the lengths are close (sorted order), which is what cuts padding
     padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)

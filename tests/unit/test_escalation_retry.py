@@ -27,7 +27,8 @@ class ScriptedSender:
     """Raises or returns the scripted items in order, noting the virtual time of each call."""
 
     def __init__(self, clock: VirtualClock, script: Sequence[ProviderError | AnswerError | ChatReply]) -> None:
-        self.clock, self.script, self.calls = clock, list(script), []
+        self.clock, self.script = clock, list(script)
+        self.calls: list[float] = []
 
     async def complete(self, request: ChatRequest) -> ChatReply:
         self.calls.append(self.clock.now)

@@ -229,7 +229,7 @@ def run_loop(consumer: FakeConsumer, producer: FakeProducer, escalator: Any, unt
             escalator,
             consumer,
             producer,
-            commit_interval_s=0.01,  # type: ignore[arg-type]
+            commit_interval_s=0.01,
         )
         stop = asyncio.Event()
         task = asyncio.create_task(runner.run(stop))

@@ -12,12 +12,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.models import (
+    AnyEvent,
     Conversation,
     ErrorRecord,
     FeedEvent,
     IoTMessage,
     Moderation,
     Result,
+    Scores,
     TranscriptSegment,
 )
 from pipeline.stages.infer import MiniModel
@@ -44,7 +46,7 @@ LONG_POST = (
 
 
 def test_mixed_batch_gives_one_result_per_event_in_order(mini_model: MiniModel) -> None:
-    events = [
+    events: list[AnyEvent] = [
         feed("f1", "The striker scored a hat-trick as the home team won the league title."),
         feed("f2", LONG_POST),
         turn("c1", 0, "customer", "I was billed twice this month and want my money back."),
@@ -125,7 +127,7 @@ def test_poison_event_is_isolated_by_bisection(mini_model: MiniModel) -> None:
 def test_async_engine_runs_off_the_event_loop(mini_model: MiniModel) -> None:
     """While a batch runs in the executor, the loop keeps ticking."""
 
-    async def main() -> tuple[int, list[Result | ErrorRecord]]:
+    async def main() -> tuple[int, list[Scores | ErrorRecord]]:
         ticks = 0
         done = False
 

@@ -216,10 +216,13 @@ def test_conversation_text_is_its_turns_in_order() -> None:
     assert verdicts.event_text(event) == "first\nsecond"
 
 
-def test_flag_threshold_is_the_escalators() -> None:
+def test_a_person_is_offered_the_flags_the_escalator_would_set() -> None:
+    """The review reads a large model's scores with the escalator's own rule: at FLAG_AT a category flags."""
     from pipeline.tasks.moderate import FLAG_AT
 
-    assert verdicts.FLAG_AT == FLAG_AT
+    at_threshold = dict.fromkeys(CATEGORIES, 0.0) | {"hate": FLAG_AT, "spam": FLAG_AT - 0.01}
+    offered = verdicts.large_verdict(review_record(answer={"moderation": {"categories": at_threshold}}))
+    assert offered is not None and offered.flagged_categories == ("hate",)
 
 
 # --------------------------------------------------------------------------------------- answers file

@@ -30,9 +30,19 @@ def test_nested_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MINNOW_ENGINE__MAX_BATCH_SIZE", "0")
-    with pytest.raises(ConfigError, match="MINNOW_ENGINE__MAX_BATCH_SIZE"):
+    monkeypatch.setenv("MINNOW_ENGINE__MAX_WINDOWS_PER_BATCH", "0")
+    with pytest.raises(ConfigError, match="MINNOW_ENGINE__MAX_WINDOWS_PER_BATCH"):
         load_settings()
+
+
+def test_the_old_name_of_the_windows_cap_is_still_read_and_said_to_be_deprecated(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("MINNOW_ENGINE__MAX_BATCH_SIZE", "12")
+    assert load_settings().engine.max_windows_per_batch == 12
+    assert "MINNOW_ENGINE__MAX_BATCH_SIZE is deprecated" in caplog.text
+    monkeypatch.setenv("MINNOW_ENGINE__MAX_WINDOWS_PER_BATCH", "24")
+    assert load_settings().engine.max_windows_per_batch == 24  # the new name wins when both are set
 
 
 def test_token_budget_must_fit_a_window(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -101,7 +101,7 @@ def test_each_minute_closes_the_previous_window_and_the_device_state_goes_to_its
     store: dict[bytes, bytes] = {}
     processor = devices_worker(store)
     outputs = run(processor, [record(minute(n, value=20.0 + n), n, topic="iot.in") for n in range(3)])
-    windows = [orjson.loads(o.value) for o in outputs if o.topic == PREFIX + names.IOT_WINDOWS_TOPIC]
+    windows = [orjson.loads(o.value or b"") for o in outputs if o.topic == PREFIX + names.IOT_WINDOWS_TOPIC]
     assert [(w["window_start"], w["messages"], w["metrics"]["t"]["mean"]) for w in windows] == [
         ("2026-11-20T09:00:00Z", 1, 20.0),
         ("2026-11-20T09:01:00Z", 1, 21.0),

@@ -1,4 +1,4 @@
-"""The topic specs cover exactly the topics in names.py, agree with record_key, and their schemas are current."""
+"""The topic specs cover exactly the topics in names.py, agree with the events' keys, and their schemas are current."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import topic_specs
 from pipeline.cli import main
 from pipeline.errors import ConfigError, DeliveryError
 from pipeline.models import AnyEvent, Conversation, FeedEvent, IoTMessage, SupportTicket, TranscriptSegment
-from pipeline.stream import names, topics
+from pipeline.ops import topics
+from pipeline.stream import names
 
 DAY_MS = 24 * 60 * 60 * 1000
 SEGMENT = TranscriptSegment(id="s-1", conversation_id="c-1", seq=0, speaker="agent", text="hello")
@@ -30,14 +32,14 @@ SAMPLES: dict[str, AnyEvent] = {
 
 
 @pytest.fixture(scope="module")
-def specs() -> dict[str, topics.TopicSpec]:
-    return {spec.name: spec for spec in topics.load_specs()}
+def specs() -> dict[str, topic_specs.TopicSpec]:
+    return {spec.name: spec for spec in topic_specs.load_specs()}
 
 
 @pytest.fixture
 def spec_dir(tmp_path: Path) -> Path:
     """A copy of topics/ to break on purpose."""
-    return Path(shutil.copytree(topics.SPEC_DIR, tmp_path / "topics"))
+    return Path(shutil.copytree(topic_specs.SPEC_DIR, tmp_path / "topics"))
 
 
 def _names_py_topics() -> dict[str, str]:
@@ -57,24 +59,24 @@ def _names_py_topics() -> dict[str, str]:
 
 
 def test_every_topic_in_names_py_has_a_spec_with_its_role_and_no_spec_is_extra(
-    specs: dict[str, topics.TopicSpec],
+    specs: dict[str, topic_specs.TopicSpec],
 ) -> None:
     assert {name: spec.role for name, spec in specs.items()} == _names_py_topics()
 
 
-def test_spec_keys_name_the_field_that_record_key_uses(specs: dict[str, topics.TopicSpec]) -> None:
-    """For every topic keyed by an event field, that field's value is what names.record_key returns."""
+def test_spec_keys_name_the_field_that_record_key_uses(specs: dict[str, topic_specs.TopicSpec]) -> None:
+    """For every topic keyed by an event field, that field's value is what the event's key() returns."""
     checked = 0
     for spec in specs.values():
         for kind, field in (spec.key.by_kind or {}).items():
             event = SAMPLES[kind]
-            assert names.record_key(event) == str(getattr(event, field)).encode(), (spec.name, kind)
+            assert event.key() == str(getattr(event, field)).encode(), (spec.name, kind)
             checked += 1
     assert checked == 21  # 5 kinds over the inputs, 5 over the sinks, windows, 5 each for escalations and review
     assert specs["deadletter"].key.by_kind is None
 
 
-def test_input_topics_cover_every_event_kind_of_their_family(specs: dict[str, topics.TopicSpec]) -> None:
+def test_input_topics_cover_every_event_kind_of_their_family(specs: dict[str, topic_specs.TopicSpec]) -> None:
     """transcripts.in takes segments and whole conversations; a spec's key kinds match its value models."""
     models = {name: spec.value.models for name, spec in specs.items() if spec.role == "input"}
     assert models == {
@@ -89,14 +91,14 @@ def test_input_topics_cover_every_event_kind_of_their_family(specs: dict[str, to
         assert kind in (specs[logical].key.by_kind or {})
 
 
-def test_every_state_changelog_is_copartitioned_with_its_input(specs: dict[str, topics.TopicSpec]) -> None:
+def test_every_state_changelog_is_copartitioned_with_its_input(specs: dict[str, topic_specs.TopicSpec]) -> None:
     """Partition n of a changelog holds the state of input partition n, so their partition counts must match."""
     inputs = {"conversation": names.INPUT_TOPICS["transcript"], "device": names.INPUT_TOPICS["iot"]}
     for owner, logical in names.STATE_TOPICS.items():
         assert specs[logical].partitions == specs[inputs[owner]].partitions, logical
 
 
-def test_retention_partitions_and_sizes_are_what_the_contract_promises(specs: dict[str, topics.TopicSpec]) -> None:
+def test_retention_partitions_and_sizes_are_what_the_contract_promises(specs: dict[str, topic_specs.TopicSpec]) -> None:
     summary = {
         name: (spec.partitions, int(spec.config["retention.ms"]) // DAY_MS, spec.config["cleanup.policy"])
         for name, spec in specs.items()
@@ -125,42 +127,42 @@ def test_retention_partitions_and_sizes_are_what_the_contract_promises(specs: di
 
 
 def test_deadletter_headers_are_the_names_py_headers_and_its_value_is_bytes(
-    specs: dict[str, topics.TopicSpec],
+    specs: dict[str, topic_specs.TopicSpec],
 ) -> None:
     spec = specs["deadletter"]
     declared = [getattr(names, attr) for attr in dir(names) if attr.startswith("DLQ_")]
     assert sorted(h.name for h in spec.headers) == sorted(declared)
     assert spec.value.encoding == "bytes"
-    schema = topics.json_schema(spec)
+    schema = topic_specs.json_schema(spec)
     assert sorted(schema["required"]) == sorted(declared)
     assert {p["type"] for p in schema["properties"].values()} == {"string"}
 
 
-def test_no_topic_is_waiting_for_its_value_model(specs: dict[str, topics.TopicSpec]) -> None:
+def test_no_topic_is_waiting_for_its_value_model(specs: dict[str, topic_specs.TopicSpec]) -> None:
     """Every JSON topic names its value model; a new `pending:` gap has to change this test on purpose."""
     assert [name for name, spec in specs.items() if spec.value.pending] == []
     assert specs["iot.devices.changelog"].value.models == ("pipeline.stages.devices:DeviceState",)
-    assert topics.json_schema(specs["iot.devices.changelog"])["title"] == "DeviceState"
+    assert topic_specs.json_schema(specs["iot.devices.changelog"])["title"] == "DeviceState"
 
 
-def test_schemas_come_from_the_models_in_the_right_mode(specs: dict[str, topics.TopicSpec]) -> None:
+def test_schemas_come_from_the_models_in_the_right_mode(specs: dict[str, topic_specs.TopicSpec]) -> None:
     """Inputs: what producers may send (kind optional); outputs: what Minnow writes; unions list each model."""
-    feed_in = topics.json_schema(specs["feeds.in"])
+    feed_in = topic_specs.json_schema(specs["feeds.in"])
     assert feed_in["title"] == "FeedEvent"
     assert feed_in["required"] == ["id", "source", "text", "created_at"]
-    assert feed_in["$schema"] == topics.SCHEMA_DIALECT
-    transcripts = topics.json_schema(specs["transcripts.in"])
+    assert feed_in["$schema"] == topic_specs.SCHEMA_DIALECT
+    transcripts = topic_specs.json_schema(specs["transcripts.in"])
     assert transcripts["anyOf"] == [{"$ref": "#/$defs/TranscriptSegment"}, {"$ref": "#/$defs/Conversation"}]
     assert set(transcripts["$defs"]) == {"TranscriptSegment", "Conversation"}
-    result = topics.json_schema(specs["feeds.enriched"])
+    result = topic_specs.json_schema(specs["feeds.enriched"])
     assert result["title"] == "Result"
     assert {"id", "kind", "route", "model", "input"} <= set(result["required"])
-    assert topics.json_schema(specs["escalations"])["title"] == "EscalationRecord"
+    assert topic_specs.json_schema(specs["escalations"])["title"] == "EscalationRecord"
 
 
 def test_checked_in_schemas_equal_the_generated_ones() -> None:
     """The drift test: a model changed without `minnow topics schemas` fails here, naming the files."""
-    assert topics.check_schemas() == []
+    assert topic_specs.check_schemas() == []
 
 
 def test_check_schemas_names_edited_missing_and_orphaned_files_and_write_fixes_them(spec_dir: Path) -> None:
@@ -168,19 +170,19 @@ def test_check_schemas_names_edited_missing_and_orphaned_files_and_write_fixes_t
     (schemas / "review.json").write_text("{}\n")
     (schemas / "iot.in.json").unlink()
     (schemas / "old.topic.json").write_text("{}\n")
-    drifted = topics.check_schemas(spec_dir)
+    drifted = topic_specs.check_schemas(spec_dir)
     assert sorted(p.name for p in drifted) == ["iot.in.json", "old.topic.json", "review.json"]
-    assert sorted(p.name for p in topics.write_schemas(spec_dir)) == sorted(p.name for p in drifted)
-    assert topics.check_schemas(spec_dir) == []
+    assert sorted(p.name for p in topic_specs.write_schemas(spec_dir)) == sorted(p.name for p in drifted)
+    assert topic_specs.check_schemas(spec_dir) == []
     assert not (schemas / "old.topic.json").exists()
-    assert topics.write_schemas(spec_dir) == []
+    assert topic_specs.write_schemas(spec_dir) == []
 
 
 def test_a_changed_value_model_is_drift(spec_dir: Path) -> None:
     """Pointing a spec at another model (what a model edit looks like) makes its checked-in schema stale."""
     path = spec_dir / "feeds.enriched.yaml"
     path.write_text(path.read_text().replace("pipeline.models:Result", "pipeline.models:ErrorRecord"))
-    assert topics.check_schemas(spec_dir) == [spec_dir / "schemas" / "feeds.enriched.json"]
+    assert topic_specs.check_schemas(spec_dir) == [spec_dir / "schemas" / "feeds.enriched.json"]
 
 
 @pytest.mark.parametrize(
@@ -207,7 +209,7 @@ def test_a_bad_spec_is_a_config_error_naming_the_file_and_the_problem(
     assert edit[0] in text
     path.write_text(text.replace(edit[0], edit[1], 1))
     with pytest.raises(ConfigError) as caught:
-        topics.load_specs(spec_dir)
+        topic_specs.load_specs(spec_dir)
     assert str(path) in str(caught.value)
     assert expected in str(caught.value)
 
@@ -215,18 +217,18 @@ def test_a_bad_spec_is_a_config_error_naming_the_file_and_the_problem(
 def test_a_spec_file_must_be_named_after_its_topic(spec_dir: Path) -> None:
     (spec_dir / "feeds.in.yaml").rename(spec_dir / "feeds_in.yaml")
     with pytest.raises(ConfigError, match=re.escape("the spec of topic 'feeds.in' must be named feeds.in.yaml")):
-        topics.load_specs(spec_dir)
+        topic_specs.load_specs(spec_dir)
 
 
 def test_an_empty_spec_folder_says_where_it_looked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=re.escape(f"no topic specs (*.yaml) in {tmp_path}")):
-        topics.load_specs(tmp_path)
+        topic_specs.load_specs(tmp_path)
 
 
-def test_config_numbers_and_booleans_become_kafka_strings(specs: dict[str, topics.TopicSpec]) -> None:
+def test_config_numbers_and_booleans_become_kafka_strings(specs: dict[str, topic_specs.TopicSpec]) -> None:
     raw = specs["review"].model_dump(by_alias=True) | {"config": {"cleanup.policy": "delete", "retention.ms": -1}}
     raw["config"]["preallocate"] = True
-    assert topics.TopicSpec.model_validate(raw).config == {
+    assert topic_specs.TopicSpec.model_validate(raw).config == {
         "cleanup.policy": "delete",
         "retention.ms": "-1",
         "preallocate": "true",
@@ -234,7 +236,7 @@ def test_config_numbers_and_booleans_become_kafka_strings(specs: dict[str, topic
 
 
 def test_apply_to_an_unreachable_broker_is_a_delivery_error_saying_what_to_do(
-    specs: dict[str, topics.TopicSpec],
+    specs: dict[str, topic_specs.TopicSpec],
 ) -> None:
     with pytest.raises(DeliveryError) as caught:
         asyncio.run(topics.apply("127.0.0.1:1", "minnow.", list(specs.values()), timeout_s=10))
@@ -248,7 +250,7 @@ def test_apply_to_an_unreachable_broker_is_a_delivery_error_saying_what_to_do(
     [("bad prefix/", None, "makes invalid Kafka topic names"), ("minnow.", 0, "replication must be at least 1")],
 )
 def test_apply_rejects_bad_names_and_replication_before_connecting(
-    specs: dict[str, topics.TopicSpec], prefix: str, replication: int | None, expected: str
+    specs: dict[str, topic_specs.TopicSpec], prefix: str, replication: int | None, expected: str
 ) -> None:
     # The address is unreachable on purpose: a ConfigError proves nothing was attempted.
     with pytest.raises(ConfigError, match=expected):
@@ -275,7 +277,7 @@ def test_topics_apply_reports_a_bad_spec_folder_as_exit_2(tmp_path: Path, capsys
     assert f"minnow: no topic specs (*.yaml) in {tmp_path}" in capsys.readouterr().err
 
 
-def _docs_row(spec: topics.TopicSpec) -> str:
+def _docs_row(spec: topic_specs.TopicSpec) -> str:
     by_kind = spec.key.by_kind
     key = ", ".join(f"{kind}: `{field}`" for kind, field in by_kind.items()) if by_kind else spec.key.description
     value = ", ".join(f"`{path.split(':')[1]}`" for path in spec.value.models)
@@ -287,7 +289,7 @@ def _docs_row(spec: topics.TopicSpec) -> str:
     return f"| `{spec.name}` | {spec.role} | {key} | {value} | {spec.partitions} | {retention} | {size} |"
 
 
-def test_the_docs_table_lists_every_topic_as_its_spec_says(specs: dict[str, topics.TopicSpec]) -> None:
-    docs = (topics.SPEC_DIR.parent / "docs" / "topics.md").read_text()
+def test_the_docs_table_lists_every_topic_as_its_spec_says(specs: dict[str, topic_specs.TopicSpec]) -> None:
+    docs = (topic_specs.SPEC_DIR.parent / "docs" / "topics.md").read_text()
     table = [line for line in docs.splitlines() if line.startswith("| `")]
     assert sorted(table) == sorted(_docs_row(spec) for spec in specs.values())

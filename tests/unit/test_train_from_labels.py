@@ -11,13 +11,13 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.commands.distill import distill, stand_in_verdicts
-from pipeline.commands.train import fit_heads, rows_from_verdicts
 from pipeline.engine import Encoder
 from pipeline.errors import ConfigError
 from pipeline.models import LabelRecord
 from pipeline.review.verdicts import KeyedLabel, latest_verdicts
 from pipeline.settings import Settings
 from pipeline.tasks.labels import load_label_sets
+from pipeline.training import fit_heads, rows_from_verdicts
 
 EVAL = Path(__file__).resolve().parents[2] / "pipeline" / "data" / "eval"
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
@@ -143,7 +143,7 @@ def test_train_needs_data_or_a_topic(capsys: pytest.CaptureFixture[str]) -> None
 def test_stand_in_verdicts_are_the_escalated_items_gold_labels() -> None:
     from numpy import asarray
 
-    from pipeline.commands.labeled import LabeledRow
+    from pipeline.training import LabeledRow
 
     rows = [LabeledRow(id=f"n{i}", family="feed", text=f"t{i}", label="world") for i in range(3)]
     made = stand_in_verdicts(rows, asarray([False, True, True]), "feed")

@@ -22,9 +22,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline.errors import MinnowError
+from pipeline.errors import DevKafkaError
 
-POM = Path(__file__).resolve().parent.parent / "deploy" / "local" / "pom.xml"
+POM = Path(__file__).resolve().parents[2] / "deploy" / "local" / "pom.xml"
 LOG_CONFIG = POM.parent / "log4j2.yaml"
 CACHE_ENV = "MINNOW_KAFKA_CACHE"
 HOST = "127.0.0.1"
@@ -39,12 +39,6 @@ _LOG_TAIL_LINES = 40
 # Popen objects for brokers this process started: waiting on them (not on the raw pid) reaps the child and
 # keeps Popen.__del__ from warning that the process is "still running" after stop() ended it.
 _children: dict[int, subprocess.Popen[bytes]] = {}
-
-
-class DevKafkaError(MinnowError):
-    """The local development broker could not be resolved, started or stopped."""
-
-    code = "dev_kafka_error"
 
 
 @dataclass(frozen=True)
@@ -447,7 +441,7 @@ def _log_tails(info: BrokerInfo) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.devkafka", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m pipeline.ops.devkafka", description=__doc__)
     parser.add_argument("command", choices=["resolve", "start", "stop", "status"])
     parser.add_argument("--cache-dir", type=Path, default=None, help=f"default: ${CACHE_ENV} or ~/.cache/minnow/kafka")
     parser.add_argument("--port", type=int, default=None, help="broker port (start only); default: a free one")

@@ -15,11 +15,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from pipeline.errors import DeliveryError, InputError
 from pipeline.models import ToDeadLetter, ToSink
+from pipeline.ops.topics import apply
 from pipeline.stages.infer import MiniModel
 from pipeline.stages.runtime import AsyncMiniModel
 from pipeline.stages.validate import parse_event
 from pipeline.stream import names
-from pipeline.stream.topics import apply, load_specs
+from pipeline.stream.codec import encode
+from pipeline.topic_specs import load_specs
 
 OUTPUT_TOPICS = (names.SINK_TOPICS["feed"], names.ESCALATION_TOPIC, names.DEADLETTER_TOPIC)  # of every bench worker
 NAIVE_PREFIX = "naive."  # the naive worker's own copies of the feed topics, under the bench prefix
@@ -84,13 +86,13 @@ class NaiveWorker:
         (scores,) = await self._engine.score([event])
         routed = self._engine.model.router.route(event, scores)
         if isinstance(routed, ToDeadLetter):
-            return names.DEADLETTER_TOPIC, names.record_key(event), raw
+            return names.DEADLETTER_TOPIC, event.key(), raw
         topic, out = (
             (names.SINK_TOPICS[routed.result.kind], routed.result)
             if isinstance(routed, ToSink)
             else (names.ESCALATION_TOPIC, routed.record)
         )
-        return topic, names.record_key(event), orjson.dumps(out.model_dump(mode="json", exclude_none=True))
+        return topic, event.key(), encode(out)
 
     async def run(self, feeder: AIOKafkaProducer, ids: list[str], texts: Sequence[str]) -> float:
         """Events/s from the first produce of these events (by `feeder`) to the commit of the last."""

@@ -102,7 +102,7 @@ def _engine(model: MiniModel, texts: list[str], batch: int) -> Callable[[], int]
 
 def measure(settings: Settings, *, seconds: float, batch_sizes: list[int]) -> dict[str, Any]:
     largest = max(batch_sizes)
-    engine_settings = settings.engine.model_copy(update={"max_batch_size": largest})
+    engine_settings = settings.engine.model_copy(update={"max_windows_per_batch": largest})
     model = MiniModel.load(settings.model_copy(update={"engine": engine_settings}))
     encoder = model.encoder
     report: dict[str, Any] = {

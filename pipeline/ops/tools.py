@@ -4,44 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import IO, Any, Protocol, TextIO, TypeVar
+from typing import IO, Any, TextIO
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from pipeline.errors import DeliveryError, MinnowError
+from pipeline.errors import DeliveryError
 from pipeline.jsonl import numbered_lines, open_input, progress
-from pipeline.stream.health import topic_partitions
+from pipeline.stream.clients import KafkaRecord, partitions, started
 from pipeline.stream.names import topic as prefixed
 
-# The fields names.record_key uses, in its order: outputs and hand-produced inputs land on the same partitions.
-DEFAULT_KEY_FIELDS = ("device_id", "conversation_id", "id")
+# The fields the event families key by (their `key()` in pipeline/models.py), most specific first: outputs and
+# hand-produced inputs land on the same partitions (a line that is no valid event is sent all the same).
+DEFAULT_KEY_FIELDS = ("device_id", "conversation_id", "thread_id", "id")
 # Acknowledgements awaited at once; bounds memory on large files while keeping the producer's batches full.
 _MAX_UNACKED = 10_000
 _POLL_MS = 500
-
-
-class StreamToolError(MinnowError):
-    """A produce or tail could not start: the broker is unreachable or the topic does not exist."""
-
-    code = "stream_tool_error"
-
-
-class KafkaRecord(Protocol):
-    """The fields of an aiokafka ConsumerRecord that `tail` shows."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes]]
 
 
 @dataclass(frozen=True)
@@ -96,40 +78,6 @@ def _lines(stream: IO[bytes], key_field: str | None) -> Iterator[_Line]:
             continue
         # The original bytes, not a re-encoding: what the file says is what the worker receives.
         yield _Line(number, key_for(decoded, key_field), raw, valid=True)
-
-
-class _Client(Protocol):
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-
-ClientT = TypeVar("ClientT", bound=_Client)
-
-
-async def started(client: ClientT, bootstrap_servers: str) -> ClientT:
-    """The aiokafka client, started; a broker that cannot be reached is a StreamToolError that says where."""
-    try:
-        await client.start()
-    except KafkaError as exc:
-        await client.stop()
-        raise StreamToolError(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
-    return client
-
-
-async def partitions(bootstrap_servers: str, topic: str) -> list[int]:
-    """The topic's partitions; a missing topic is an error, not something for the broker to auto-create."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    try:
-        await admin.start()
-        known = await topic_partitions(admin, [topic])
-    except KafkaError as exc:
-        raise StreamToolError(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
-    finally:
-        await admin.close()
-    if topic not in known:
-        raise StreamToolError(f"topic {topic!r} does not exist on {bootstrap_servers}; create it first")
-    return known[topic]
 
 
 async def produce(

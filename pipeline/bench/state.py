@@ -1,4 +1,4 @@
-"""How long a worker takes to rebuild its state from a changelog partition (`python -m pipeline.stream.bench_state`).
+"""How long a worker takes to rebuild its state from a changelog partition (`python -m pipeline.bench.state`).
 
 Writes N device states of realistic size (three metrics with statistics and an open window) to a fresh
 one-partition topic on the local broker (or `MINNOW_KAFKA__BOOTSTRAP_SERVERS`), then times `ChangelogStore`
@@ -18,7 +18,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from pipeline import devkafka
+from pipeline.ops import devkafka
 from pipeline.stages.devices import DeviceState, MetricAggregate, MetricStats, OpenWindow
 from pipeline.stream.state import ChangelogStore
 

@@ -26,23 +26,24 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from pipeline import devkafka
-from pipeline.commands.bench import make_texts
-from pipeline.errors import DeliveryError
-from pipeline.models import FeedEvent
-from pipeline.settings import Settings
-from pipeline.stages.infer import MiniModel
-from pipeline.stream import names
-from pipeline.stream.bench_naive import (
+from pipeline.bench.model import make_texts
+from pipeline.bench.naive import (
     NAIVE_WORKER_MAX_EVENTS,
     NAIVE_WORKER_WARMUP,
     OUTPUT_TOPICS,
     naive_worker,
     send_feed_events,
 )
-from pipeline.stream.demo import start_worker
-from pipeline.stream.tools import partitions
-from pipeline.stream.topics import apply, load_specs
+from pipeline.errors import DeliveryError
+from pipeline.models import FeedEvent
+from pipeline.ops import devkafka
+from pipeline.ops.demo import start_worker
+from pipeline.ops.topics import apply
+from pipeline.settings import Settings
+from pipeline.stages.infer import MiniModel
+from pipeline.stream import names
+from pipeline.stream.clients import partitions
+from pipeline.topic_specs import load_specs
 
 TEXT_TOKENS = 30  # word pieces per text: the "short" set of `bench model`
 HALF_LOAD = 0.5  # the paced phase sends at this fraction of the burst's measured rate

@@ -18,13 +18,15 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from pipeline import devkafka
 from pipeline.errors import DeliveryError
+from pipeline.ops import devkafka
+from pipeline.ops.tools import produce
+from pipeline.ops.topics import apply
 from pipeline.present import describe
 from pipeline.settings import Settings
 from pipeline.stream import names
-from pipeline.stream.tools import partitions, produce
-from pipeline.stream.topics import apply, load_specs
+from pipeline.stream.clients import partitions
+from pipeline.topic_specs import load_specs
 
 SAMPLES = (("feed", "feeds.jsonl"), ("transcript", "transcripts.jsonl"), ("iot", "iot.jsonl"))
 OUTPUT_WAIT_S = 180.0
