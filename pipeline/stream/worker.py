@@ -23,6 +23,7 @@ from pipeline.settings import Settings
 from pipeline.stages.route import Router
 from pipeline.stages.validate import parse_event
 from pipeline.stream import names
+from pipeline.stream.codec import encode
 from pipeline.stream.deadletter import Headers, Provenance, dead_letter_headers, normalize_headers
 
 log = logging.getLogger(__name__)
@@ -128,10 +129,6 @@ class Sender(Protocol):
     """Schedules one record; the awaitable it returns resolves once the broker has acknowledged the record."""
 
     async def __call__(self, record: OutputRecord, /) -> Awaitable[object]: ...
-
-
-def _json(model: Any) -> bytes:
-    return orjson.dumps(model.model_dump(mode="json", exclude_none=True))
 
 
 class BatchProcessor:
@@ -256,11 +253,11 @@ class BatchProcessor:
             return self._dead_letter(record, key, routed.error.error, routed.error.message, value=value)
         if isinstance(routed, ToSink):
             topic = self._sink_topics[routed.result.kind]
-            return OutputRecord(topic, key, _json(routed.result), (), "sink", (), event.event_time(), origin)
+            return OutputRecord(topic, key, encode(routed.result), (), "sink", (), event.event_time(), origin)
         escalation = routed.record
         reasons = tuple(escalation.reasons)
         return OutputRecord(
-            self._escalation_topic, key, _json(escalation), (), "escalation", reasons, event.event_time(), origin
+            self._escalation_topic, key, encode(escalation), (), "escalation", reasons, event.event_time(), origin
         )
 
     def _dead_letter(
