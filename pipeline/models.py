@@ -7,6 +7,7 @@ record key, its event time, what the encoder reads (`EncoderJob`), the text a la
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
@@ -202,12 +203,24 @@ class SupportTicket(_Event):
         return self.sent_at
 
     def encoder_job(self) -> EncoderJob:
-        # The subject is often the clearest statement of the intent; a long body (a quoted thread) is summarized.
-        text = f"{self.subject}\n\n{self.body}" if self.subject.strip() else self.body
+        # The subject is often the clearest statement of the intent; a long body (a quoted thread) is summarized,
+        # read without the mail client's quoting so the summary quotes the thread, not its markup.
+        body = unquoted(self.body)
+        text = f"{self.subject}\n\n{body}" if self.subject.strip() else body
         return EncoderJob(text, "ticket", moderate=True, summarize=True)
 
     def prompt_text(self) -> str:
         return f"Subject: {self.subject}\n\n{self.body}" if self.subject.strip() else self.body
+
+
+_QUOTE_HEADER = re.compile(r"^\s*(?:>\s*)*On .{3,200} wrote:\s*$")
+_QUOTE_MARK = re.compile(r"^\s*(?:>\s?)+")
+
+
+def unquoted(body: str) -> str:
+    """An email body with reply quoting taken off: `> ` markers stripped and `On ... wrote:` lines dropped."""
+    lines = (_QUOTE_MARK.sub("", line) for line in body.splitlines() if not _QUOTE_HEADER.match(line))
+    return "\n".join(lines)
 
 
 AnyEvent = FeedEvent | TranscriptSegment | Conversation | IoTMessage | SupportTicket

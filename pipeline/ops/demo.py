@@ -19,6 +19,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.errors import DeliveryError
+from pipeline.models import FAMILIES
 from pipeline.ops import devkafka
 from pipeline.ops.tools import produce
 from pipeline.ops.topics import apply
@@ -28,7 +29,12 @@ from pipeline.stream import names
 from pipeline.stream.clients import partitions
 from pipeline.topic_specs import load_specs
 
-SAMPLES = (("feed", "feeds.jsonl"), ("transcript", "transcripts.jsonl"), ("iot", "iot.jsonl"))
+# One bundled sample per family that has an input topic, named after it: feeds.in -> data/demo/feeds.jsonl.
+SAMPLES = tuple(
+    (kind, f"{family.input_topic.removesuffix('.in')}.jsonl")
+    for kind, family in sorted(FAMILIES.items())
+    if family.input_topic is not None
+)
 OUTPUT_WAIT_S = 180.0
 
 
