@@ -23,6 +23,7 @@ MINI = ModelInfo(name="all-MiniLM-L6-v2", version="test", quantization="int8")
 AT = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 FEED_LABELS = ("world", "sports", "business", "sci_tech")
 CALL_LABELS = ("billing", "technical_support", "cancellation", "other")
+TICKET_LABELS = ("billing", "refund", "payment_issue", "complaint")
 
 
 def feed_event(event_id: str, text: str) -> dict[str, Any]:
@@ -43,6 +44,18 @@ def iot_event(event_id: str, device: str, text: str | None = None) -> dict[str, 
     if text is not None:
         body["text"] = text
     return body
+
+
+def ticket_event(event_id: str, thread: str, body: str, subject: str = "Charged twice") -> dict[str, Any]:
+    return {
+        "kind": "ticket",
+        "id": event_id,
+        "thread_id": thread,
+        "subject": subject,
+        "body": body,
+        "from": "customer@example.com",
+        "sent_at": "2026-11-26T11:59:00Z",
+    }
 
 
 def classification(labels: tuple[str, ...], label_set: str, top: float = 0.4) -> Classification:
@@ -72,7 +85,9 @@ def escalation(
     parsed = EVENT_ADAPTER.validate_python(event)
     kind = parsed.kind
     label_set = "transcript" if kind == "conversation" else kind
-    default_labels = CALL_LABELS if kind in ("transcript", "conversation") else FEED_LABELS
+    default_labels = {"transcript": CALL_LABELS, "conversation": CALL_LABELS, "ticket": TICKET_LABELS}.get(
+        kind, FEED_LABELS
+    )
     has_text = kind != "iot" or "text" in event
     result = Result(
         id=parsed.id,
