@@ -31,15 +31,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pipeline.commands import train
-from pipeline.commands.labeled import read_labeled
 from pipeline.engine import Encoder, load_encoder
 from pipeline.models import Classification
 from pipeline.settings import EngineSettings, Settings
-from pipeline.stages.infer import build_classifier, build_moderator
-from pipeline.tasks.classify import Classifier
+from pipeline.stages.route import Router
+from pipeline.tasks.classify import Classifier, ClassifyTask
 from pipeline.tasks.heads import HeadFile
 from pipeline.tasks.labels import LabelSet, bundled_labels_path
-from pipeline.tasks.route import decide
+from pipeline.tasks.moderate import ModerateTask
+from pipeline.training import read_labeled
 
 FAMILY = "ticket"
 
@@ -292,7 +292,7 @@ def trained_figures(
         labels = Path(tmp) / "labels.yaml"
         labels.write_text(json.dumps(kept), encoding="utf-8")  # JSON is YAML
         mapped = settings.model_copy(update={"labels_file": labels, "head_file": None})
-        zero_shot = build_classifier(mapped, encoder)
+        zero_shot = ClassifyTask.load(mapped, encoder).classifier
         names = zero_shot.label_sets[FAMILY].names
         n = len(names)
         figures.append(score(f"zero-shot, {n} labels, held-out half", classify(zero_shot, vectors, held), gold, names))
@@ -309,7 +309,7 @@ def trained_figures(
                 )
                 name = f"zero-shot, {n} labels, T={temperature:.3f} fitted on the tuning half, held-out half"
                 figures.insert(1, score(name, classify(calibrated, vectors, held), gold, names))
-            with_head = build_classifier(mapped.model_copy(update={"head_file": out}), encoder)
+            with_head = ClassifyTask.load(mapped.model_copy(update={"head_file": out}), encoder).classifier
             size = "all of the tuning half" if cap is None else f"{cap} a label"
             name = f"trained head, {n} labels, {size} ({len(idx)} rows), held-out half"
             figures.append(score(name, classify(with_head, vectors, held), gold, names))
@@ -322,15 +322,16 @@ def moderation_report(
     """Every banking77 row is a benign request: whatever moderation flags is a false flag. Also the routes that the
     zero-shot classification and moderation decide together (these requests are too short to be summarised)."""
     texts = [ticket_text("", r.text) for r in rows]
-    moderations = build_moderator(settings, encoder).moderate(texts, vectors)
+    moderations = ModerateTask.load(settings, encoder).moderator.moderate(texts, vectors)
     classifications = classifier.classify(FAMILY, vectors)
     n = len(rows)
     flagged = Counter(cat for m in moderations for cat in m.flagged_categories)
     uncertain = sum(bool(m.uncertain_categories) for m in moderations)
-    routes = [
-        decide(settings.routing, classification=c, moderation=m, summary=None, anomaly=None)
-        for c, m in zip(classifications, moderations, strict=True)
-    ]
+    router = Router.configure(settings)
+    routes = []
+    for c, m in zip(classifications, moderations, strict=True):
+        why = router.reasons({"classification": c, "moderation": m})
+        routes.append(("escalate" if why else "sink", why))
     reasons = Counter(reason for _, why in routes for reason in set(why))
     escalated = sum(route == "escalate" for route, _ in routes)
     print(f"\nmoderation of all {n} mapped rows (benign support requests, so every flag is a false flag):")
@@ -369,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows, total, n_categories = read_mapped(args.data)
     encoder = load_encoder(settings.engine)
-    classifier = build_classifier(settings, encoder)
+    classifier = ClassifyTask.load(settings, encoder).classifier
     if FAMILY not in classifier.label_sets:
         raise SystemExit(f"the label file has no '{FAMILY}' label set")
     names = classifier.label_sets[FAMILY].names
