@@ -80,6 +80,23 @@ class RoutingSettings(_Frozen):
     escalate_flagged: bool = Field(default=False, description="send every flagged item to the large model too")
 
 
+class LanguageSettings(_Frozen):
+    """Language identification: the mini model reads English only; other languages are escalated (docs/language.md)."""
+
+    supported: tuple[str, ...] = Field(
+        default=("en",), min_length=1, description="ISO 639-1 codes the mini model reads (JSON list)"
+    )
+    min_confidence: float = Field(
+        default=0.999,
+        gt=0,
+        le=1,
+        description="escalate as language.unsupported from this probability of no supported language",
+    )
+    min_chars: int = Field(
+        default=15, ge=1, description="texts with fewer letters are `und` and never escalated for language"
+    )
+
+
 class SummarySettings(_Frozen):
     max_sentences: int = Field(default=3, ge=1, description="sentences in a summary at most")
     max_chars: int = Field(default=600, ge=40, description="characters in a summary at most")
@@ -241,6 +258,7 @@ class Settings(BaseSettings):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     summary: SummarySettings = Field(default_factory=SummarySettings)
+    language: LanguageSettings = Field(default_factory=LanguageSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     escalation: EscalationSettings = Field(default_factory=EscalationSettings)
