@@ -30,6 +30,7 @@ class EncoderJob:
 
     `text` is one text, or a list of turns already split (a conversation). `summarize` asks for a summary when the
     text is long enough (the engine counts sentences or turns against MINNOW_SUMMARY__MIN_SENTENCES_TO_SUMMARIZE).
+    `identify_language` is for text people wrote; a device's log line is not in a language worth escalating for.
     """
 
     text: str | list[str]
@@ -37,6 +38,7 @@ class EncoderJob:
     moderate: bool
     summarize: bool
     speakers: list[str] | None = None
+    identify_language: bool = True
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -169,7 +171,8 @@ class IoTMessage(_Event):
         return self.ts
 
     def encoder_job(self) -> EncoderJob:
-        return EncoderJob(self.text or "", "iot" if self.text else None, moderate=False, summarize=False)
+        text = self.text or ""
+        return EncoderJob(text, "iot" if text else None, moderate=False, summarize=False, identify_language=False)
 
     def prompt_text(self) -> str:
         readings = ", ".join(f"{name}={value:g}" for name, value in sorted(self.readings.items()))

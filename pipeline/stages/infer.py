@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pipeline.engine import Encoder, load_encoder
@@ -27,7 +27,7 @@ from pipeline.tasks.catalog import load_tasks
 
 log = logging.getLogger(__name__)
 
-NOTHING_TO_READ = EncoderJob("", None, moderate=False, summarize=False)
+NOTHING_TO_READ = EncoderJob("", None, moderate=False, summarize=False, identify_language=False)
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class MiniModel:
         if job.summarize:
             pieces = turns if turns is not None else len(split_sentences(text))
             if pieces < self.settings.summary.min_sentences_to_summarize:
-                job = EncoderJob(job.text, job.label_set, job.moderate, summarize=False, speakers=job.speakers)
+                job = replace(job, summarize=False)
         return _Resolved(job, joined, turns)
 
     def _score_batch(self, events: Sequence[AnyEvent]) -> list[Scores]:
