@@ -319,11 +319,16 @@ class LargeModelInfo(_Contract):
 
 
 class Language(_Contract):
-    """Which language the text is in, and whether the mini model reads it (it is English-only)."""
+    """The language of the text, and whether the mini model reads it (it is English-only: docs/language.md)."""
 
-    code: str = Field(description="ISO 639-1 code, or `und` when the text is too short or has no letters to tell")
-    confidence: float = Field(ge=0, le=1)
-    supported: bool
+    code: str = Field(description='ISO 639-1 code (639-3 where there is none), or "und": too little text to tell')
+    confidence: float = Field(
+        ge=0,
+        le=1,
+        description="for a supported code, the probability of that code; for any other code, the probability "
+        "that the text is in none of the supported languages (compared with min_confidence); 0 for und",
+    )
+    supported: bool = Field(description="False only when the text is confidently in no supported language")
     reasons: list[str] = Field(default_factory=list)
 
 

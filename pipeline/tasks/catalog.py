@@ -12,6 +12,7 @@ from pipeline.settings import Settings
 from pipeline.tasks.anomaly import AnomalyTask
 from pipeline.tasks.base import Task
 from pipeline.tasks.classify import ClassifyTask
+from pipeline.tasks.language import LanguageTask
 from pipeline.tasks.moderate import ModerateTask
 from pipeline.tasks.summarize import SummarizeTask
 
@@ -23,6 +24,7 @@ TASKS: tuple[type[Task], ...] = (
     ModerateTask,
     SummarizeTask,
     AnomalyTask,
+    LanguageTask,
 )
 
 

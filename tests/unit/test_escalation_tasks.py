@@ -186,3 +186,8 @@ def test_a_conversation_label_holds_the_text_the_mini_model_classifies_not_the_p
     answer = read_answer(prompt, orjson.dumps({"classification": {"label": "billing", "confidence": 0.9}}).decode())
     (label,) = label_records(record, prompt, answer, model="big-1", now=AT)
     assert label.text == "How can I help?\nI was billed twice, call me at +44 20 7946 0958."
+
+
+def test_an_unsupported_language_is_classified_and_moderated_by_the_large_model() -> None:
+    record, _ = escalation(feed_event("fr", "Une phrase en français."), ["language.unsupported"])
+    assert names(record) == ("classify", "moderate")

@@ -197,3 +197,20 @@ def test_any_bytes_decode_to_an_event_or_an_error_record(raw: bytes) -> None:
     assert isinstance(out, (ErrorRecord, FeedEvent, TranscriptSegment, Conversation, IoTMessage))
     if isinstance(out, ErrorRecord):
         assert out.error in {"decode_error", "schema_error"} and out.message
+
+
+def test_a_post_in_another_language_is_escalated_not_classified_with_false_confidence(mini_model: MiniModel) -> None:
+    """The mini model is English-only: a French post escalates as language.unsupported, an English one does not,
+    and an IoT log line is not language-identified at all."""
+    french = feed("fr", "Le gouvernement a annoncé hier une réforme des retraites qui suscite la colère des syndicats.")
+    english = feed("en", "The government announced a pension reform yesterday that angered the unions.")
+    device = IoTMessage(
+        id="i", device_id="d", ts=datetime(2026, 1, 1, tzinfo=UTC), text="Lüfter defekt, Temperatur hoch"
+    )
+    fr, en, iot = mini_model.process([french, english, device])
+    assert isinstance(fr, Result) and isinstance(en, Result) and isinstance(iot, Result)
+    assert fr.language is not None and (fr.language.code, fr.language.supported) == ("fr", False)
+    assert fr.route == "escalate" and "language.unsupported" in fr.escalation_reasons
+    assert en.language is not None and (en.language.code, en.language.supported) == ("en", True)
+    assert "language.unsupported" not in en.escalation_reasons
+    assert iot.language is None
