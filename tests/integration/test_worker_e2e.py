@@ -462,8 +462,10 @@ def test_a_killed_worker_loses_nothing_after_restart(
     outputs were in an open transaction that the restart aborted.
     """
     prefix, group = worker_env["MINNOW_KAFKA__TOPIC_PREFIX"], worker_env["MINNOW_KAFKA__GROUP_ID"]
+    # Long enough that the worker's first visible commit comes well before the wave is done (it took ~2,000 of
+    # 2,400 inputs on a 2-core machine): the kill must land mid-stream.
     first_wave = interleave(
-        [feed(n) for n in range(800)],
+        [feed(n) for n in range(1400)],
         [segment(f"conv-{c}", seq) for seq in range(80) for c in range(10)],
         [iot(f"dev-{d}", n) for n in range(80) for d in range(10)],
     )
