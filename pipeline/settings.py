@@ -83,6 +83,10 @@ class RoutingSettings(_Frozen):
 class LanguageSettings(_Frozen):
     """Language identification: the mini model reads English only; other languages are escalated (docs/language.md)."""
 
+    enabled: bool = Field(
+        default=True, description="identify languages (off: no `language` on results, ~100 MB less memory)"
+    )
+
     supported: tuple[str, ...] = Field(
         default=("en",), min_length=1, description="ISO 639-1 codes the mini model reads (JSON list)"
     )

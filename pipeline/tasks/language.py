@@ -274,6 +274,7 @@ class LanguageTask(NotAskedOfLargeModel):
 
     def __init__(self, settings: Settings, identifier: LanguageIdentifier | None = None) -> None:
         cfg = settings.language
+        self._enabled = cfg.enabled
         self._identifier = identifier or LanguageIdentifier(
             cfg.supported, min_confidence=cfg.min_confidence, min_chars=cfg.min_chars
         )
@@ -285,10 +286,13 @@ class LanguageTask(NotAskedOfLargeModel):
     @classmethod
     def load(cls, settings: Settings, encoder: Encoder) -> LanguageTask:
         task = cls(settings)
-        task._identifier.warm()  # load the n-gram model and check the supported codes at start-up
+        if task._enabled:
+            task._identifier.warm()  # load the n-gram model and check the supported codes at start-up
         return task
 
     def run(self, batch: Batch) -> list[Language | None]:
+        if not self._enabled:
+            return [None] * len(batch.jobs)
         idx = [i for i, job in enumerate(batch.jobs) if job.identify_language and batch.texts[i]]
         out: list[Language | None] = [None] * len(batch.jobs)
         for i, language in zip(idx, self._identifier.identify([batch.texts[i] for i in idx]), strict=True):

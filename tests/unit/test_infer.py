@@ -214,3 +214,16 @@ def test_a_post_in_another_language_is_escalated_not_classified_with_false_confi
     assert en.language is not None and (en.language.code, en.language.supported) == ("en", True)
     assert "language.unsupported" not in en.escalation_reasons
     assert iot.language is None
+
+
+def test_language_identification_can_be_turned_off(mini_model: MiniModel) -> None:
+    """MINNOW_LANGUAGE__ENABLED=false: no language on results and no language.unsupported escalation."""
+    from pipeline.settings import LanguageSettings
+    from pipeline.tasks.language import LanguageTask
+
+    off = mini_model.settings.model_copy(update={"language": LanguageSettings(enabled=False)})
+    tasks = [LanguageTask.load(off, mini_model.encoder) if t.name == "language" else t for t in mini_model.tasks]
+    french = feed("fr", "Le gouvernement a annoncé hier une réforme des retraites qui suscite la colère des syndicats.")
+    (result,) = MiniModel(mini_model.encoder, tasks, off).process([french])
+    assert isinstance(result, Result) and result.language is None
+    assert "language.unsupported" not in result.escalation_reasons
