@@ -46,6 +46,7 @@ class _Event(_Contract):
     """What every event family tells about itself. Topic names are logical (MINNOW_KAFKA__TOPIC_PREFIX + name)."""
 
     kind_fields: ClassVar[tuple[str, ...]] = ()  # fields that tell this family when `kind` is missing
+    key_field: ClassVar[str] = "id"  # the field whose value keys every output about the event
     described_as: ClassVar[str]  # what the item is, in words, for the large model's prompt
     input_topic: ClassVar[str | None]  # None: not consumed from a topic (assembled by the worker)
     sink_topic: ClassVar[str]
@@ -55,7 +56,7 @@ class _Event(_Contract):
 
     def key(self) -> bytes:
         """The record key of every output about this event: per-key order holds for what shares it."""
-        return self.id.encode()
+        return str(getattr(self, self.key_field)).encode()
 
     def event_time(self) -> datetime | None:
         """When the event happened, by its own clock (for the event-to-sink latency); None when it has none."""
@@ -103,6 +104,7 @@ class TranscriptSegment(_Event):
     """One utterance of a call or meeting transcript."""
 
     kind_fields: ClassVar[tuple[str, ...]] = ("conversation_id",)
+    key_field: ClassVar[str] = "conversation_id"
     described_as: ClassVar[str] = "one utterance of a call or meeting transcript"
     input_topic: ClassVar[str | None] = "transcripts.in"
     sink_topic: ClassVar[str] = "transcripts.enriched"
@@ -116,9 +118,6 @@ class TranscriptSegment(_Event):
     start_s: float | None = None
     end_s: float | None = None
     final: bool | None = None
-
-    def key(self) -> bytes:
-        return self.conversation_id.encode()
 
     def encoder_job(self) -> EncoderJob:
         return EncoderJob(self.text, "transcript", moderate=True, summarize=False)
@@ -153,6 +152,7 @@ class IoTMessage(_Event):
     """A device message: numeric readings and an optional text (alert, log line)."""
 
     kind_fields: ClassVar[tuple[str, ...]] = ("readings", "device_id")
+    key_field: ClassVar[str] = "device_id"
     described_as: ClassVar[str] = "a message from an IoT device: its text and its readings"
     input_topic: ClassVar[str | None] = "iot.in"
     sink_topic: ClassVar[str] = "iot.enriched"
@@ -163,9 +163,6 @@ class IoTMessage(_Event):
     ts: datetime
     readings: dict[str, float] = Field(default_factory=dict)
     text: str | None = None
-
-    def key(self) -> bytes:
-        return self.device_id.encode()
 
     def event_time(self) -> datetime | None:
         return self.ts
@@ -184,6 +181,7 @@ class SupportTicket(_Event):
 
     model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
     kind_fields: ClassVar[tuple[str, ...]] = ("thread_id",)
+    key_field: ClassVar[str] = "thread_id"
     described_as: ClassVar[str] = "a support ticket or email: its subject line, then its body"
     input_topic: ClassVar[str | None] = "tickets.in"
     sink_topic: ClassVar[str] = "tickets.enriched"
@@ -198,9 +196,6 @@ class SupportTicket(_Event):
     sender: str = Field(alias="from", min_length=1, max_length=512, description="the sender's address")
     to: str | None = Field(default=None, max_length=512)
     sent_at: datetime
-
-    def key(self) -> bytes:
-        return self.thread_id.encode()
 
     def event_time(self) -> datetime | None:
         return self.sent_at

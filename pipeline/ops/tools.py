@@ -15,12 +15,13 @@ from aiokafka.errors import KafkaError
 
 from pipeline.errors import DeliveryError
 from pipeline.jsonl import numbered_lines, open_input, progress
+from pipeline.models import FAMILIES
 from pipeline.stream.clients import KafkaRecord, partitions, started
 from pipeline.stream.names import topic as prefixed
 
-# The fields the event families key by (their `key()` in pipeline/models.py), most specific first: outputs and
+# The fields the event families key by (`key_field` in pipeline/models.py), the event id last: outputs and
 # hand-produced inputs land on the same partitions (a line that is no valid event is sent all the same).
-DEFAULT_KEY_FIELDS = ("device_id", "conversation_id", "thread_id", "id")
+DEFAULT_KEY_FIELDS = (*dict.fromkeys(f.key_field for f in FAMILIES.values() if f.key_field != "id"), "id")
 # Acknowledgements awaited at once; bounds memory on large files while keeping the producer's batches full.
 _MAX_UNACKED = 10_000
 _POLL_MS = 500
