@@ -7,11 +7,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from pipeline.errors import InputError
-from pipeline.models import LabelRecord, ReviewRecord, label_text
+from pipeline.errors import AnswerError, InputError
+from pipeline.models import EscalationRecord, LabelRecord, ReviewRecord, label_text
+from pipeline.settings import Settings
+from pipeline.tasks.base import Asked, Task
+from pipeline.tasks.catalog import configure_tasks
 from pipeline.tasks.moderate import CATEGORIES, FLAG_AT  # a large model's score at FLAG_AT or above flags
 
 Basis = Literal["mini-model", "large-model", "person"]
+# Reading and labelling a verdict uses no threshold: the defaults serve (and reading the environment here would
+# make importing the module depend on it).
+_SETTINGS = Settings.model_construct()
+_TASKS = configure_tasks(_SETTINGS)
 
 
 @dataclass(frozen=True)
@@ -21,6 +28,16 @@ class Verdict:
     label: str | None = None
     flagged_categories: tuple[str, ...] | None = None
     basis: Basis = "person"
+
+    def sections(self, record: ReviewRecord) -> dict[str, dict[str, Any]]:
+        """The verdict as a large model's answer to the item would read (task field -> section), certain of itself."""
+        out: dict[str, dict[str, Any]] = {}
+        if self.label is not None:
+            out["classification"] = {"label": self.label, "confidence": 1.0}
+        if self.flagged_categories is not None:
+            flagged = set(self.flagged_categories)
+            out["moderation"] = {"categories": {c: 1.0 if c in flagged else 0.0 for c in flag_choices(record)}}
+        return out
 
     def describe(self) -> str:
         parts = []
@@ -104,9 +121,34 @@ def _flags(section: dict[str, Any]) -> tuple[str, ...] | None:
 event_text = label_text  # the text a verdict is about: what the mini model classifies (pipeline.models)
 
 
-def label_records(record: ReviewRecord, verdict: Verdict, *, reviewer: str, now: datetime) -> list[LabelRecord]:
-    """One label record per task the verdict settles: `classify` for a label, `moderate` for flags."""
-    out: list[LabelRecord] = []
+def label_records(
+    record: ReviewRecord,
+    verdict: Verdict,
+    *,
+    reviewer: str,
+    now: datetime,
+    tasks: Sequence[Task] | None = None,
+) -> list[LabelRecord]:
+    """One label record per task the verdict settles: `classify` for a label, `moderate` for flags.
+
+    The verdict is checked against the item (what a person may choose), then read as a large model's answer would be
+    (`Verdict.sections`) and each task of the catalog turns its section into its label record — the one path from
+    any verdict, a model's or a person's, to training data.
+    """
+    if verdict.label is not None:
+        choices = label_choices(record)
+        if record.result.classification is None or verdict.label not in choices:
+            raise InputError(
+                f"{record.id}: label {verdict.label!r} is not in the item's label set "
+                f"({', '.join(choices) or 'the mini model did not classify it'})"
+            )
+    if verdict.flagged_categories is not None:
+        unknown = sorted(set(verdict.flagged_categories) - set(flag_choices(record)))
+        if unknown:
+            raise InputError(f"{record.id}: unknown moderation categories {unknown}")
+    sections = verdict.sections(record)
+    if not sections:
+        raise InputError(f"{record.id}: a verdict must settle a label or moderation flags")
     common: dict[str, Any] = {
         "id": record.id,
         "kind": record.kind,
@@ -115,24 +157,35 @@ def label_records(record: ReviewRecord, verdict: Verdict, *, reviewer: str, now:
         "decided_by": reviewer,
         "decided_at": now,
     }
-    if verdict.label is not None:
-        classification = record.result.classification
-        choices = label_choices(record)
-        if classification is None or verdict.label not in choices:
-            raise InputError(
-                f"{record.id}: label {verdict.label!r} is not in the item's label set "
-                f"({', '.join(choices) or 'the mini model did not classify it'})"
-            )
-        out.append(LabelRecord(task="classify", label_set=classification.label_set, label=verdict.label, **common))
-    if verdict.flagged_categories is not None:
-        unknown = sorted(set(verdict.flagged_categories) - set(flag_choices(record)))
-        if unknown:
-            raise InputError(f"{record.id}: unknown moderation categories {unknown}")
-        flags = [c for c in flag_choices(record) if c in verdict.flagged_categories]
-        out.append(LabelRecord(task="moderate", flagged_categories=flags, **common))
-    if not out:
-        raise InputError(f"{record.id}: a verdict must settle a label or moderation flags")
+    asked = Asked(_as_escalation(record), _SETTINGS)
+    out = []
+    for task in tasks if tasks is not None else _TASKS:
+        section = sections.get(task.field)
+        if section is None:
+            continue
+        try:
+            fields = task.label(task.read(section, asked), asked, _unchanged)
+        except AnswerError as exc:  # the checks above make this a bug, not a person's mistake: say which
+            raise InputError(f"{record.id}: the {task.name} verdict does not fit the item: {exc}") from exc
+        if fields is not None:
+            out.append(LabelRecord.model_validate({**common, **fields, "task": task.name}))
     return out
+
+
+def _as_escalation(record: ReviewRecord) -> EscalationRecord:
+    """The escalation the review record came from, as the tasks read an item."""
+    return EscalationRecord(
+        id=record.id,
+        kind=record.kind,
+        reasons=record.reasons,
+        result=record.result,
+        event=record.event,
+        escalated_at=record.sent_at,
+    )
+
+
+def _unchanged(text: str) -> str:
+    return text  # a person's verdict holds no redaction placeholders
 
 
 def label_key(record: LabelRecord) -> str:

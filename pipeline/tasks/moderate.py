@@ -299,5 +299,7 @@ class ModerateTask:
 
     @staticmethod
     def _categories(asked: Asked) -> tuple[str, ...]:
+        """The item's categories in its result's order; the whole taxonomy for an item the mini model did not
+        moderate (a person may still flag it; a large model is only asked about moderated items)."""
         m = asked.result.moderation
-        return tuple(m.categories) if m is not None else ()
+        return tuple(m.categories) if m is not None else CATEGORIES

@@ -269,3 +269,40 @@ def test_the_review_core_imports_no_kafka_library() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_a_persons_verdict_becomes_the_label_records_a_large_models_same_answer_would() -> None:
+    """One path from verdict to training data: the tasks label a person's verdict as they label a large model's
+    answer; only who decided differs."""
+    from pipeline.escalation.tasks import build_prompt, checked
+    from pipeline.escalation.tasks import label_records as model_label_records
+    from pipeline.models import EVENT_ADAPTER, EscalationRecord
+    from pipeline.settings import Settings
+    from pipeline.tasks.catalog import configure_tasks
+
+    record = review_record()
+    verdict = Verdict(label="business", flagged_categories=("spam", "violence"))
+    by_person = label_records(record, verdict, reviewer="alice", now=NOW)
+    escalation = EscalationRecord(
+        id=record.id,
+        kind=record.kind,
+        reasons=record.reasons,
+        result=record.result,
+        event=record.event,
+        escalated_at=NOW,
+    )
+    settings = Settings()
+    prompt = build_prompt(
+        escalation, EVENT_ADAPTER.validate_python(record.event), configure_tasks(settings)[:2], settings
+    )
+    by_model = model_label_records(escalation, prompt, checked(prompt, verdict.sections(record)), model="m", now=NOW)
+
+    def fields(label: LabelRecord) -> tuple[object, ...]:
+        return (label.task, label.label_set, label.label, label.flagged_categories, label.text)
+
+    assert [fields(lr) for lr in by_person] == [fields(lr) for lr in by_model]
+    assert [fields(lr)[:4] for lr in by_person] == [
+        ("classify", "feed", "business", None),
+        ("moderate", None, None, ["violence", "spam"]),
+    ]
+    assert {(lr.source, lr.decided_by) for lr in by_person} == {("human", "alice")}
