@@ -438,7 +438,7 @@ class IoTWindow(_Contract):
 
 # ----------------------------------------------------------------------------------- routed outcomes
 class ToSink(_Contract):
-    """Settled: the result goes to its family's sink topic, and any verdicts in it to the labels topic.
+    """The item is settled: the result goes to its family's sink topic, and any verdicts in it to the labels topic.
 
     `settled_by` says who settled it: `mini-model`, `large-model`, `cache` or `budget.soft_cap` (the mini
     result stands).

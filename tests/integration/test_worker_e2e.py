@@ -61,7 +61,7 @@ class Planned:
     key: bytes | None
     value: bytes | None
     marker: str | None  # the event id when the record carries one; None: identified by where it was written
-    out_key: bytes | None = None  # record_key(event) for valid events
+    out_key: bytes | None = None  # event.key() for valid events
     order: tuple[str, float] | None = None  # (key, seq or ts) for the per-key order check
     error: str | None = None  # the dead-letter class a deliberately bad record must get
 
@@ -373,7 +373,7 @@ def test_every_input_comes_out_once_across_a_graceful_restart(  # noqa: PLR0915 
 
     The first worker is stopped with SIGTERM mid-stream; it must drain and commit only what it delivered, so the
     second one (which also gets the records produced meanwhile) neither repeats nor skips anything. Dead letters
-    keep the exact bytes and name their source; outputs are keyed by record_key and keep per-key order; the
+    keep the exact bytes and name their source; outputs are keyed by the event's key() and keep per-key order; the
     engine saw batches larger than one; the second worker's /metrics counted what it did.
     """
     prefix, group = worker_env["MINNOW_KAFKA__TOPIC_PREFIX"], worker_env["MINNOW_KAFKA__GROUP_ID"]
@@ -715,7 +715,7 @@ def _assert_dead_letters(
         if source.plan.error is not None:
             assert headers[names.DLQ_ERROR_CLASS] == source.plan.error.encode(), marker
         if source.plan.out_key is not None:
-            assert record.key == source.plan.out_key, f"{marker}: a parsed event is keyed by record_key"
+            assert record.key == source.plan.out_key, f"{marker}: a parsed event is keyed by its key()"
         elif source.plan.error == "decode_error":
             assert record.key == source.plan.key, f"{marker}: an unreadable record keeps its own key"
     others = set(got) - set(deliberate)
@@ -723,7 +723,7 @@ def _assert_dead_letters(
 
 
 def _assert_keys_and_order(records: list[ConsumerRecord[bytes, bytes]], sent: list[Sent], prefix: str) -> None:
-    """Keys are record_key(event); within each output partition, per-key seq / ts only grows."""
+    """Keys are event.key(); within each output partition, per-key seq / ts only grows."""
     plans = {s.marker: s.plan for s in sent if s.plan.marker is not None}
     last: dict[tuple[str, int, str], float] = {}
     by_topic: dict[str, Counter[str]] = defaultdict(Counter)

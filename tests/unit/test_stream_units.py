@@ -160,7 +160,7 @@ def test_headers_from_any_client_shape_become_a_tuple_of_pairs() -> None:
 
 
 # ---------------------------------------------------------------------------------------- batch processor
-def test_one_output_per_input_in_input_order_keyed_by_record_key() -> None:
+def test_one_output_per_input_in_input_order_keyed_by_the_events_key() -> None:
     engine = FakeEngine(escalate=["f2"])
     records = [
         record(feed("f1"), 10, key=b"in-key"),

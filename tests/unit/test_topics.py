@@ -64,7 +64,7 @@ def test_every_topic_in_names_py_has_a_spec_with_its_role_and_no_spec_is_extra(
     assert {name: spec.role for name, spec in specs.items()} == _names_py_topics()
 
 
-def test_spec_keys_name_the_field_that_record_key_uses(specs: dict[str, topic_specs.TopicSpec]) -> None:
+def test_spec_keys_name_the_field_that_the_event_keys_by(specs: dict[str, topic_specs.TopicSpec]) -> None:
     """For every topic keyed by an event field, that field's value is what the event's key() returns."""
     checked = 0
     for spec in specs.values():
