@@ -23,7 +23,6 @@ SPEC_DIR = Path(__file__).resolve().parents[1] / "topics"
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 Role = Literal["input", "sink", "escalation", "review", "labels", "state", "deadletter"]
 CLEANUP_POLICIES = ("delete", "compact", "compact,delete")
-EVENT_MODELS: dict[str, type[BaseModel]] = dict(FAMILIES)
 
 
 # ------------------------------------------------------------------------------------------------ specs
@@ -42,8 +41,8 @@ class KeySpec(_Spec):
     @model_validator(mode="after")
     def _fields_exist(self) -> KeySpec:
         for kind, name in (self.by_kind or {}).items():
-            if name not in EVENT_MODELS[kind].model_fields:
-                known = ", ".join(EVENT_MODELS[kind].model_fields)
+            if name not in FAMILIES[kind].model_fields:
+                known = ", ".join(FAMILIES[kind].model_fields)
                 raise ValueError(f"a {kind} event has no field {name!r} (it has {known})")
         return self
 

@@ -55,10 +55,6 @@ class MiniModel:
         encoder = load_encoder(settings.engine)
         return cls(encoder, load_tasks(settings, encoder), settings)
 
-    def task(self, task_type: type[Task]) -> Task:
-        """The loaded task of this type (a classifier for evaluation, say)."""
-        return next(t for t in self.tasks if isinstance(t, task_type))
-
     # ------------------------------------------------------------------------------------------ public
     def score(self, events: Sequence[AnyEvent]) -> list[Scores | ErrorRecord]:
         """One score set or error record per event, in order. A failing batch is bisected to find the poison item."""

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Collection, MutableMapping, Sequence
 
 from pipeline import metrics
-from pipeline.models import FAMILIES, AnyEvent, ErrorRecord, Scores, TranscriptSegment
+from pipeline.models import AnyEvent, ErrorRecord, Scores, TranscriptSegment
 from pipeline.settings import Settings
 from pipeline.stages.assemble import ConversationState, add_segment, close, due
 from pipeline.stream import names
@@ -41,7 +41,7 @@ class Conversations:
         self._clock = clock
         self._idle_s = settings.worker.conversation_idle_s
         self._keep_closed_s = settings.worker.conversation_keep_closed_s
-        self._input_topic = names.topic(prefix, FAMILIES["transcript"].input_topic or "transcripts.in")
+        self._input_topic = names.topic(prefix, names.INPUT_TOPICS["transcript"])
         self._changelog_topic = names.topic(prefix, names.STATE_TOPICS["conversation"])
         # The agent's batches and the idle sweep both change the store; they take turns.
         self._lock = asyncio.Lock()

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Collection, Mapping, MutableMapping, Sequence
 
 from pipeline import metrics
-from pipeline.models import FAMILIES, AnyEvent, ErrorRecord, IoTMessage, IoTWindow, Scores
+from pipeline.models import AnyEvent, ErrorRecord, IoTMessage, IoTWindow, Scores
 from pipeline.settings import Settings
 from pipeline.stages.devices import Deviation, DeviceState, close_idle, observe, rescore
 from pipeline.stream import names
@@ -30,7 +30,7 @@ class Devices:
         self._settings = settings
         self._store = store
         self._clock = clock
-        self._input_topic = names.topic(prefix, FAMILIES["iot"].input_topic or "iot.in")
+        self._input_topic = names.topic(prefix, names.INPUT_TOPICS["iot"])
         self._changelog_topic = names.topic(prefix, names.STATE_TOPICS["device"])
         self._windows_topic = names.topic(prefix, names.IOT_WINDOWS_TOPIC)
         self._lock = asyncio.Lock()

@@ -206,8 +206,7 @@ class BatchProcessor:
         origins = [emitted.origin for emitted in stepped.emitted]
         scored = await self._score(events, origins)
         outputs = [
-            # An emitted event that fails is dead-lettered as the event it was made into: no input bytes are its own.
-            self._routed(origin, event, outcome, value=orjson.dumps(event.model_dump(mode="json")))
+            self._routed(origin, event, outcome, emitted=True)
             for event, origin, outcome in zip(events, origins, scored, strict=True)
         ]
         return outputs + stepped.writes
@@ -243,13 +242,16 @@ class BatchProcessor:
         return outcomes
 
     def _routed(
-        self, record: InputRecord, event: AnyEvent, outcome: Scores | ErrorRecord, *, value: bytes | None = None
+        self, record: InputRecord, event: AnyEvent, outcome: Scores | ErrorRecord, *, emitted: bool = False
     ) -> OutputRecord:
         """The one output for an event: routed once, its topic chosen by the outcome's type."""
         key = event.key()
         origin = (record.source.topic, record.source.partition)
         routed = self._router.route(event, outcome)
         if isinstance(routed, ToDeadLetter):
+            # An emitted event (an assembled conversation) has no input bytes of its own: it is dead-lettered as
+            # the event it was made into. Encoded only here, when it fails.
+            value = orjson.dumps(event.model_dump(mode="json")) if emitted else None
             return self._dead_letter(record, key, routed.error.error, routed.error.message, value=value)
         if isinstance(routed, ToSink):
             topic = self._sink_topics[routed.result.kind]

@@ -161,7 +161,8 @@ class ClassifyTask:
         """The configured label sets, with the trained heads when MINNOW_HEAD_FILE names some."""
         heads = HeadFile.load(settings.head_file, encoder.files.version) if settings.head_file else None
         label_sets = load_label_sets(settings.labels_file)
-        return cls(settings, Classifier.build(label_sets, encoder, heads, min_confidence=cls(settings)._min_confidence))
+        min_confidence = settings.routing.classify_min_confidence
+        return cls(settings, Classifier.build(label_sets, encoder, heads, min_confidence=min_confidence))
 
     @property
     def classifier(self) -> Classifier:

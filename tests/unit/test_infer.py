@@ -111,7 +111,7 @@ class _PoisonModerator:
 
 
 def test_poison_event_is_isolated_by_bisection(mini_model: MiniModel) -> None:
-    moderate = mini_model.task(ModerateTask)
+    moderate = next(task for task in mini_model.tasks if isinstance(task, ModerateTask))
     assert isinstance(moderate, ModerateTask)
     poisoned_moderation = ModerateTask(mini_model.settings, _PoisonModerator(moderate.moderator))  # type: ignore[arg-type]
     tasks = [poisoned_moderation if task is moderate else task for task in mini_model.tasks]
