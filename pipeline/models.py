@@ -31,6 +31,7 @@ class EncoderJob:
     `text` is one text, or a list of turns already split (a conversation). `summarize` asks for a summary when the
     text is long enough (the engine counts sentences or turns against MINNOW_SUMMARY__MIN_SENTENCES_TO_SUMMARIZE).
     `identify_language` is for text people wrote; a device's log line is not in a language worth escalating for.
+    `moderation_categories` trims the taxonomy for a stream that cares about some categories only.
     """
 
     text: str | list[str]
@@ -39,6 +40,7 @@ class EncoderJob:
     summarize: bool
     speakers: list[str] | None = None
     identify_language: bool = True
+    moderation_categories: tuple[str, ...] | None = None  # None: every category
 
 
 # ----------------------------------------------------------------------------------------------- inputs

@@ -111,6 +111,35 @@ class SummarySettings(_Frozen):
 ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
 
 
+TaskName = Literal["classify", "moderate", "summarize", "language"]
+
+
+class FamilyTasks(_Frozen):
+    """What the mini model does for one event family (docs/configuration.md, "Tasks per stream")."""
+
+    tasks: tuple[TaskName, ...] | None = Field(
+        default=None,
+        description="tasks to run (JSON list of classify, moderate, summarize, language); unset = all the family does",
+    )
+    moderation_categories: tuple[str, ...] | None = Field(
+        default=None, min_length=1, description="moderation categories to score and flag (JSON list); unset = all"
+    )
+
+
+class FamiliesSettings(_Frozen):
+    """Per family, which tasks run and which moderation categories count. A conversation follows `transcript`."""
+
+    feed: FamilyTasks = Field(default_factory=FamilyTasks)
+    transcript: FamilyTasks = Field(default_factory=FamilyTasks)
+    iot: FamilyTasks = Field(default_factory=FamilyTasks)
+    ticket: FamilyTasks = Field(default_factory=FamilyTasks)
+
+    def of(self, kind: str) -> FamilyTasks:
+        """The choice for an event kind; conversations are assembled from transcripts and share their choice."""
+        chosen: FamilyTasks = getattr(self, "transcript" if kind == "conversation" else kind)
+        return chosen
+
+
 class KafkaSettings(_Frozen):
     """Where the stream workers read and write (only the streaming layer uses these)."""
 
@@ -263,6 +292,7 @@ class Settings(BaseSettings):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     summary: SummarySettings = Field(default_factory=SummarySettings)
     language: LanguageSettings = Field(default_factory=LanguageSettings)
+    families: FamiliesSettings = Field(default_factory=FamiliesSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     escalation: EscalationSettings = Field(default_factory=EscalationSettings)

@@ -20,7 +20,7 @@ from pipeline.models import (
     Result,
     Scores,
 )
-from pipeline.settings import Settings
+from pipeline.settings import FamilyTasks, Settings
 from pipeline.stages.route import Router
 from pipeline.tasks.base import Batch, Task
 from pipeline.tasks.catalog import load_tasks
@@ -35,6 +35,25 @@ class _Resolved:
     job: EncoderJob
     text: str  # the job's text as one string (moderation and language read it whole)
     turns: int | None  # for a text given as turns (a conversation): how many
+
+
+def chosen(job: EncoderJob, family: FamilyTasks) -> EncoderJob:
+    """The family's job with the tasks its stream switched off removed (MINNOW_FAMILIES__<FAMILY>__*).
+
+    Naming a task keeps it; it never switches on a task the family does not do (an IoT reading is not summarized).
+    """
+    if family.tasks is not None:
+        keep = set(family.tasks)
+        job = replace(
+            job,
+            label_set=job.label_set if "classify" in keep else None,
+            moderate=job.moderate and "moderate" in keep,
+            summarize=job.summarize and "summarize" in keep,
+            identify_language=job.identify_language and "language" in keep,
+        )
+    if family.moderation_categories is not None:
+        job = replace(job, moderation_categories=family.moderation_categories)
+    return job
 
 
 class MiniModel:
@@ -80,7 +99,7 @@ class MiniModel:
     # ---------------------------------------------------------------------------------------- internals
     def _job(self, event: AnyEvent) -> _Resolved:
         """The event's encoder job with its text tasks resolved."""
-        job = event.encoder_job()
+        job = chosen(event.encoder_job(), self.settings.families.of(event.kind))
         turns = len(job.text) if isinstance(job.text, list) else None
         joined = job.text if isinstance(job.text, str) else "\n".join(job.text)
         text = clean(joined, self.settings.engine.max_text_chars).text
