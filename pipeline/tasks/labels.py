@@ -16,7 +16,21 @@ class Label(BaseModel):
 
     name: str = Field(min_length=1)
     description: str = Field(min_length=1)
+    # Other wordings of the description; each is embedded on its own and averaged with it (prompt ensembling).
+    paraphrases: list[str] = Field(default_factory=list)
     examples: list[str] = Field(default_factory=list)
+
+    @field_validator("paraphrases", "examples")
+    @classmethod
+    def _no_blank_texts(cls, texts: list[str]) -> list[str]:
+        if any(not t.strip() for t in texts):
+            raise ValueError("paraphrases and examples must not be blank")
+        return texts
+
+    @property
+    def descriptions(self) -> list[str]:
+        """The description and its paraphrases: the texts whose mean embedding is the label's description vector."""
+        return [self.description, *self.paraphrases]
 
 
 class LabelSet(BaseModel):
