@@ -32,10 +32,10 @@ DESCRIPTION_WEIGHT = 0.5  # the rest goes to the mean of the label's examples, w
 class Prototypes:
     """One unit vector per label, in label-set order.
 
-    A label's description vector is the normalised mean embedding of its description and paraphrases, each
-    embedded on its own; it is mixed DESCRIPTION_WEIGHT / rest with the normalised mean embedding of the examples.
-    The label's name is not embedded: "sci tech: ..." or "world: ..." pulled the prototypes towards the name's own
-    sense and cost two to three points of news macro-F1 (docs/labels.md).
+    A label's description vector is the normalised mean embedding of "name: description" and of each paraphrase,
+    each embedded on its own (prompt ensembling); it is mixed DESCRIPTION_WEIGHT / rest with the normalised mean
+    embedding of the examples. Paraphrases are embedded without the name: the name's own sense ("world" in "world
+    record") then weighs less in a broad label (docs/labels.md).
     """
 
     label_set: LabelSet
@@ -43,7 +43,9 @@ class Prototypes:
 
     @classmethod
     def build(cls, label_set: LabelSet, encoder: Encoder) -> Prototypes:
-        texts = [label.descriptions for label in label_set.labels]
+        texts = [
+            [f"{label.name.replace('_', ' ')}: {label.description}", *label.paraphrases] for label in label_set.labels
+        ]
         flat = encoder.embed([t for group in texts for t in group])
         starts = np.cumsum([0] + [len(group) for group in texts])
         rows = []

@@ -27,11 +27,6 @@ class Label(BaseModel):
             raise ValueError("paraphrases and examples must not be blank")
         return texts
 
-    @property
-    def descriptions(self) -> list[str]:
-        """The description and its paraphrases: the texts whose mean embedding is the label's description vector."""
-        return [self.description, *self.paraphrases]
-
 
 class LabelSet(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
