@@ -16,9 +16,10 @@ scored too, as weaker evidence (project-written, and descriptions were tuned on 
 
 Recipes: `before` is the prototype of releases up to this one (the embedding of "name: description", 50/50 with
 the examples' mean; paraphrases ignored), rebuilt here so that it stays reproducible; `after` is
-`pipeline.tasks.classify.Prototypes` as the service builds it (paraphrases averaged in). Both use the default zero-shot temperature and
-MINNOW_ROUTING__CLASSIFY_MIN_CONFIDENCE, as a worker without a head file does; the extra `after, T fitted` row shows
-what a temperature fitted on the tuning half (as `minnow train` would write into a head file) changes.
+`pipeline.tasks.classify.Prototypes` as the service builds it (paraphrases averaged in). Both use the default
+zero-shot temperature and MINNOW_ROUTING__CLASSIFY_MIN_CONFIDENCE, as a worker without a head file does; the extra
+`after, T fitted` row shows what a temperature fitted on the tuning half (as `minnow train` would write into a head
+file) changes.
 """
 
 from __future__ import annotations

@@ -20,11 +20,11 @@ class Label(BaseModel):
     paraphrases: list[str] = Field(default_factory=list)
     examples: list[str] = Field(default_factory=list)
 
-    @field_validator("paraphrases", "examples")
+    @field_validator("paraphrases")
     @classmethod
-    def _no_blank_texts(cls, texts: list[str]) -> list[str]:
+    def _no_blank_paraphrases(cls, texts: list[str]) -> list[str]:
         if any(not t.strip() for t in texts):
-            raise ValueError("paraphrases and examples must not be blank")
+            raise ValueError("paraphrases must not be blank")
         return texts
 
 
