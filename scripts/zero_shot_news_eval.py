@@ -4,6 +4,8 @@
     python scripts/zero_shot_news_eval.py --data-dir ../shared/data                  # before and after, int8
     python scripts/zero_shot_news_eval.py --data-dir ../shared/data --precision fp32
     python scripts/zero_shot_news_eval.py --data-dir ../shared/data --recipe before   # the old prototypes only
+    git show df9f419:pipeline/data/labels.yaml > /tmp/labels-before.yaml                # the labels before issue 9
+    python scripts/zero_shot_news_eval.py --data-dir ../shared/data --before-labels /tmp/labels-before.yaml
 
 The `feed` label set follows the four AG News categories, whose items are a title and a one-sentence description.
 BBC articles (news/bbc_news_train.csv, lower-cased, title run into the first sentence) are long, so each becomes its
@@ -15,7 +17,8 @@ figure printed is on the held-out half. The project's own news files (pipeline/d
 scored too, as weaker evidence (project-written, and descriptions were tuned on news_topics.jsonl).
 
 Recipes: `before` is the prototype of releases up to this one (the embedding of "name: description", 50/50 with
-the examples' mean; paraphrases ignored), rebuilt here so that it stays reproducible; `after` is
+the examples' mean; paraphrases ignored), rebuilt here so that it stays reproducible, on the labels of
+`--before-labels` (default: the same labels as `after`; pass the earlier labels.yaml for the figures before); `after` is
 `pipeline.tasks.classify.Prototypes` as the service builds it (paraphrases averaged in). Both use the default
 zero-shot temperature and MINNOW_ROUTING__CLASSIFY_MIN_CONFIDENCE, as a worker without a head file does; the extra
 `after, T fitted` row shows what a temperature fitted on the tuning half (as `minnow train` would write into a head
@@ -146,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     add("--labels", type=Path, default=None, help="label YAML (default: the configured or bundled labels)")
     add("--precision", choices=["int8", "fp32"], default=None, help="model precision (default: as configured)")
     add("--recipe", choices=["before", "after", "both"], default="both", help="which prototypes to score")
+    add("--before-labels", type=Path, default=None, help="label YAML for the `before` recipe (default: --labels)")
     add("--sentences", type=int, default=2, help="leading sentences of each article kept (default 2)")
     add("--seed", type=int, default=0, help="seed of the stratified half split (default 0)")
     add("--no-project", action="store_true", help="skip the project's own news files")
@@ -168,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     threshold = settings.routing.classify_min_confidence
     print(f"data: {path}  ({len(texts)} rows mapped, entertainment left out; first {args.sentences} sentences)")
     print(f"halves (seed {args.seed}, stratified by category): tuning {len(tune)}, held-out {len(held)}")
+    print(f"labels: {args.labels or settings.labels_file or 'bundled'}; before: {args.before_labels or 'the same'}")
     print(f"model: {encoder.files.precision}   escalation: confidence < {threshold:.2f}\n")
 
     vectors = encoder.embed(texts)
@@ -176,8 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     recipes = {"before": before_prototypes, "after": Prototypes.build}
     chosen = list(recipes) if args.recipe == "both" else [args.recipe]
     figures: list[Figures] = []
+    before_set = load_label_sets(args.before_labels)[FAMILY] if args.before_labels else label_set
+    if set(before_set.names) != set(label_set.names):
+        raise SystemExit(f"--before-labels has other '{FAMILY}' labels: {before_set.names}")
     for recipe in chosen:
-        protos = recipes[recipe](label_set, encoder)
+        protos = recipes[recipe](before_set if recipe == "before" else label_set, encoder)
         classifier = Classifier({FAMILY: label_set}, {FAMILY: protos}, min_confidence=threshold)
         figures.append(score(f"{recipe}, BBC proxy held-out half", classifier, vectors[held], [gold[i] for i in held]))
         if recipe == "after":
