@@ -16,7 +16,7 @@ halves, stratified by category and seeded: paraphrases and recipe choices were m
 figure printed is on the held-out half. The project's own news files (pipeline/data/eval/news_topics*.jsonl) are
 scored too, as weaker evidence (project-written, and descriptions were tuned on news_topics.jsonl).
 
-Recipes: `before` is the prototype of releases up to this one (the embedding of "name: description", 50/50 with
+Recipes: `before` is the prototype recipe before issue 9 (the embedding of "name: description", 50/50 with
 the examples' mean; paraphrases ignored), rebuilt here so that it stays reproducible, on the labels of
 `--before-labels` (default: the same labels as `after`; pass the earlier labels.yaml for the figures before); `after` is
 `pipeline.tasks.classify.Prototypes` as the service builds it (paraphrases averaged in). Both use the default

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 from pipeline.engine import Encoder
 from pipeline.errors import ConfigError
@@ -99,8 +100,9 @@ def test_fit_temperature_recovers_a_known_temperature() -> None:
     assert expected_calibration_error(softmax(logits, true_t), y) < expected_calibration_error(softmax(logits, 0.5), y)
 
 
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+def _unit(v: NDArray[np.float32]) -> NDArray[np.float32]:
+    out: NDArray[np.float32] = v / np.linalg.norm(v, axis=-1, keepdims=True)
+    return out
 
 
 def test_a_label_without_paraphrases_keeps_the_name_description_prototype(encoder: Encoder) -> None:
