@@ -6,9 +6,9 @@
     python scripts/zero_shot_check.py --fail-under news_topics=0.78
 
 Prototypes are built exactly as the service builds them (`pipeline.tasks.classify.Prototypes`): the
-embedding of "name: description" and the normalised mean embedding of the examples, weighted 0.5 / 0.5, then
-normalised; a text gets the label whose prototype has the highest cosine. Each JSONL line is
-{"id": ..., "family": ..., "text": ..., "label": ...}; `family` picks the label set.
+normalised mean embedding of "name: description" and the label's paraphrases, and the normalised mean embedding of
+the examples, weighted 0.5 / 0.5, then normalised; a text gets the label whose prototype has the highest cosine.
+Each JSONL line is {"id": ..., "family": ..., "text": ..., "label": ...}; `family` picks the label set.
 """
 
 from __future__ import annotations
@@ -50,12 +50,12 @@ def _norm(text: str) -> str:
 
 
 def leaked_examples(sets: dict[str, LabelSet], rows: list[dict[str, str]]) -> list[str]:
-    """Label examples that are (near-)copies of evaluation texts: they would inflate the score."""
+    """Label examples and paraphrases that are (near-)copies of evaluation texts: they would inflate the score."""
     texts = [_norm(r["text"]) for r in rows]
     leaks = []
     for ls in sets.values():
         for label in ls.labels:
-            for ex in label.examples:
+            for ex in [*label.paraphrases, *label.examples]:
                 e = _norm(ex)
                 if len(e) >= 12 and any(e in t or t in e for t in texts):
                     leaks.append(f"  {ls.name}/{label.name}: {ex!r}")
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     all_rows = [row for f in files for row in read_jsonl(f)]
     leaks = leaked_examples(sets, all_rows)
     if leaks:
-        print("label examples copied from the evaluation data (remove them):", file=sys.stderr)
+        print("label examples or paraphrases copied from the evaluation data (remove them):", file=sys.stderr)
         print(*leaks, sep="\n", file=sys.stderr)
         return 2
 

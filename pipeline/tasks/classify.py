@@ -22,37 +22,50 @@ from pipeline.tasks.labels import LabelSet, load_label_sets
 __all__ = ["Classifier", "ClassifyTask", "LinearHead", "Prototypes"]
 
 # Zero-shot logits are cosine similarities, which differ by a few hundredths between labels; this default
-# temperature spreads them into probabilities. `minnow train` fits 0.038 on pipeline/data/eval/news_topics_train.jsonl;
-# a label set of your own deserves its own fit (docs/classification.md).
+# temperature spreads them into probabilities. `minnow train` fits 0.031 (int8) on the clean, project-written
+# pipeline/data/eval/news_topics_train.jsonl and 0.046 on the BBC news proxy's tuning half
+# (scripts/zero_shot_news_eval.py); a label set of your own deserves its own fit (docs/classification.md).
 DEFAULT_ZERO_SHOT_TEMPERATURE = 0.04
 DESCRIPTION_WEIGHT = 0.5  # the rest goes to the mean of the label's examples, when it has any
 
 
 @dataclass(frozen=True)
 class Prototypes:
-    """One unit vector per label, in label-set order."""
+    """One unit vector per label, in label-set order.
+
+    A label's description vector is the normalised mean embedding of "name: description" and of each paraphrase,
+    each embedded on its own (prompt ensembling); it is mixed DESCRIPTION_WEIGHT / rest with the normalised mean
+    embedding of the examples. Paraphrases are embedded without the name: the name's own sense ("world" in "world
+    record") then weighs less in a broad label (docs/labels.md).
+    """
 
     label_set: LabelSet
     matrix: NDArray[np.float32]  # (labels, dim)
 
     @classmethod
     def build(cls, label_set: LabelSet, encoder: Encoder) -> Prototypes:
-        descriptions = encoder.embed(
-            [f"{label.name.replace('_', ' ')}: {label.description}" for label in label_set.labels]
-        )
+        texts = [
+            [f"{label.name.replace('_', ' ')}: {label.description}", *label.paraphrases] for label in label_set.labels
+        ]
+        flat = encoder.embed([t for group in texts for t in group])
+        starts = np.cumsum([0] + [len(group) for group in texts])
         rows = []
-        for label, desc in zip(label_set.labels, descriptions, strict=True):
-            proto = desc
+        for i, label in enumerate(label_set.labels):
+            proto = _unit(flat[starts[i] : starts[i + 1]].mean(axis=0))
             if label.examples:
-                examples = encoder.embed(label.examples).mean(axis=0)
-                examples /= max(float(np.linalg.norm(examples)), 1e-12)
-                proto = DESCRIPTION_WEIGHT * desc + (1 - DESCRIPTION_WEIGHT) * examples
-            rows.append(proto / max(float(np.linalg.norm(proto)), 1e-12))
+                examples = _unit(encoder.embed(label.examples).mean(axis=0))
+                proto = DESCRIPTION_WEIGHT * proto + (1 - DESCRIPTION_WEIGHT) * examples
+            rows.append(_unit(proto))
         return cls(label_set, np.stack(rows).astype(np.float32))
 
     def logits(self, vectors: NDArray[np.float32]) -> NDArray[np.float32]:
         out: NDArray[np.float32] = vectors @ self.matrix.T
         return out
+
+
+def _unit(vector: NDArray[np.float32]) -> NDArray[np.float32]:
+    out: NDArray[np.float32] = vector / max(float(np.linalg.norm(vector)), 1e-12)
+    return out
 
 
 class Classifier:

@@ -16,7 +16,16 @@ class Label(BaseModel):
 
     name: str = Field(min_length=1)
     description: str = Field(min_length=1)
+    # Other wordings of the description; each is embedded on its own and averaged with it (prompt ensembling).
+    paraphrases: list[str] = Field(default_factory=list)
     examples: list[str] = Field(default_factory=list)
+
+    @field_validator("paraphrases")
+    @classmethod
+    def _no_blank_paraphrases(cls, texts: list[str]) -> list[str]:
+        if any(not t.strip() for t in texts):
+            raise ValueError("paraphrases must not be blank")
+        return texts
 
 
 class LabelSet(BaseModel):

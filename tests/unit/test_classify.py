@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 from pipeline.engine import Encoder
 from pipeline.errors import ConfigError
 from pipeline.tasks.calibration import expected_calibration_error, fit_temperature, softmax
-from pipeline.tasks.classify import Classifier
+from pipeline.tasks.classify import Classifier, Prototypes
 from pipeline.tasks.heads import HeadFile, fit_head, new_head_file
 from pipeline.tasks.labels import Label, LabelSet, load_label_sets
 
@@ -97,6 +98,47 @@ def test_fit_temperature_recovers_a_known_temperature() -> None:
     y = np.asarray([rng.choice(4, p=p) for p in softmax(logits, true_t)])
     assert fit_temperature(logits, y) == pytest.approx(true_t, rel=0.15)
     assert expected_calibration_error(softmax(logits, true_t), y) < expected_calibration_error(softmax(logits, 0.5), y)
+
+
+def _unit(v: NDArray[np.float32]) -> NDArray[np.float32]:
+    out: NDArray[np.float32] = v / np.linalg.norm(v, axis=-1, keepdims=True)
+    return out
+
+
+def test_a_label_without_paraphrases_keeps_the_name_description_prototype(encoder: Encoder) -> None:
+    """Without paraphrases or examples a prototype is the embedding of "name: description", as before paraphrases."""
+    texts = [f"{label.name}: {label.description}" for label in ANIMALS.labels]
+    np.testing.assert_allclose(Prototypes.build(ANIMALS, encoder).matrix, _unit(encoder.embed(texts)), atol=1e-6)
+
+
+def test_paraphrases_are_averaged_into_the_description_vector(encoder: Encoder) -> None:
+    """Each paraphrase is embedded on its own, without the name, and averaged with "name: description"; the
+    examples' mean is then mixed in 50/50."""
+    pets = LabelSet(
+        name="pets",
+        labels=[
+            Label(name="cat", description="cats", paraphrases=["kittens purring", "a feline"], examples=["my cat"]),
+            Label(name="dog", description="dogs", paraphrases=["puppies barking"]),
+        ],
+    )
+    flat = encoder.embed(["cat: cats", "kittens purring", "a feline", "dog: dogs", "puppies barking"])
+    cat = _unit(0.5 * _unit(flat[:3].mean(axis=0)) + 0.5 * _unit(encoder.embed(["my cat"])[0]))
+    dog = _unit(flat[3:].mean(axis=0))
+    np.testing.assert_allclose(Prototypes.build(pets, encoder).matrix, np.stack([cat, dog]), atol=1e-6)
+
+
+def test_label_file_reads_paraphrases_and_refuses_blank_ones(tmp_path: Path) -> None:
+    """`paraphrases` is an optional list of texts; a blank entry is a configuration error naming the set."""
+    good = tmp_path / "labels.yaml"
+    good.write_text(
+        "label_sets:\n  feed:\n    labels:\n      - {name: a, description: x, paraphrases: [y, z]}\n"
+        "      - {name: b, description: w}\n"
+    )
+    labels = load_label_sets(good)["feed"].labels
+    assert [label.paraphrases for label in labels] == [["y", "z"], []]
+    good.write_text(good.read_text().replace("[y, z]", "[y, '  ']"))
+    with pytest.raises(ConfigError, match=r"(?s)label set .feed.*paraphrases must not be blank"):
+        load_label_sets(good)
 
 
 def test_label_file_errors_are_clear(tmp_path: Path) -> None:

@@ -155,27 +155,27 @@ def test_stand_in_verdicts_are_the_escalated_items_gold_labels() -> None:
 
 @pytest.mark.slow
 def test_distillation_on_the_news_stream_matches_docs(settings: Settings) -> None:
-    """The figures in docs/distillation.md, at the default threshold and at 0.75."""
+    """The figures in docs/distillation.md, at the default threshold and at 0.95."""
     report = distill(
-        settings, EVAL / "news_topics_train.jsonl", holdout=EVAL / "news_topics.jsonl", thresholds=[0.55, 0.75]
+        settings, EVAL / "news_topics_train.jsonl", holdout=EVAL / "news_topics.jsonl", thresholds=[0.55, 0.95]
     )
-    # int8 kernels differ by CPU (AVX2 vs AVX512-VNNI/AMX), so the figures carry the spread measured across both:
-    # escalation rate 0.083 (AVX2, as in the docs) vs 0.092 (VNNI/AMX), macro-F1 0.895 vs 0.891, mixed 0.025/0.912
-    # vs 0.029/0.912, verdicts alone 0.555 vs 0.553; the counts agreed.
+    # int8 kernels differ by CPU (AVX2 vs AVX512-VNNI/AMX), so the figures carry a spread. Measured on VNNI (as in the
+    # docs): escalation rate 0.054, macro-F1 0.933, mixed 0.017/0.942, 10 and 85 escalated, verdicts alone at 0.95
+    # 0.701. With the labels before issue 9 the two CPUs differed by up to 0.009 and 0.004.
     before = report["before"]
     assert before["method"] == "zero-shot"
-    assert before["escalation_rate"] == pytest.approx(0.083, abs=0.015)
-    assert before["macro_f1"] == pytest.approx(0.895, abs=0.01)
-    at_default, at_75 = report["runs"]
-    assert abs(at_default["escalated"] - 19) <= 3 and at_default["verdicts_by_label"]["world"] == 2
-    assert at_default["after"]["verdicts"]["trained"] is False  # world has 2 verdicts: no head, zero-shot as before
+    assert before["escalation_rate"] == pytest.approx(0.054, abs=0.015)
+    assert before["macro_f1"] == pytest.approx(0.933, abs=0.01)
+    at_default, at_95 = report["runs"]
+    assert abs(at_default["escalated"] - 10) <= 3 and at_default["verdicts_by_label"].get("sports", 0) <= 2
+    assert at_default["after"]["verdicts"]["trained"] is False  # sports has under 3 verdicts: zero-shot as before
     assert at_default["after"]["verdicts"]["macro_f1"] == before["macro_f1"]
     mixed = at_default["after"]["verdicts + confident mini answers"]
-    assert mixed["escalation_rate"] == pytest.approx(0.025, abs=0.015)
-    assert mixed["macro_f1"] == pytest.approx(0.912, abs=0.01)
-    assert abs(at_75["escalated"] - 45) <= 4
-    assert at_75["after"]["verdicts"]["macro_f1"] == pytest.approx(0.555, abs=0.015)  # hard cases alone: worse
-    assert round(at_75["after"]["verdicts + confident mini answers"]["macro_f1"], 3) == 0.950
+    assert mixed["escalation_rate"] == pytest.approx(0.017, abs=0.015)
+    assert mixed["macro_f1"] == pytest.approx(0.942, abs=0.01)
+    assert abs(at_95["escalated"] - 85) <= 5
+    assert at_95["after"]["verdicts"]["macro_f1"] == pytest.approx(0.701, abs=0.03)  # hard cases alone: worse
+    assert at_95["after"]["verdicts + confident mini answers"]["macro_f1"] == pytest.approx(0.963, abs=0.01)
 
 
 def test_distill_cli_splits_one_file_and_writes_the_plot(
