@@ -18,11 +18,17 @@ labeled data and writes the thresholds file is pipeline/commands/calibrate.py.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
+import yaml
 from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pipeline.config_files import read_yaml
 from pipeline.errors import ConfigError
 
 # Thresholds tested, strict (1.0) to loose (0.0), fixed before any data is seen: the grid may not depend on it.
@@ -124,7 +130,8 @@ def fit_max_error(
         )
     n = len(confidence)
     bound = float(clopper_pearson_upper_all(errors[[loosest]], kept[[loosest]], delta / starts)[0])
-    return Fitted(float(GRID[loosest]), "max_error", max_error, delta, n, n - int(kept[loosest]), int(errors[loosest]), bound)
+    escalated = n - int(kept[loosest])
+    return Fitted(float(GRID[loosest]), "max_error", max_error, delta, n, escalated, int(errors[loosest]), bound)
 
 
 def fit_max_escalation(
@@ -173,3 +180,81 @@ def _check(confidence: NDArray[np.float64], correct: NDArray[np.bool_], level: f
         raise ConfigError(f"the target must be a share between 0 and 1 (exclusive), got {level:g}")
     if not 0 < delta < 1:
         raise ConfigError(f"--delta must be between 0 and 1 (exclusive), got {delta:g}")
+
+
+# ------------------------------------------------------------------------------------------ the thresholds file
+THRESHOLDS_FORMAT = "minnow-thresholds-1"
+
+
+class FamilyThreshold(BaseModel):
+    """One family's fitted threshold and what it did on the calibration data."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min_confidence: float = Field(ge=0, le=1)
+    method: str  # trained-head or zero-shot: what the threshold was fitted for
+    guarantee: str
+    items: int
+    escalation_rate: float
+    auto_error_rate: float
+    bound: float
+    out_of_scope_escalated: int = 0  # items the head's out-of-scope score escalated whatever the threshold
+
+
+class ThresholdsFile(BaseModel):
+    """What `minnow calibrate` writes: per-family classification thresholds, the target they were fitted to, and
+    the data, heads and model they hold for."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: str = THRESHOLDS_FORMAT
+    target: Literal["max_error", "max_escalation"]
+    level: float
+    delta: float
+    created_at: str
+    model_version: str
+    data: dict[str, str | int]  # path, sha256, items
+    heads: dict[str, str] | None = None  # path, sha256 of the head file in force when fitted; None: zero-shot
+    families: dict[str, FamilyThreshold]
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        header = (
+            "# Classification thresholds from `minnow calibrate` (docs/escalation.md, 'Sizing escalation').\n"
+            "# Escalate when confidence < min_confidence; refit when the model, the heads or the traffic change.\n"
+        )
+        body = yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+        path.write_text(header + body, encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> ThresholdsFile:
+        raw = read_yaml(path, "thresholds file")
+        if not isinstance(raw, dict) or raw.get("format") != THRESHOLDS_FORMAT:
+            raise ConfigError(f"{path} is not a Minnow thresholds file ({THRESHOLDS_FORMAT}, from `minnow calibrate`)")
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(f"thresholds file {path} is invalid: {exc.errors()[0]['msg']}") from exc
+
+    def check(self, model_version: str, head_file: Path | None) -> None:
+        """ConfigError when the thresholds were fitted for another model or another head file than in force."""
+        if self.model_version.rsplit("+", maxsplit=1)[-1] != model_version.rsplit("+", maxsplit=1)[-1]:
+            raise ConfigError(
+                f"the thresholds were fitted for model {self.model_version}, but the engine runs {model_version}; "
+                "rerun `minnow calibrate`"
+            )
+        fitted_on = self.heads["sha256"] if self.heads else None
+        in_force = sha256_file(head_file) if head_file else None
+        if fitted_on != in_force:
+            raise ConfigError(
+                "the thresholds were fitted "
+                + (f"for the heads {self.heads['path']}" if self.heads else "for zero-shot (no heads)")
+                + ", not for the head file in force; rerun `minnow calibrate` with the heads you run"
+            )
+
+
+def sha256_file(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
