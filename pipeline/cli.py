@@ -277,6 +277,23 @@ def _engine_opts(p: argparse.ArgumentParser, batch_help: str = f"{_WINDOWS}, def
     p.add_argument("--batch-size", type=int, help=batch_help)
 
 
+def _add_calibrate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`minnow calibrate` (docs/escalation.md, "Sizing escalation")."""
+    ca = sub.add_parser(
+        "calibrate", help="fit per-family escalation thresholds to a target, with a finite-sample guarantee"
+    )
+    ca.add_argument("--data", required=True, help='labeled JSON lines {"family","text","label"} not trained on')
+    goal = ca.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--max-error", type=float, help="error among auto-handled items at most this share (0.04)")
+    goal.add_argument("--max-escalation", type=float, help="escalate at most this share of items (0.15)")
+    ca.add_argument("--delta", type=float, default=0.05, help="the guarantee holds with probability 1 - delta")
+    ca.add_argument("--out", default="thresholds.yaml", help="where to write the thresholds (default thresholds.yaml)")
+    ca.add_argument("--labels", help="YAML label sets (default: the bundled ones)")
+    ca.add_argument("--heads", help="the trained heads the thresholds are for (default MINNOW_HEAD_FILE)")
+    _engine_opts(ca)
+    ca.set_defaults(func=cmd_calibrate)
+
+
 def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The engine on files: models build, embed, infer, train, eval."""
     models = sub.add_parser("models", help="build or inspect the ONNX model artifacts")
@@ -308,19 +325,7 @@ def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     _engine_opts(t)
     t.set_defaults(func=cmd_train)
 
-    ca = sub.add_parser(
-        "calibrate", help="fit per-family escalation thresholds to a target, with a finite-sample guarantee"
-    )
-    ca.add_argument("--data", required=True, help='labeled JSON lines {"family","text","label"} not trained on')
-    goal = ca.add_mutually_exclusive_group(required=True)
-    goal.add_argument("--max-error", type=float, help="error among auto-handled items at most this share (0.04)")
-    goal.add_argument("--max-escalation", type=float, help="escalate at most this share of items (0.15)")
-    ca.add_argument("--delta", type=float, default=0.05, help="the guarantee holds with probability 1 - delta")
-    ca.add_argument("--out", default="thresholds.yaml", help="where to write the thresholds (default thresholds.yaml)")
-    ca.add_argument("--labels", help="YAML label sets (default: the bundled ones)")
-    ca.add_argument("--heads", help="the trained heads the thresholds are for (default MINNOW_HEAD_FILE)")
-    _engine_opts(ca)
-    ca.set_defaults(func=cmd_calibrate)
+    _add_calibrate(sub)
 
     ev = sub.add_parser("eval", help="accuracy, macro-F1, calibration and selective accuracy on labeled data")
     ev.add_argument("--data", required=True, help="labeled JSON lines (see docs/evaluation.md)")
