@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.errors import ConfigError
-from pipeline.tasks.calibration import expected_calibration_error, fit_temperature, softmax
+from pipeline.tasks.calibration import expected_calibration_error, fit_temperature, nll, softmax
 
 HEAD_FORMAT = "minnow-heads-1"
 # Training rows with this label are requests the label set does not cover: they fit the out-of-scope threshold
@@ -22,6 +22,9 @@ OUT_OF_SCOPE_LABEL = "oos"
 OUT_OF_SCOPE_RATE = 0.03
 OUT_OF_SCOPE_MAX_RATE = 0.08
 OUT_OF_SCOPE_RECALL = 0.9
+# Logistic regression's C, tried in order; measured on banking77 (60 % train): C=16 0.917 accuracy vs C=4 0.910.
+REGULARIZATION = (4.0, 16.0)
+MIN_HOLDOUT_TO_CHOOSE = 200
 
 
 class LinearHead(BaseModel):
@@ -164,13 +167,17 @@ def fit_head(
         missing = [label_names[i] for i in range(len(label_names)) if i not in present]
         raise ConfigError(f"no training examples for labels: {', '.join(missing)}")
 
-    def model() -> Any:
-        return LogisticRegression(C=4.0, max_iter=2000, class_weight="balanced")
+    def model(c: float) -> Any:
+        return LogisticRegression(C=c, max_iter=2000, class_weight="balanced")
 
     train, held = _split(len(y), holdout, seed)
-    clf = model().fit(vectors[train], y[train])
-    held_logits = _two_column(clf.decision_function(vectors[held]))
-    temperature = fit_temperature(held_logits, y[held])
+    # The inverse regularisation with the lowest calibrated held-out NLL; a small holdout would choose by noise.
+    fits = []
+    for c in REGULARIZATION if len(held) >= MIN_HOLDOUT_TO_CHOOSE else REGULARIZATION[:1]:
+        logits = _two_column(model(c).fit(vectors[train], y[train]).decision_function(vectors[held]))
+        t = fit_temperature(logits, y[held])
+        fits.append((nll(logits, y[held], t), c, logits, t))
+    _, chosen, held_logits, temperature = min(fits, key=lambda f: f[0])
     raw = softmax(held_logits)
     calibrated = softmax(held_logits, temperature)
     pred = calibrated.argmax(axis=1)
@@ -183,6 +190,7 @@ def fit_head(
         "holdout_ece_before": expected_calibration_error(raw, y[held]),
         "holdout_ece_after": expected_calibration_error(calibrated, y[held]),
         "holdout_examples": float(len(held)),
+        "regularization_c": chosen,
     }
     train_centroids = _centroids(vectors[train], y[train], len(label_names))
     oos_threshold, oos_metrics = fit_out_of_scope_threshold(
@@ -190,7 +198,7 @@ def fit_head(
         _centroid_distance(oos_vectors, train_centroids) if oos_vectors is not None and len(oos_vectors) else None,
     )
     metrics.update(oos_metrics)
-    full = model().fit(vectors, y)
+    full = model(chosen).fit(vectors, y)
     coef, intercept = full.coef_, full.intercept_
     if len(label_names) == 2:  # sklearn keeps one row for two classes; softmax over (-z/2, z/2) is sigmoid(z)
         coef, intercept = np.vstack([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
