@@ -154,7 +154,7 @@ def figures(labels: list[str], pred: list[str], reasons: list[list[str]]) -> dic
 
 
 def evaluate(
-    split: Split, embed: Embeddings, settings: Settings, target: str, level: float, delta: float
+    split: Split, embed: Embeddings, settings: Settings, *, target: str, level: float, delta: float
 ) -> dict[str, Any]:
     names = sorted({lab for lab in split.train.labels if lab != OUT_OF_SCOPE_LABEL})
     label_set = LabelSet(name=FAMILY, labels=[Label(name=n, description=n.replace("_", " ")) for n in names])
@@ -270,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     loaders = {"clinc150": clinc, "banking77": banking77}
     reports = []
     for name in args.sets:
-        reports.append(evaluate(loaders[name](data_dir, args.seed), embed, settings, target, level, args.delta))
+        reports.append(
+            evaluate(loaders[name](data_dir, args.seed), embed, settings, target=target, level=level, delta=args.delta)
+        )
         embed.save()
     if args.json:
         print(json.dumps(reports, indent=1))

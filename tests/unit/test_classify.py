@@ -9,8 +9,10 @@ import pytest
 
 from pipeline.engine import Encoder
 from pipeline.errors import ConfigError
+from pipeline.models import Classification
+from pipeline.settings import Settings
 from pipeline.tasks.calibration import expected_calibration_error, fit_temperature, softmax
-from pipeline.tasks.classify import Classifier
+from pipeline.tasks.classify import Classifier, ClassifyTask
 from pipeline.tasks.heads import HeadFile, fit_head, new_head_file
 from pipeline.tasks.labels import Label, LabelSet, load_label_sets
 
@@ -109,3 +111,30 @@ def test_label_file_errors_are_clear(tmp_path: Path) -> None:
     bad.write_text("just: text")
     with pytest.raises(ConfigError, match="label_sets"):
         load_label_sets(bad)
+
+
+def test_out_of_scope_requests_escalate_with_their_own_reason(encoder: Encoder) -> None:
+    """A trained head stores centroids and an out-of-scope threshold; a request about none of its labels is past the
+    threshold and the task gives `classify.out_of_scope`, while an in-scope request does not."""
+    texts = [t for v in TRAIN.values() for t in v]
+    labels = [k for k, v in TRAIN.items() for _ in v]
+    oos = ["what is the interest rate on my mortgage", "book a flight to paris", "how do I reset my router"]
+    head = fit_head(encoder.embed(texts), labels, ANIMALS.names, holdout=0.34, oos_vectors=encoder.embed(oos))
+    assert head.out_of_scope_threshold is not None and len(head.centroids) == 3
+    heads = new_head_file({"pets": head}, {}, encoder.files.version)
+    clf = Classifier.build({"pets": ANIMALS}, encoder, heads, min_confidence=0.0)
+    far, near = clf.classify("pets", encoder.embed(["transfer money to my savings account", "my cat purrs loudly"]))
+    assert far.out_of_scope is not None and near.out_of_scope is not None
+    assert far.out_of_scope > head.out_of_scope_threshold > near.out_of_scope
+    task = ClassifyTask(Settings(), clf, out_of_scope={"pets": head.out_of_scope_threshold})
+    assert task.reasons(far) == ["classify.out_of_scope"]
+    assert task.reasons(near) == []
+
+
+def test_fitted_thresholds_win_over_the_setting_for_their_families() -> None:
+    """Precedence: a family in the thresholds file escalates below its fitted threshold; others below the setting."""
+    task = ClassifyTask(Settings(), thresholds={"pets": 0.9})
+    pets = Classification(label="cat", confidence=0.8, scores={"cat": 0.8}, label_set="pets", method="trained-head")
+    feed = pets.model_copy(update={"label_set": "feed"})
+    assert task.reasons(pets) == ["classify.low_confidence"]  # 0.8 < fitted 0.9
+    assert task.reasons(feed) == []  # 0.8 >= the default 0.55

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from numpy.typing import NDArray
 
 from pipeline.errors import ConfigError
-from pipeline.tasks.risk import GRID, clopper_pearson_upper, fit_max_error, fit_max_escalation
+from pipeline.settings import RoutingSettings, Settings
+from pipeline.tasks.classify import fitted_thresholds
+from pipeline.tasks.risk import (
+    GRID,
+    FamilyThreshold,
+    ThresholdsFile,
+    clopper_pearson_upper,
+    fit_max_error,
+    fit_max_escalation,
+    sha256_file,
+)
 
 REPEATS = 200
 DELTA = 0.1
@@ -105,3 +117,54 @@ def test_impossible_targets_are_config_errors() -> None:
         fit_max_escalation(conf, correct, 0.3, 0.05, forced=np.ones(50, dtype=bool))
     with pytest.raises(ConfigError, match="between 0 and 1"):
         fit_max_error(conf, correct, 1.5, 0.05)
+
+
+def _thresholds(heads: dict[str, str] | None) -> ThresholdsFile:
+    fitted = fit_max_error(*draw(np.random.default_rng(5), 2000), 0.05, 0.1)
+    family = FamilyThreshold(
+        min_confidence=fitted.threshold,
+        method="trained-head",
+        guarantee=fitted.guarantee(),
+        items=fitted.n,
+        escalation_rate=fitted.escalation_rate,
+        auto_error_rate=fitted.auto_error_rate,
+        bound=fitted.bound,
+    )
+    return ThresholdsFile(
+        target="max_error",
+        level=0.05,
+        delta=0.1,
+        created_at="2026-12-04T00:00:00+00:00",
+        model_version="0.1.0+recipe.abc",
+        data={"path": "cal.jsonl", "sha256": "0" * 64, "items": 2000},
+        heads=heads,
+        families={"feed": family},
+    )
+
+
+def test_thresholds_file_round_trips_and_is_refused_for_another_model_or_heads(tmp_path: Path) -> None:
+    """The file states its guarantee and provenance, loads back equal, feeds routing through the setting, and is
+    refused (ConfigError naming `minnow calibrate`) with another model or another head file than it was fitted for."""
+    heads = tmp_path / "heads.json"
+    heads.write_text("{}", encoding="utf-8")
+    written = _thresholds({"path": str(heads), "sha256": sha256_file(heads)})
+    path = tmp_path / "thresholds.yaml"
+    written.save(path)
+    assert "probability >= 0.9" in path.read_text(encoding="utf-8")
+    loaded = ThresholdsFile.load(path)
+    assert loaded == written
+    loaded.check("0.1.0+recipe.abc", heads)
+    settings = Settings(routing=RoutingSettings(thresholds_file=path), head_file=heads)
+    assert fitted_thresholds(settings, model_version="0.1.0+recipe.abc") == {
+        "feed": written.families["feed"].min_confidence
+    }
+    with pytest.raises(ConfigError, match="minnow calibrate"):
+        loaded.check("0.1.0+recipe.other", heads)
+    with pytest.raises(ConfigError, match="minnow calibrate"):
+        loaded.check("0.1.0+recipe.abc", None)
+    heads.write_text('{"changed": 1}', encoding="utf-8")
+    with pytest.raises(ConfigError, match="minnow calibrate"):
+        loaded.check("0.1.0+recipe.abc", heads)
+    (tmp_path / "other.yaml").write_text("format: something-else\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not a Minnow thresholds file"):
+        ThresholdsFile.load(tmp_path / "other.yaml")
