@@ -138,3 +138,25 @@ def test_fitted_thresholds_win_over_the_setting_for_their_families() -> None:
     feed = pets.model_copy(update={"label_set": "feed"})
     assert task.reasons(pets) == ["classify.low_confidence"]  # 0.8 < fitted 0.9
     assert task.reasons(feed) == []  # 0.8 >= the default 0.55
+
+
+def test_calibration_scores_count_out_of_scope_rows_as_wrong_and_forced(encoder: Encoder) -> None:
+    """`minnow calibrate` scores rows as the router sees them: an `oos` row is never correct, and one the head finds
+    out of scope is forced to escalate whatever the threshold; a label outside the set is a ConfigError."""
+    from pipeline.commands.calibrate import score_family
+    from pipeline.training import LabeledRow
+
+    texts = [t for v in TRAIN.values() for t in v]
+    labels = [k for k, v in TRAIN.items() for _ in v]
+    head = fit_head(encoder.embed(texts), labels, ANIMALS.names, holdout=0.34)
+    clf = Classifier.build({"pets": ANIMALS}, encoder, new_head_file({"pets": head}, {}, encoder.files.version))
+    rows = [
+        LabeledRow(family="pets", text="my kitten sleeps on the radiator", label="cat"),
+        LabeledRow(family="pets", text="what is the interest rate on my mortgage", label="oos"),
+    ]
+    scored = score_family(clf, "pets", rows, encoder.embed)
+    assert scored.method == "trained-head"
+    assert scored.correct.tolist() == [True, False]
+    assert scored.forced.tolist() == [False, True]
+    with pytest.raises(ConfigError, match="not in the 'pets' label set"):
+        score_family(clf, "pets", [LabeledRow(family="pets", text="a parrot", label="bird")], encoder.embed)
