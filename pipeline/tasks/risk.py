@@ -171,6 +171,41 @@ def fit_max_escalation(
     )
 
 
+@dataclass(frozen=True)
+class Band:
+    """An uncertain band around a decision point: scores in [low, high) escalate, the rest are decided."""
+
+    low: float
+    high: float
+    fitted: Fitted
+
+
+def fit_band(
+    scores: NDArray[np.float64],
+    positive: NDArray[np.bool_],
+    decide_at: float,
+    *,
+    target: Literal["max_error", "max_escalation"],
+    level: float,
+    delta: float,
+) -> Band:
+    """A symmetric band around `decide_at` for a yes/no score (e.g. one moderation category: flagged at or above
+    `decide_at`), fitted with the same guarantee as the classification thresholds.
+
+    The band of half-width w keeps the items with |score - decide_at| >= w, so the margin |score - decide_at| plays
+    the part of confidence and w that of the threshold: a kept item is right when (score >= decide_at) == positive.
+    Scores must lie in [0, 1]; `fitted.threshold` is w as a share of the widest possible band
+    (max(decide_at, 1 - decide_at)). For a moderation band file: low = decide_at - w, high = decide_at + w."""
+    # Margins scaled to [0, 1] so that the grid, and the scan's starts, cover the whole range of possible bands.
+    scale = max(decide_at, 1.0 - decide_at)
+    margin = np.abs(np.asarray(scores, dtype=np.float64) - decide_at) / scale
+    correct = (np.asarray(scores) >= decide_at) == np.asarray(positive, dtype=bool)
+    fit = fit_max_error if target == "max_error" else fit_max_escalation
+    fitted = fit(margin, correct, level, delta)
+    width = fitted.threshold * scale
+    return Band(max(0.0, decide_at - width), min(1.0, decide_at + width), fitted)
+
+
 def _check(confidence: NDArray[np.float64], correct: NDArray[np.bool_], level: float, delta: float) -> None:
     if len(confidence) != len(correct):
         raise ValueError("confidence and correct must align")

@@ -16,6 +16,7 @@ from pipeline.tasks.risk import (
     FamilyThreshold,
     ThresholdsFile,
     clopper_pearson_upper,
+    fit_band,
     fit_max_error,
     fit_max_escalation,
     sha256_file,
@@ -168,3 +169,25 @@ def test_thresholds_file_round_trips_and_is_refused_for_another_model_or_heads(t
     (tmp_path / "other.yaml").write_text("format: something-else\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="not a Minnow thresholds file"):
         ThresholdsFile.load(tmp_path / "other.yaml")
+
+
+def test_band_guarantee_holds_for_a_yes_no_score() -> None:
+    """The uncertain band of a yes/no score (flag at 0.5) fitted to max error 0.05: over 200 draws the true error
+    among decided items exceeds 0.05 in at most delta of them, and the band stays near the true one."""
+    rng = np.random.default_rng(21)
+
+    def true_error(w: float) -> float:
+        # score uniform on [0, 1]; an item at margin m = |score - 0.5| is wrong with probability 0.5 * (1 - 2m)^2,
+        # so among margins >= w (uniform on [w, 0.5]) the error is 0.5 * (1 - 2w)^2 / 3: 0.05 at w = 0.226.
+        return 0.5 * (1 - 2 * w) ** 2 / 3
+
+    widths = []
+    for _ in range(REPEATS):
+        score = rng.uniform(0, 1, 3000)
+        wrong = rng.uniform(0, 1, 3000) < 0.5 * (1 - 2 * np.abs(score - 0.5)) ** 2
+        positive = (score >= 0.5) ^ wrong
+        band = fit_band(score, positive, 0.5, target="max_error", level=0.05, delta=DELTA)
+        assert band.high - 0.5 == pytest.approx(0.5 - band.low) and band.high <= 1.0
+        widths.append(band.high - 0.5)
+    assert sum(true_error(w) > 0.05 for w in widths) <= ALLOWED
+    assert float(np.median(widths)) < 0.3  # not everything escalated: the true width is 0.226
