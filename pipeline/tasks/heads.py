@@ -117,18 +117,31 @@ def _centroid_distance(vectors: NDArray[np.floating], centroids: NDArray[np.floa
 
 def fit_out_of_scope_threshold(
     in_scope: NDArray[np.float64], out_of_scope: NDArray[np.float64] | None
-) -> tuple[float, dict[str, float]]:
+) -> tuple[float | None, dict[str, float]]:
     """The distance above which an item is out of scope, from held-out in-scope distances (and out-of-scope ones).
 
-    Quantiles of held-out in-scope items: the share of them escalated is what is chosen. With out-of-scope examples
-    the smallest share (1 %, 2 %, ... up to OUT_OF_SCOPE_MAX_RATE) that escalates OUT_OF_SCOPE_RECALL of them."""
+    A conformal quantile of the held-out in-scope distances: for a share r, the ceil((n + 1)(1 - r))-th smallest,
+    so that a new in-scope item exceeds it with probability at most r (exchangeability; Vovk et al.). r is
+    OUT_OF_SCOPE_RATE, or with out-of-scope examples the smallest share (1 %, 2 %, ... up to OUT_OF_SCOPE_MAX_RATE)
+    that escalates OUT_OF_SCOPE_RECALL of them. None (no out-of-scope score) when too few items are held out
+    for the share: fewer than 1 / r - 1."""
+
+    def quantile(rate: float) -> float | None:
+        ordered = np.sort(in_scope)
+        k = int(np.ceil((len(ordered) + 1) * (1 - rate)))
+        return float(ordered[k - 1]) if k <= len(ordered) else None
+
     rate = OUT_OF_SCOPE_RATE
     if out_of_scope is not None and len(out_of_scope):
-        rates = np.round(np.arange(0.01, OUT_OF_SCOPE_MAX_RATE + 1e-9, 0.01), 2)
-        recalls = [float((out_of_scope > np.quantile(in_scope, 1 - r)).mean()) for r in rates]
-        reached = [r for r, rec in zip(rates, recalls, strict=True) if rec >= OUT_OF_SCOPE_RECALL]
-        rate = float(reached[0]) if reached else OUT_OF_SCOPE_MAX_RATE
-    threshold = float(np.quantile(in_scope, 1 - rate))
+        rate = OUT_OF_SCOPE_MAX_RATE
+        for r in np.round(np.arange(0.01, OUT_OF_SCOPE_MAX_RATE + 1e-9, 0.01), 2):
+            t = quantile(float(r))
+            if t is not None and float((out_of_scope > t).mean()) >= OUT_OF_SCOPE_RECALL:
+                rate = float(r)
+                break
+    threshold = quantile(rate)
+    if threshold is None:
+        return None, {}
     metrics = {"oos_holdout_in_scope_escalated": float((in_scope > threshold).mean())}
     if out_of_scope is not None and len(out_of_scope):
         metrics["oos_train_escalated"] = float((out_of_scope > threshold).mean())
