@@ -22,6 +22,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["labels_file"] = Path(args.labels)
     if getattr(args, "heads", None):
         overrides["head_file"] = Path(args.heads)
+    if getattr(args, "thresholds_file", None):  # `distill --thresholds` is a list of confidences, not this
+        overrides["routing"] = settings.routing.model_copy(update={"thresholds_file": Path(args.thresholds_file)})
     if getattr(args, "precision", None):
         engine["precision"] = args.precision
     if getattr(args, "batch_size", None):
@@ -75,6 +77,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         Path(args.data) if args.data else None,
         Path(args.out),
     )
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from pipeline.commands import calibrate
+
+    target, level = (
+        ("max_error", args.max_error) if args.max_error is not None else ("max_escalation", args.max_escalation)
+    )
+    return calibrate.run(_settings(args), Path(args.data), Path(args.out), target=target, level=level, delta=args.delta)
 
 
 def cmd_review(args: argparse.Namespace) -> int:
@@ -266,6 +277,23 @@ def _engine_opts(p: argparse.ArgumentParser, batch_help: str = f"{_WINDOWS}, def
     p.add_argument("--batch-size", type=int, help=batch_help)
 
 
+def _add_calibrate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`minnow calibrate` (docs/escalation.md, "Sizing escalation")."""
+    ca = sub.add_parser(
+        "calibrate", help="fit per-family escalation thresholds to a target, with a finite-sample guarantee"
+    )
+    ca.add_argument("--data", required=True, help='labeled JSON lines {"family","text","label"} not trained on')
+    goal = ca.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--max-error", type=float, help="error among auto-handled items at most this share (0.04)")
+    goal.add_argument("--max-escalation", type=float, help="escalate at most this share of items (0.15)")
+    ca.add_argument("--delta", type=float, default=0.05, help="the guarantee holds with probability 1 - delta")
+    ca.add_argument("--out", default="thresholds.yaml", help="where to write the thresholds (default thresholds.yaml)")
+    ca.add_argument("--labels", help="YAML label sets (default: the bundled ones)")
+    ca.add_argument("--heads", help="the trained heads the thresholds are for (default MINNOW_HEAD_FILE)")
+    _engine_opts(ca)
+    ca.set_defaults(func=cmd_calibrate)
+
+
 def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The engine on files: models build, embed, infer, train, eval."""
     models = sub.add_parser("models", help="build or inspect the ONNX model artifacts")
@@ -297,12 +325,19 @@ def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     _engine_opts(t)
     t.set_defaults(func=cmd_train)
 
+    _add_calibrate(sub)
+
     ev = sub.add_parser("eval", help="accuracy, macro-F1, calibration and selective accuracy on labeled data")
     ev.add_argument("--data", required=True, help="labeled JSON lines (see docs/evaluation.md)")
     ev.add_argument("--json", action="store_true", help="print the report as JSON")
     ev.add_argument("--plot", help="write the selective-accuracy plot here (PNG); default next to --data")
     ev.add_argument("--labels", help="YAML label sets")
     ev.add_argument("--heads", help="trained heads to evaluate instead of zero-shot")
+    ev.add_argument(
+        "--thresholds",
+        dest="thresholds_file",
+        help="thresholds from `minnow calibrate` (default MINNOW_ROUTING__THRESHOLDS_FILE)",
+    )
     _engine_opts(ev)
     ev.set_defaults(func=cmd_eval)
 

@@ -254,6 +254,8 @@ class Classification(_Contract):
     label_set: str
     method: Literal["zero-shot", "trained-head"]
     reasons: list[str] = Field(default_factory=list)
+    # A trained head's distance to its nearest class centroid (docs/classification.md); None: zero-shot, old head.
+    out_of_scope: float | None = None
 
 
 class Moderation(_Contract):

@@ -65,7 +65,15 @@ class RoutingSettings(_Frozen):
     """Confidence thresholds that decide `route`: below them an item is escalated."""
 
     classify_min_confidence: float = Field(
-        default=0.55, ge=0, le=1, description="below this classification confidence, escalate"
+        default=0.55,
+        ge=0,
+        le=1,
+        description="below this classification confidence, escalate (families without a fitted threshold)",
+    )
+    thresholds_file: Path | None = Field(
+        default=None,
+        description="per-family classification thresholds from `minnow calibrate`; they win over "
+        "classify_min_confidence for the families they list",
     )
     moderation_min_confidence: float = Field(
         default=0.5,

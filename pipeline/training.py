@@ -16,7 +16,14 @@ from pipeline.engine import Encoder
 from pipeline.errors import ConfigError
 from pipeline.models import LabelRecord
 from pipeline.tasks.classify import Prototypes
-from pipeline.tasks.heads import HeadFile, LinearHead, fit_head, fit_zero_shot_temperature, new_head_file
+from pipeline.tasks.heads import (
+    OUT_OF_SCOPE_LABEL,
+    HeadFile,
+    LinearHead,
+    fit_head,
+    fit_zero_shot_temperature,
+    new_head_file,
+)
 from pipeline.tasks.labels import LabelSet
 
 MIN_EXAMPLES_PER_LABEL = 3
@@ -94,8 +101,11 @@ def fit_heads(
     heads: dict[str, LinearHead] = {}
     temps: dict[str, float] = {}
     skipped: dict[str, str] = {}
-    for family, fam_rows in by_family.items():
+    for family, all_rows in by_family.items():
         label_set = label_sets[family]
+        # Out-of-scope rows fit the head's out-of-scope threshold only (unless the label set has a label `oos`).
+        oos_rows = [r for r in all_rows if r.label == OUT_OF_SCOPE_LABEL and r.label not in label_set.names]
+        fam_rows = [r for r in all_rows if r not in oos_rows]
         labels = [r.label for r in fam_rows if r.label is not None]
         strangers = sorted(set(labels) - set(label_set.names))
         if strangers:
@@ -118,5 +128,6 @@ def fit_heads(
                 f"no trained head (fewer than {MIN_EXAMPLES_PER_LABEL} examples for: {', '.join(thin)}); {fallback}"
             )
             continue
-        heads[family] = fit_head(vectors, labels, label_set.names)
+        oos_vectors = embed([r.text for r in oos_rows]) if oos_rows else None
+        heads[family] = fit_head(vectors, labels, label_set.names, oos_vectors=oos_vectors)
     return new_head_file(heads, temps, encoder.files.version), skipped

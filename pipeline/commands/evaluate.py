@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ from numpy.typing import NDArray
 
 from pipeline.engine import Encoder, load_encoder
 from pipeline.settings import Settings
+from pipeline.stages.route import Router
 from pipeline.tasks.calibration import expected_calibration_error
 from pipeline.tasks.classify import Classifier, ClassifyTask
 from pipeline.training import LabeledRow, read_labeled
@@ -38,8 +39,11 @@ def selective_accuracy(confidence: NDArray[np.float64], correct: NDArray[np.bool
 
 
 def evaluate_classification(
-    rows: list[LabeledRow], classifier: Classifier, encoder: Encoder, min_confidence: float
+    rows: list[LabeledRow], classifier: Classifier, encoder: Encoder, router: Router
 ) -> dict[str, Any]:
+    """Per family: accuracy, calibration, risk-coverage, and the operating point in force as the router decides it
+    (its thresholds, the heads' out-of-scope score), with the share of escalations by reason. Rows labeled `oos`
+    (outside the label set) count in the routing figures only: always wrong when auto-handled."""
     from sklearn.metrics import accuracy_score, f1_score
 
     report: dict[str, Any] = {}
@@ -48,23 +52,38 @@ def evaluate_classification(
         if row.label is not None and row.family in classifier.label_sets:
             by_family[row.family].append(row)
     for family, fam in by_family.items():
-        labels, probs, method = classifier.probabilities(family, encoder.embed([r.text for r in fam]))
+        vectors = encoder.embed([r.text for r in fam])
+        labels, probs, method = classifier.probabilities(family, vectors)
         index = {name: i for i, name in enumerate(labels)}
         y = np.asarray([index.get(r.label or "", -1) for r in fam])
+        in_scope = y >= 0
         pred = probs.argmax(axis=1)
         conf = probs.max(axis=1)
         correct = pred == y
-        escalated = conf < min_confidence
+        reasons = [router.reasons({"classification": c}) for c in classifier.classify(family, vectors)]
+        escalated = np.asarray([bool(r) for r in reasons])
+        every = [code for rs in reasons for code in rs]
+        y_in, pred_in = y[in_scope], pred[in_scope]
         report[family] = {
             "method": method,
             "examples": len(fam),
-            "accuracy": float(accuracy_score(y, pred)),
-            "macro_f1": float(f1_score(y, pred, average="macro", labels=list(range(len(labels))), zero_division=0)),
-            "ece": expected_calibration_error(probs, y),
+            "out_of_scope_examples": int((~in_scope).sum()),
+            "accuracy": float(accuracy_score(y_in, pred_in)) if in_scope.any() else None,
+            "macro_f1": float(
+                f1_score(y_in, pred_in, average="macro", labels=list(range(len(labels))), zero_division=0)
+            )
+            if in_scope.any()
+            else None,
+            "ece": expected_calibration_error(probs[in_scope], y_in),
             "at_threshold": {
-                "min_confidence": min_confidence,
+                "min_confidence": classifier.threshold(family),
+                "fitted": family in classifier.thresholds,
+                "out_of_scope_threshold": classifier.heads.out_of_scope_threshold(family),
                 "escalation_rate": float(escalated.mean()),
+                "coverage": float(1 - escalated.mean()),
                 "accuracy_kept": float(correct[~escalated].mean()) if (~escalated).any() else None,
+                "out_of_scope_escalated": float(escalated[~in_scope].mean()) if (~in_scope).any() else None,
+                "reasons": {code: round(n / len(every), 4) for code, n in sorted(Counter(every).items())},
             },
             "selective": selective_accuracy(conf, correct),
         }
@@ -113,10 +132,16 @@ def plot_selective(report: dict[str, Any], path: Path) -> None:
     for family, body in report.items():
         xs = [row["escalation_rate"] * 100 for row in body["selective"]]
         ys = [row["accuracy"] * 100 for row in body["selective"]]
-        ax.plot(xs, ys, marker="o", label=f"{family} ({body['method']})")
+        (line,) = ax.plot(xs, ys, marker="o", label=f"{family} ({body['method']})")
+        at = body["at_threshold"]
+        if at["accuracy_kept"] is not None:  # the operating point in force: the thresholds the router uses
+            ax.plot(
+                [at["escalation_rate"] * 100], [at["accuracy_kept"] * 100], marker="*", markersize=14,
+                color=line.get_color(), linestyle="none",
+            )  # fmt: skip
     ax.set_xlabel("escalated to the large model (%)")
     ax.set_ylabel("accuracy on what the mini model keeps (%)")
-    ax.set_title("Selective accuracy: escalate the least confident share")
+    ax.set_title("Risk-coverage: escalate the least confident share (star: in force)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -124,25 +149,46 @@ def plot_selective(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _render_family(family: str, body: dict[str, Any]) -> list[str]:
+    at = body["at_threshold"]
+    kept = at["accuracy_kept"]
+    source = "fitted, thresholds file" if at["fitted"] else "MINNOW_ROUTING__CLASSIFY_MIN_CONFIDENCE"
+    oos = at["out_of_scope_threshold"]
+    point = f"  in force: escalate below {at['min_confidence']:.3f} ({source})" + (
+        f" or out of scope above distance {oos:.3f}" if oos is not None else ""
+    )
+    accuracy = "-" if body["accuracy"] is None else f"{body['accuracy']:.3f}"
+    f1 = "-" if body["macro_f1"] is None else f"{body['macro_f1']:.3f}"
+    lines = [
+        f"classification / {family} ({body['method']}, {body['examples']} examples"
+        + (f", {body['out_of_scope_examples']} out of scope" if body["out_of_scope_examples"] else "")
+        + ")",
+        f"  accuracy {accuracy}   macro-F1 {f1}   ECE {body['ece']:.3f}",
+        point,
+        f"    escalates {at['escalation_rate']:.1%}, accuracy on the rest {kept:.3f}"
+        if kept is not None
+        else "    everything escalates",
+    ]
+    if at["out_of_scope_escalated"] is not None:
+        lines.append(f"    out-of-scope rows escalated {at['out_of_scope_escalated']:.1%}")
+    if at["reasons"]:
+        lines.append("    escalations by reason: " + ", ".join(f"{k} {v:.0%}" for k, v in at["reasons"].items()))
+    lines.append("  risk-coverage: escalated   kept   accuracy   confidence >=")
+    table = [
+        (row["escalation_rate"], f"{int(row['kept']):5d}   {row['accuracy']:.3f}      {row['threshold']:.3f}")
+        for row in body["selective"]
+    ]
+    if kept is not None:  # the operating point in force, in its place in the curve
+        n_kept = round(body["examples"] * at["coverage"])
+        table.append((at["escalation_rate"], f"{n_kept:5d}   {kept:.3f}      <- in force"))
+    lines += [f"  {rate:22.1%}  {text}" for rate, text in sorted(table, key=lambda r: r[0])]
+    return lines
+
+
 def render(report: dict[str, Any]) -> str:
     lines = []
     for family, body in report.get("classification", {}).items():
-        at = body["at_threshold"]
-        kept = at["accuracy_kept"]
-        lines += [
-            f"classification / {family} ({body['method']}, {body['examples']} examples)",
-            f"  accuracy {body['accuracy']:.3f}   macro-F1 {body['macro_f1']:.3f}   ECE {body['ece']:.3f}",
-            f"  at min_confidence {at['min_confidence']:.2f}: escalates {at['escalation_rate']:.1%}, "
-            f"accuracy on the rest {kept:.3f}"
-            if kept is not None
-            else "  everything escalates at this threshold",
-            "  escalated   kept   accuracy   confidence >=",
-        ]
-        lines += [
-            f"  {row['escalation_rate']:8.0%}  {int(row['kept']):5d}   {row['accuracy']:.3f}"
-            f"      {row['threshold']:.3f}"
-            for row in body["selective"]
-        ]
+        lines += _render_family(family, body)
     mod = report.get("moderation")
     if mod:
         lines.append(f"moderation ({mod['items']} examples)   precision  recall   F1     ROC-AUC")
@@ -166,7 +212,7 @@ def run(settings: Settings, data: Path, *, as_json: bool, plot: Path | None) -> 
     classifier = ClassifyTask.load(settings, encoder).classifier
     report: dict[str, Any] = {
         "data": str(data),
-        "classification": evaluate_classification(rows, classifier, encoder, settings.routing.classify_min_confidence),
+        "classification": evaluate_classification(rows, classifier, encoder, Router.configure(settings)),
     }
     moderation = evaluate_moderation(rows, settings, encoder)
     if moderation:

@@ -18,8 +18,9 @@ from pipeline.tasks.base import Answer, Asked, Batch, RestoreText, read_section,
 from pipeline.tasks.calibration import softmax
 from pipeline.tasks.heads import HeadFile, LinearHead
 from pipeline.tasks.labels import LabelSet, load_label_sets
+from pipeline.tasks.risk import ThresholdsFile
 
-__all__ = ["Classifier", "ClassifyTask", "LinearHead", "Prototypes"]
+__all__ = ["Classifier", "ClassifyTask", "LinearHead", "Prototypes", "fitted_thresholds"]
 
 # Zero-shot logits are cosine similarities, which differ by a few hundredths between labels; this default
 # temperature spreads them into probabilities. `minnow train` fits 0.031 (int8) on the clean, project-written
@@ -78,11 +79,13 @@ class Classifier:
         heads: HeadFile | None = None,
         *,
         min_confidence: float = 0.55,
+        thresholds: Mapping[str, float] | None = None,
     ) -> None:
         self.label_sets = label_sets
         self.prototypes = prototypes
         self.heads = heads or HeadFile(heads={}, zero_shot_temperature={})
         self.min_confidence = min_confidence
+        self.thresholds = dict(thresholds or {})  # per family, from a thresholds file: they win
         for family, head in self.heads.heads.items():
             if family in label_sets and set(head.labels) != set(label_sets[family].names):
                 # A head trained on other labels would silently answer with labels the config no longer has.
@@ -99,9 +102,14 @@ class Classifier:
         heads: HeadFile | None = None,
         *,
         min_confidence: float = 0.55,
+        thresholds: Mapping[str, float] | None = None,
     ) -> Classifier:
         prototypes = {family: Prototypes.build(ls, encoder) for family, ls in label_sets.items()}
-        return cls(label_sets, prototypes, heads, min_confidence=min_confidence)
+        return cls(label_sets, prototypes, heads, min_confidence=min_confidence, thresholds=thresholds)
+
+    def threshold(self, family: str) -> float:
+        """The confidence below which the family's items escalate: its fitted threshold, else the setting."""
+        return self.thresholds.get(family, self.min_confidence)
 
     def families(self) -> list[str]:
         return list(self.label_sets)
@@ -115,22 +123,37 @@ class Classifier:
         temperature = self.heads.zero_shot_temperature.get(family, DEFAULT_ZERO_SHOT_TEMPERATURE)
         return protos.label_set.names, softmax(protos.logits(vectors), temperature), "zero-shot"
 
+    def out_of_scope(self, family: str, vectors: NDArray[np.float32]) -> NDArray[np.float64] | None:
+        """The trained head's out-of-scope distances (None: zero-shot or a head without them)."""
+        head = self.heads.heads.get(family)
+        return head.out_of_scope(vectors) if head is not None else None
+
     def classify(self, family: str, vectors: NDArray[np.float32]) -> list[Classification]:
         if len(vectors) == 0:
             return []
         labels, probs, method = self.probabilities(family, vectors)
-        return [self._one(family, labels, row, method) for row in probs]
+        oos = self.out_of_scope(family, vectors)
+        return [
+            self._one(family, labels, row, method, None if oos is None else float(oos[i]))
+            for i, row in enumerate(probs)
+        ]
 
-    def _one(self, family: str, labels: Sequence[str], probs: NDArray[np.float64], method: str) -> Classification:
+    def _one(
+        self, family: str, labels: Sequence[str], probs: NDArray[np.float64], method: str, oos: float | None
+    ) -> Classification:
         order = np.argsort(-probs)
         top, second = int(order[0]), int(order[1]) if len(order) > 1 else int(order[0])
         confidence = float(probs[top])
+        threshold = self.threshold(family)
         reasons: list[str] = []
-        if confidence < self.min_confidence:
+        if confidence < threshold:
             reasons.append(
-                f"top label '{labels[top]}' has confidence {confidence:.2f} < {self.min_confidence:.2f}; "
+                f"top label '{labels[top]}' has confidence {confidence:.2f} < {threshold:.2f}; "
                 f"runner-up '{labels[second]}' at {float(probs[second]):.2f}"
             )
+        oos_threshold = self.heads.out_of_scope_threshold(family)
+        if oos is not None and oos_threshold is not None and oos > oos_threshold:
+            reasons.append(f"out of scope: distance {oos:.3f} to the nearest label > {oos_threshold:.3f}")
         return Classification(
             label=labels[top],
             confidence=round(confidence, 6),
@@ -138,10 +161,26 @@ class Classifier:
             label_set=family,
             method="trained-head" if method == "trained-head" else "zero-shot",
             reasons=reasons,
+            out_of_scope=None if oos is None else round(oos, 6),
         )
 
 
-__all__ = ["Classifier", "ClassifyTask", "LinearHead", "Prototypes"]
+def fitted_thresholds(settings: Settings, *, model_version: str | None = None) -> dict[str, float]:
+    """Per-family thresholds of MINNOW_ROUTING__THRESHOLDS_FILE ({} when unset); with `model_version`, checked
+    against the model and head file in force."""
+    path = settings.routing.thresholds_file
+    if path is None:
+        return {}
+    fitted = ThresholdsFile.load(path)
+    if model_version is not None:
+        fitted.check(model_version, settings.head_file)
+    return {family: t.min_confidence for family, t in fitted.families.items()}
+
+
+def _oos_thresholds(heads: HeadFile | None) -> dict[str, float]:
+    if heads is None:
+        return {}
+    return {f: h.out_of_scope_threshold for f, h in heads.heads.items() if h.out_of_scope_threshold is not None}
 
 
 # ------------------------------------------------------------------------------------------------ the task
@@ -161,21 +200,35 @@ class ClassifyTask:
     field: ClassVar[str] = "classification"
     settled_for: ClassVar[frozenset[str]] = frozenset({"classify", "anomaly", "language"})
 
-    def __init__(self, settings: Settings, classifier: Classifier | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        classifier: Classifier | None = None,
+        *,
+        thresholds: Mapping[str, float] | None = None,
+        out_of_scope: Mapping[str, float] | None = None,
+    ) -> None:
         self._min_confidence = settings.routing.classify_min_confidence
+        self._thresholds = dict(thresholds or {})
+        self._out_of_scope = dict(out_of_scope or {})
         self._classifier = classifier
 
     @classmethod
     def configure(cls, settings: Settings) -> ClassifyTask:
-        return cls(settings)
+        """Routing only: the fitted thresholds and the heads' out-of-scope thresholds, no encoder, no checks."""
+        heads = HeadFile.load(settings.head_file) if settings.head_file else None
+        return cls(settings, thresholds=fitted_thresholds(settings), out_of_scope=_oos_thresholds(heads))
 
     @classmethod
     def load(cls, settings: Settings, encoder: Encoder) -> ClassifyTask:
-        """The configured label sets, with the trained heads when MINNOW_HEAD_FILE names some."""
+        """The configured label sets, with the trained heads when MINNOW_HEAD_FILE names some and the thresholds
+        of MINNOW_ROUTING__THRESHOLDS_FILE, checked against the model and heads they were fitted for."""
         heads = HeadFile.load(settings.head_file, encoder.files.version) if settings.head_file else None
+        thresholds = fitted_thresholds(settings, model_version=encoder.files.version)
         label_sets = load_label_sets(settings.labels_file)
         min_confidence = settings.routing.classify_min_confidence
-        return cls(settings, Classifier.build(label_sets, encoder, heads, min_confidence=min_confidence))
+        classifier = Classifier.build(label_sets, encoder, heads, min_confidence=min_confidence, thresholds=thresholds)
+        return cls(settings, classifier, thresholds=thresholds, out_of_scope=_oos_thresholds(heads))
 
     @property
     def classifier(self) -> Classifier:
@@ -196,7 +249,15 @@ class ClassifyTask:
         return out
 
     def reasons(self, c: Classification | None) -> list[str]:
-        return ["classify.low_confidence"] if c is not None and c.confidence < self._min_confidence else []
+        if c is None:
+            return []
+        out = []
+        if c.confidence < self._thresholds.get(c.label_set, self._min_confidence):
+            out.append("classify.low_confidence")
+        oos_threshold = self._out_of_scope.get(c.label_set)
+        if c.out_of_scope is not None and oos_threshold is not None and c.out_of_scope > oos_threshold:
+            out.append("classify.out_of_scope")
+        return out
 
     # ------------------------------------------------------------------------------- the large model's half
     def wanted(self, asked: Asked) -> bool:

@@ -11,9 +11,20 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.errors import ConfigError
-from pipeline.tasks.calibration import expected_calibration_error, fit_temperature, softmax
+from pipeline.tasks.calibration import expected_calibration_error, fit_temperature, nll, softmax
 
 HEAD_FORMAT = "minnow-heads-1"
+# Training rows with this label are requests the label set does not cover: they fit the out-of-scope threshold
+# and are never a class of the head (CLINC150 calls them `oos`).
+OUT_OF_SCOPE_LABEL = "oos"
+# Without out-of-scope examples, the threshold escalates this share of held-out in-scope items; with them, the
+# smallest share up to OUT_OF_SCOPE_MAX_RATE that escalates OUT_OF_SCOPE_RECALL of them.
+OUT_OF_SCOPE_RATE = 0.03
+OUT_OF_SCOPE_MAX_RATE = 0.08
+OUT_OF_SCOPE_RECALL = 0.9
+# Logistic regression's C, tried in order; measured on banking77 (60 % train): C=16 0.917 accuracy vs C=4 0.910.
+REGULARIZATION = (4.0, 16.0)
+MIN_HOLDOUT_TO_CHOOSE = 200
 
 
 class LinearHead(BaseModel):
@@ -27,6 +38,17 @@ class LinearHead(BaseModel):
     temperature: float = 1.0
     metrics: dict[str, float] = Field(default_factory=dict)
     examples: int = 0
+    # Out of scope: 1 - the highest cosine to a class centroid (the mean of the class's unit training vectors).
+    # Measured on CLINC150 against max-softmax, max-logit, energy and Mahalanobis: as good as the best, and cheap
+    # (docs/classification.md). Empty centroids: a head from before, with no out-of-scope score.
+    centroids: list[list[float]] = Field(default_factory=list)
+    out_of_scope_threshold: float | None = None
+
+    def out_of_scope(self, vectors: NDArray[np.float32]) -> NDArray[np.float64] | None:
+        """Distance to the nearest class centroid (0 = on a centroid, 2 = opposite); None without centroids."""
+        if not self.centroids:
+            return None
+        return _centroid_distance(vectors, np.asarray(self.centroids, dtype=np.float64))
 
     def logits(self, vectors: NDArray[np.float32]) -> NDArray[np.float64]:
         w = np.asarray(self.coef, dtype=np.float64)
@@ -47,6 +69,10 @@ class HeadFile(BaseModel):
     trained_at: str = ""
     heads: dict[str, LinearHead]
     zero_shot_temperature: dict[str, float]
+
+    def out_of_scope_threshold(self, family: str) -> float | None:
+        head = self.heads.get(family)
+        return head.out_of_scope_threshold if head is not None else None
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,6 +97,58 @@ class HeadFile(BaseModel):
         return head
 
 
+def _centroids(vectors: NDArray[np.float32], y: NDArray[np.int64], classes: int) -> NDArray[np.float64]:
+    unit = _unit(vectors)
+    # A class absent from a small training part gets a zero centroid: nothing is near it.
+    means = np.stack([unit[y == c].mean(axis=0) if (y == c).any() else np.zeros(unit.shape[1]) for c in range(classes)])
+    return _unit(means)
+
+
+def _unit(vectors: NDArray[np.floating]) -> NDArray[np.float64]:
+    v = np.asarray(vectors, dtype=np.float64)
+    out: NDArray[np.float64] = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    return out
+
+
+def _centroid_distance(vectors: NDArray[np.floating], centroids: NDArray[np.float64]) -> NDArray[np.float64]:
+    out: NDArray[np.float64] = 1.0 - (_unit(vectors) @ centroids.T).max(axis=1)
+    return out
+
+
+def fit_out_of_scope_threshold(
+    in_scope: NDArray[np.float64], out_of_scope: NDArray[np.float64] | None
+) -> tuple[float | None, dict[str, float]]:
+    """The distance above which an item is out of scope, from held-out in-scope distances (and out-of-scope ones).
+
+    A conformal quantile of the held-out in-scope distances: for a share r, the ceil((n + 1)(1 - r))-th smallest,
+    so that a new in-scope item exceeds it with probability at most r (exchangeability; Vovk et al.). r is
+    OUT_OF_SCOPE_RATE, or with out-of-scope examples the smallest share (1 %, 2 %, ... up to OUT_OF_SCOPE_MAX_RATE)
+    that escalates OUT_OF_SCOPE_RECALL of them. None (no out-of-scope score) when too few items are held out
+    for the share: fewer than 1 / r - 1."""
+
+    def quantile(rate: float) -> float | None:
+        ordered = np.sort(in_scope)
+        k = int(np.ceil((len(ordered) + 1) * (1 - rate)))
+        return float(ordered[k - 1]) if k <= len(ordered) else None
+
+    rate = OUT_OF_SCOPE_RATE
+    if out_of_scope is not None and len(out_of_scope):
+        rate = OUT_OF_SCOPE_MAX_RATE
+        for r in np.round(np.arange(0.01, OUT_OF_SCOPE_MAX_RATE + 1e-9, 0.01), 2):
+            t = quantile(float(r))
+            if t is not None and float((out_of_scope > t).mean()) >= OUT_OF_SCOPE_RECALL:
+                rate = float(r)
+                break
+    threshold = quantile(rate)
+    if threshold is None:
+        return None, {}
+    metrics = {"oos_holdout_in_scope_escalated": float((in_scope > threshold).mean())}
+    if out_of_scope is not None and len(out_of_scope):
+        metrics["oos_train_escalated"] = float((out_of_scope > threshold).mean())
+        metrics["oos_train_examples"] = float(len(out_of_scope))
+    return threshold, metrics
+
+
 def _split(n: int, holdout: float, seed: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)
@@ -85,8 +163,10 @@ def fit_head(
     *,
     holdout: float = 0.2,
     seed: int = 7,
+    oos_vectors: NDArray[np.float32] | None = None,
 ) -> LinearHead:
-    """Fit on (1 - holdout), fit the temperature and measure on the held-out part, then refit on everything."""
+    """Fit on (1 - holdout), fit the temperature and the out-of-scope threshold and measure on the held-out part,
+    then refit on everything. `oos_vectors`: examples outside the label set (label `oos`), for the threshold."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
 
@@ -100,13 +180,17 @@ def fit_head(
         missing = [label_names[i] for i in range(len(label_names)) if i not in present]
         raise ConfigError(f"no training examples for labels: {', '.join(missing)}")
 
-    def model() -> Any:
-        return LogisticRegression(C=4.0, max_iter=2000, class_weight="balanced")
+    def model(c: float) -> Any:
+        return LogisticRegression(C=c, max_iter=2000, class_weight="balanced")
 
     train, held = _split(len(y), holdout, seed)
-    clf = model().fit(vectors[train], y[train])
-    held_logits = _two_column(clf.decision_function(vectors[held]))
-    temperature = fit_temperature(held_logits, y[held])
+    # The inverse regularisation with the lowest calibrated held-out NLL; a small holdout would choose by noise.
+    fits = []
+    for c in REGULARIZATION if len(held) >= MIN_HOLDOUT_TO_CHOOSE else REGULARIZATION[:1]:
+        logits = _two_column(model(c).fit(vectors[train], y[train]).decision_function(vectors[held]))
+        t = fit_temperature(logits, y[held])
+        fits.append((nll(logits, y[held], t), c, logits, t))
+    _, chosen, held_logits, temperature = min(fits, key=lambda f: f[0])
     raw = softmax(held_logits)
     calibrated = softmax(held_logits, temperature)
     pred = calibrated.argmax(axis=1)
@@ -119,8 +203,15 @@ def fit_head(
         "holdout_ece_before": expected_calibration_error(raw, y[held]),
         "holdout_ece_after": expected_calibration_error(calibrated, y[held]),
         "holdout_examples": float(len(held)),
+        "regularization_c": chosen,
     }
-    full = model().fit(vectors, y)
+    train_centroids = _centroids(vectors[train], y[train], len(label_names))
+    oos_threshold, oos_metrics = fit_out_of_scope_threshold(
+        _centroid_distance(vectors[held], train_centroids),
+        _centroid_distance(oos_vectors, train_centroids) if oos_vectors is not None and len(oos_vectors) else None,
+    )
+    metrics.update(oos_metrics)
+    full = model(chosen).fit(vectors, y)
     coef, intercept = full.coef_, full.intercept_
     if len(label_names) == 2:  # sklearn keeps one row for two classes; softmax over (-z/2, z/2) is sigmoid(z)
         coef, intercept = np.vstack([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
@@ -131,6 +222,8 @@ def fit_head(
         temperature=temperature,
         metrics=metrics,
         examples=len(y),
+        centroids=_centroids(vectors, y, len(label_names)).tolist(),
+        out_of_scope_threshold=oos_threshold,
     )
 
 
@@ -165,6 +258,13 @@ def describe(head_file: HeadFile) -> str:
             f"{m.get('holdout_accuracy', 0):.3f}, macro-F1 {m.get('holdout_macro_f1', 0):.3f}, ECE "
             f"{m.get('holdout_ece_before', 0):.3f} -> {m.get('holdout_ece_after', 0):.3f} (T={head.temperature:.3f})"
         )
+        if head.out_of_scope_threshold is not None:
+            seen = m.get("oos_train_escalated")
+            known = f", {seen:.1%} of {int(m.get('oos_train_examples', 0))} out-of-scope examples" if seen else ""
+            lines.append(
+                f"    out of scope above distance {head.out_of_scope_threshold:.3f}: escalates "
+                f"{m.get('oos_holdout_in_scope_escalated', 0):.1%} of held-out in-scope items" + known
+            )
     for family, t in head_file.zero_shot_temperature.items():
         lines.append(f"  {family}: zero-shot temperature {t:.4f}")
     return "\n".join(lines)

@@ -10,9 +10,11 @@ from numpy.typing import NDArray
 
 from pipeline.engine import Encoder
 from pipeline.errors import ConfigError
+from pipeline.models import Classification
+from pipeline.settings import Settings
 from pipeline.tasks.calibration import expected_calibration_error, fit_temperature, softmax
-from pipeline.tasks.classify import Classifier, Prototypes
-from pipeline.tasks.heads import HeadFile, fit_head, new_head_file
+from pipeline.tasks.classify import Classifier, ClassifyTask, Prototypes
+from pipeline.tasks.heads import OUT_OF_SCOPE_RATE, HeadFile, fit_head, fit_out_of_scope_threshold, new_head_file
 from pipeline.tasks.labels import Label, LabelSet, load_label_sets
 
 ANIMALS = LabelSet(
@@ -151,3 +153,80 @@ def test_label_file_errors_are_clear(tmp_path: Path) -> None:
     bad.write_text("just: text")
     with pytest.raises(ConfigError, match="label_sets"):
         load_label_sets(bad)
+
+
+def test_out_of_scope_requests_escalate_with_their_own_reason(encoder: Encoder) -> None:
+    """A trained head stores centroids and an out-of-scope threshold; a request about none of its labels is past the
+    threshold and the task gives `classify.out_of_scope`, while an in-scope request does not."""
+    texts = [t for v in TRAIN.values() for t in v]
+    labels = [k for k, v in TRAIN.items() for _ in v]
+    vectors = encoder.embed(texts)
+    fitted = fit_head(vectors, labels, ANIMALS.names, holdout=0.34)
+    assert len(fitted.centroids) == 3
+    assert fitted.out_of_scope_threshold is None  # 6 held-out items cannot place a 3% conformal quantile
+    # Threshold here: farther than every training example (enough data fits it: test_fit_out_of_scope_threshold_...).
+    train_distances = fitted.out_of_scope(vectors)
+    assert train_distances is not None
+    head = fitted.model_copy(update={"out_of_scope_threshold": float(train_distances.max())})
+    assert head.out_of_scope_threshold is not None
+    heads = new_head_file({"pets": head}, {}, encoder.files.version)
+    clf = Classifier.build({"pets": ANIMALS}, encoder, heads, min_confidence=0.0)
+    far, near = clf.classify("pets", encoder.embed(["transfer money to my savings account", "my cat purrs loudly"]))
+    assert far.out_of_scope is not None and near.out_of_scope is not None
+    assert far.out_of_scope > head.out_of_scope_threshold > near.out_of_scope
+    task = ClassifyTask(Settings(), clf, out_of_scope={"pets": head.out_of_scope_threshold})
+    assert task.reasons(far) == ["classify.out_of_scope"]
+    assert task.reasons(near) == []
+
+
+def test_fitted_thresholds_win_over_the_setting_for_their_families() -> None:
+    """Precedence: a family in the thresholds file escalates below its fitted threshold; others below the setting."""
+    task = ClassifyTask(Settings(), thresholds={"pets": 0.9})
+    pets = Classification(label="cat", confidence=0.8, scores={"cat": 0.8}, label_set="pets", method="trained-head")
+    feed = pets.model_copy(update={"label_set": "feed"})
+    assert task.reasons(pets) == ["classify.low_confidence"]  # 0.8 < fitted 0.9
+    assert task.reasons(feed) == []  # 0.8 >= the default 0.55
+
+
+def test_calibration_scores_count_out_of_scope_rows_as_wrong_and_forced(encoder: Encoder) -> None:
+    """`minnow calibrate` scores rows as the router sees them: an `oos` row is never correct, and one the head finds
+    out of scope is forced to escalate whatever the threshold; a label outside the set is a ConfigError."""
+    from pipeline.commands.calibrate import score_family
+    from pipeline.training import LabeledRow
+
+    texts = [t for v in TRAIN.values() for t in v]
+    labels = [k for k, v in TRAIN.items() for _ in v]
+    vectors = encoder.embed(texts)
+    head = fit_head(vectors, labels, ANIMALS.names, holdout=0.34)
+    train_distances = head.out_of_scope(vectors)
+    assert train_distances is not None
+    head = head.model_copy(update={"out_of_scope_threshold": float(train_distances.max())})
+    clf = Classifier.build({"pets": ANIMALS}, encoder, new_head_file({"pets": head}, {}, encoder.files.version))
+    rows = [
+        LabeledRow(family="pets", text="my kitten sleeps on the radiator", label="cat"),
+        LabeledRow(family="pets", text="what is the interest rate on my mortgage", label="oos"),
+    ]
+    scored = score_family(clf, "pets", rows, encoder.embed)
+    assert scored.method == "trained-head"
+    assert scored.correct.tolist() == [True, False]
+    assert scored.forced.tolist() == [False, True]
+    with pytest.raises(ConfigError, match="not in the 'pets' label set"):
+        score_family(clf, "pets", [LabeledRow(family="pets", text="a parrot", label="bird")], encoder.embed)
+
+
+def test_fit_out_of_scope_threshold_is_a_conformal_quantile() -> None:
+    """Over 300 draws of 200 held-out in-scope distances, a new in-scope item lies above the threshold in at most
+    3% of cases on average (plus sampling slack); with out-of-scope examples the smallest share reaching 90% of
+    them is taken; too few held-out items give no threshold."""
+    rng = np.random.default_rng(8)
+    exceed = []
+    for _ in range(300):
+        t, _ = fit_out_of_scope_threshold(rng.uniform(0, 1, 200), None)
+        assert t is not None
+        exceed.append(float(rng.uniform(0, 1) > t))
+    assert np.mean(exceed) <= OUT_OF_SCOPE_RATE + 3 * np.sqrt(OUT_OF_SCOPE_RATE / 300)
+    in_scope = rng.uniform(0, 1, 1000)
+    threshold, metrics = fit_out_of_scope_threshold(in_scope, rng.uniform(0.97, 1.2, 100))
+    assert threshold is not None and metrics["oos_train_escalated"] >= 0.9
+    assert 0.95 < threshold < 0.985  # share 1% or 2%, not the default 3% (threshold ~0.97)
+    assert fit_out_of_scope_threshold(rng.uniform(0, 1, 20), None) == (None, {})
