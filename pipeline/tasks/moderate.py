@@ -1,5 +1,6 @@
-"""The moderation task: per-category scores from profanity-check and calibrated embedding heads, the per-category
-policy (thresholds, uncertain bands) that turns them into a decision, and what a large model is asked when unsure."""
+"""The moderation task: per-category scores from the shipped heads (embedding, hashed n-grams and profanity-check,
+stacked), the per-category policy (thresholds, uncertain bands) that turns them into a decision, and what a large
+model is asked when unsure."""
 
 from __future__ import annotations
 
@@ -20,12 +21,12 @@ from pipeline.tasks.moderation_heads import (  # re-exported: the moderation tas
     CATEGORIES,
     CONFIG_FILE,
     EVAL_FILE,
+    HEADS_FILE,
     SEED_FILE,
     Floats,
+    Lexical,
     ModerationHeads,
     ProfanityModel,
-    fit_heads,
-    heads_path,
     read_labelled,
 )
 
@@ -37,16 +38,16 @@ __all__ = [
     "CONFIG_FILE",
     "EVAL_FILE",
     "FLAG_AT",
+    "HEADS_FILE",
     "SEED_FILE",
     "CategoryPolicy",
     "Floats",
+    "Lexical",
     "ModerateTask",
     "ModerationConfig",
     "ModerationHeads",
     "Moderator",
     "ProfanityModel",
-    "fit_heads",
-    "heads_path",
     "read_labelled",
 ]
 
@@ -106,32 +107,19 @@ class ModerationConfig(BaseModel):
 class Moderator:
     """Scores texts per category and turns the scores into `Moderation` results."""
 
-    def __init__(
-        self, heads: ModerationHeads, profanity: ProfanityModel, config: ModerationConfig, *, from_cache: bool
-    ) -> None:
+    def __init__(self, heads: ModerationHeads, profanity: ProfanityModel, config: ModerationConfig) -> None:
         self.heads = heads
         self.profanity = profanity
+        self.lexical = Lexical()
         self.config = config
-        self.from_cache = from_cache  # False when load() had to fit the heads
         self._threshold = config.column("threshold")
         self._low = config.column("uncertain_low")
         self._high = config.column("uncertain_high")
 
     @classmethod
-    def load(
-        cls, encoder: Encoder, cache_dir: Path, config: ModerationConfig | None = None, *, seed: Path = SEED_FILE
-    ) -> Moderator:
-        """Cached heads for this encoder and seed file, fitted (seconds) and cached when absent."""
-        config = config or ModerationConfig.from_yaml()
-        profanity = ProfanityModel.load()
-        path = heads_path(cache_dir, encoder, seed)
-        heads = ModerationHeads.read(path)
-        if heads is not None:
-            return cls(heads, profanity, config, from_cache=True)
-        texts, labels = read_labelled(seed)
-        heads = fit_heads(encoder.embed(texts), labels, profanity.probability(texts))
-        heads.save(path)
-        return cls(heads, profanity, config, from_cache=False)
+    def load(cls, config: ModerationConfig | None = None, *, heads: Path = HEADS_FILE) -> Moderator:
+        """The shipped heads (trained offline: pipeline/tasks/moderation_train.py) under the given or bundled policy."""
+        return cls(ModerationHeads.load(heads), ProfanityModel.load(), config or ModerationConfig.from_yaml())
 
     def scores(self, texts: Sequence[str], vectors: NDArray[np.floating]) -> Floats:
         """(texts, categories) calibrated scores, columns in CATEGORIES order."""
@@ -139,11 +127,9 @@ class Moderator:
             raise InferenceError(f"moderation got {len(texts)} texts but {len(vectors)} vectors")
         if not texts:
             return np.zeros((0, len(CATEGORIES)))
-        if vectors.ndim != 2 or vectors.shape[1] != self.heads.coef.shape[0]:
-            raise InferenceError(
-                f"moderation expects ({len(texts)}, {self.heads.coef.shape[0]}) vectors, got {vectors.shape}"
-            )
-        return self.heads.scores(vectors, self.profanity.probability(texts))
+        if vectors.ndim != 2 or vectors.shape[1] != self.heads.dim:
+            raise InferenceError(f"moderation expects ({len(texts)}, {self.heads.dim}) vectors, got {vectors.shape}")
+        return self.heads.scores(vectors, self.lexical.features(texts), self.profanity.probability(texts))
 
     def moderate(self, texts: Sequence[str], vectors: NDArray[np.floating]) -> list[Moderation]:
         """One result per text; `vectors` are the texts' embeddings from the shared encoder pass."""
@@ -224,9 +210,9 @@ class ModerateTask:
 
     @classmethod
     def load(cls, settings: Settings, encoder: Encoder) -> ModerateTask:
-        """The moderation heads (fitted once per model build, then cached) under the configured policy."""
+        """The shipped moderation heads under the configured policy (the encoder's vectors come with each batch)."""
         policy = ModerationConfig.from_yaml(settings.moderation_file) if settings.moderation_file else None
-        return cls(settings, Moderator.load(encoder, Path(settings.engine.cache_dir), policy))
+        return cls(settings, Moderator.load(policy))
 
     @property
     def moderator(self) -> Moderator:

@@ -84,5 +84,5 @@ if __name__ == "__main__":  # python -m pipeline.tasks.moderation_eval: the numb
 
     engine = load_settings().engine
     enc = load_encoder(engine)
-    mod = Moderator.load(enc, engine.cache_dir)
+    mod = Moderator.load()
     print(json.dumps({"eval": evaluate(mod, enc), "batch_of_64": _per_batch_ms(mod, enc)}, indent=1))

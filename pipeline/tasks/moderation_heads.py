@@ -1,29 +1,27 @@
-"""Moderation heads: profanity-check's linear model and calibrated per-category embedding heads (seed-set fit)."""
+"""Moderation heads: profanity-check's linear model, a hashed n-gram model and embedding heads per category, stacked
+by a calibration layer; trained offline (pipeline/tasks/moderation_train.py) and shipped as moderation_heads.npz."""
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
 import importlib.util
 import io
 import json
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from pipeline.errors import ConfigError, ModelError
 
-if TYPE_CHECKING:
-    from pipeline.engine.encoder import Encoder
-
 Floats = NDArray[np.float64]
+Sparse = Any  # a scipy.sparse csr_matrix (scipy has no type stubs here)
 
 CATEGORIES: tuple[str, ...] = (
     "harassment",
@@ -35,17 +33,15 @@ CATEGORIES: tuple[str, ...] = (
     "profanity",
     "spam",
 )
-# profanity-check was trained on offensive language, so it is evidence for these two and noise for the rest.
-PROFANITY_INFORMED = frozenset({"harassment", "profanity"})
-# Bump when the fitting recipe changes: heads cached under the old recipe are then refitted.
-HEAD_RECIPE = "moderation-heads-1"
-HEAD_C = 16.0  # inverse L2 strength of each head, chosen by 5-fold CV on the seed set (docs/moderation.md)
-FOLDS = 5
+# Bump when the features or the file layout change: a shipped file of another recipe is refused at load.
+HEAD_RECIPE = "moderation-heads-2"
+TRAIN_COMMAND = "python -m pipeline.tasks.moderation_train --data-dir ../shared/data"
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 SEED_FILE = DATA_DIR / "moderation_seed.jsonl"
 CONFIG_FILE = DATA_DIR / "moderation.yaml"
 EVAL_FILE = DATA_DIR / "moderation_eval.jsonl"
+HEADS_FILE = DATA_DIR / "moderation_heads.npz"
 
 
 # --------------------------------------------------------------------------------------------- profanity
@@ -119,82 +115,110 @@ def _logit(p: Floats) -> Floats:
     return out
 
 
+# ---------------------------------------------------------------------------------------------- lexical
+# Word 1-2-grams and character 2-5-grams (within word boundaries), hashed: no vocabulary to ship, the same features
+# at training and at load. Handles, links and retweet marks are normalised first, as the tweet sets anonymise them.
+WORD_FEATURES = 2**16
+CHAR_FEATURES = 2**17
+LEXICAL_FEATURES = WORD_FEATURES + CHAR_FEATURES
+_HANDLE = re.compile(r"@\w+")
+_LINK = re.compile(r"https?://\S+|www\.\S+")
+_RETWEET = re.compile(r"\brt\b:?")
+
+
+def normalise(text: str) -> str:
+    text = _LINK.sub(" url ", text.lower().replace("&amp;", "&"))
+    return _RETWEET.sub(" ", _HANDLE.sub(" @user ", text))
+
+
+class Lexical:
+    """The hashed n-gram featurizer (stateless: scikit-learn's HashingVectorizer with fixed parameters)."""
+
+    def __init__(self) -> None:
+        from sklearn.feature_extraction.text import HashingVectorizer
+
+        common: dict[str, Any] = {"alternate_sign": False, "norm": "l2", "binary": True, "lowercase": False}
+        self._word = HashingVectorizer(analyzer="word", ngram_range=(1, 2), n_features=WORD_FEATURES, **common)
+        self._char = HashingVectorizer(analyzer="char_wb", ngram_range=(2, 5), n_features=CHAR_FEATURES, **common)
+
+    def features(self, texts: Sequence[str]) -> Sparse:
+        """(texts, LEXICAL_FEATURES) sparse rows, each half L2-normalised."""
+        from scipy.sparse import hstack  # type: ignore[import-untyped]
+
+        clean = [normalise(t) for t in texts]
+        out: Sparse = hstack([self._word.transform(clean), self._char.transform(clean)], format="csr")
+        return out
+
+
 # ------------------------------------------------------------------------------------------------- heads
 @dataclass(frozen=True)
 class ModerationHeads:
-    """One logistic-regression head per category over embeddings, with a Platt layer on top.
+    """Per category: a logistic head over the embedding, one over hashed n-grams, and profanity-check, stacked.
 
-    score = sigmoid(slope * (vector @ coef + intercept) + profanity_slope * logit(p_profanity) + offset)
+    score = sigmoid(w_emb * (vector @ emb_coef + emb_bias) + w_lex * (ngrams @ lex_coef + lex_bias)
+                    + w_prof * logit(P_profanity) + offset)
+    A zero stacking weight switches an input off for a category (`profanity` uses profanity-check alone).
     """
 
-    coef: Floats  # (dim, categories)
-    intercept: Floats  # (categories,)
-    slope: Floats
-    profanity_slope: Floats  # zero outside PROFANITY_INFORMED
+    emb_coef: Floats  # (dim, categories)
+    emb_bias: Floats  # (categories,)
+    lex_coef: NDArray[np.float32]  # (LEXICAL_FEATURES, categories)
+    lex_bias: Floats
+    w_emb: Floats
+    w_lex: Floats
+    w_prof: Floats
     offset: Floats
 
-    def scores(self, vectors: NDArray[np.floating], profanity: Floats) -> Floats:
-        head = np.asarray(vectors, dtype=np.float64) @ self.coef + self.intercept
-        return _sigmoid(head * self.slope + _logit(profanity)[:, None] * self.profanity_slope + self.offset)
+    @property
+    def dim(self) -> int:
+        return int(self.emb_coef.shape[0])
+
+    def parts(self, vectors: NDArray[np.floating], ngrams: Sparse, profanity: Floats) -> tuple[Floats, Floats, Floats]:
+        """The three stacked inputs: embedding-head logits, n-gram-head logits, profanity logits."""
+        emb = np.asarray(vectors, dtype=np.float64) @ self.emb_coef + self.emb_bias
+        lex = np.asarray(ngrams @ self.lex_coef, dtype=np.float64) + self.lex_bias
+        return emb, lex, _logit(profanity)
+
+    def scores(self, vectors: NDArray[np.floating], ngrams: Sparse, profanity: Floats) -> Floats:
+        emb, lex, prof = self.parts(vectors, ngrams, profanity)
+        return _sigmoid(emb * self.w_emb + lex * self.w_lex + prof[:, None] * self.w_prof + self.offset)
 
     def save(self, path: Path) -> None:
         buffer = io.BytesIO()
-        np.savez(buffer, categories=np.array(CATEGORIES), **{k: getattr(self, k) for k in _HEAD_FIELDS})
+        arrays = {k: getattr(self, k) for k in _HEAD_FIELDS}
+        arrays["lex_coef"] = self.lex_coef.astype(np.float16)  # halves the shipped file; scores move < 1e-3
+        np.savez_compressed(buffer, categories=np.array(CATEGORIES), recipe=np.array(HEAD_RECIPE), **arrays)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         with os.fdopen(fd, "wb") as f:
             f.write(buffer.getvalue())
-        os.replace(tmp, path)  # atomic: workers starting together never read a half-written file
+        os.replace(tmp, path)  # atomic: a reader never sees a half-written file
 
     @classmethod
-    def read(cls, path: Path) -> ModerationHeads | None:
-        """The cached heads, or None when the file is missing, unreadable or for other categories."""
+    def load(cls, path: Path = HEADS_FILE) -> ModerationHeads:
+        """The trained heads; a missing, unreadable or foreign file is a ModelError saying what to run."""
         try:
             with np.load(path, allow_pickle=False) as data:
-                if tuple(str(c) for c in data["categories"]) != CATEGORIES:
-                    return None
-                return cls(**{k: np.asarray(data[k], dtype=np.float64) for k in _HEAD_FIELDS})
-        except (OSError, KeyError, ValueError):
-            return None
+                categories = tuple(str(c) for c in data["categories"])
+                recipe = str(data["recipe"])
+                arrays = {k: np.asarray(data[k]) for k in _HEAD_FIELDS}
+        except (OSError, KeyError, ValueError) as exc:
+            raise ModelError(f"cannot read moderation heads {path} ({exc}); run: {TRAIN_COMMAND}") from exc
+        if categories != CATEGORIES or recipe != HEAD_RECIPE:
+            raise ModelError(
+                f"moderation heads {path} are for {list(categories)} ({recipe}), not {list(CATEGORIES)} "
+                f"({HEAD_RECIPE}); run: {TRAIN_COMMAND}"
+            )
+        if arrays["lex_coef"].shape != (LEXICAL_FEATURES, len(CATEGORIES)):
+            raise ModelError(
+                f"moderation heads {path} have n-gram weights of shape {arrays['lex_coef'].shape}; run: {TRAIN_COMMAND}"
+            )
+        fields: dict[str, Any] = {k: v.astype(np.float64) for k, v in arrays.items()}
+        fields["lex_coef"] = arrays["lex_coef"].astype(np.float32)
+        return cls(**fields)
 
 
-_HEAD_FIELDS = ("coef", "intercept", "slope", "profanity_slope", "offset")
-
-
-def fit_heads(vectors: NDArray[np.floating], labels: NDArray[np.bool_], profanity: Floats) -> ModerationHeads:
-    """Fit every category's head, and its Platt layer on 5-fold out-of-fold head scores."""
-    x = np.asarray(vectors, dtype=np.float64)
-    fitted = [
-        _fit_category(x, labels[:, k], _logit(profanity), name in PROFANITY_INFORMED)
-        for k, name in enumerate(CATEGORIES)
-    ]
-    coef, intercept, slope, profanity_slope, offset = (np.array(column) for column in zip(*fitted, strict=True))
-    return ModerationHeads(coef.T, intercept, slope, profanity_slope, offset)
-
-
-def _fit_category(
-    x: Floats, y: NDArray[np.bool_], profanity_logit: Floats, informed: bool
-) -> tuple[Floats, float, float, float, float]:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-
-    # Balanced weights: each category has ~60 positives among ~800 seed texts.
-    head = LogisticRegression(C=HEAD_C, class_weight="balanced", max_iter=5000)
-    folds = StratifiedKFold(FOLDS, shuffle=True, random_state=0)
-    held_out = cross_val_predict(head, x, y, cv=folds, method="decision_function")
-    features = np.column_stack([held_out, profanity_logit]) if informed else held_out[:, None]
-    # Unweighted Platt: probabilities for the seed set's mix (~8% per category); balanced weights here
-    # flagged about three times as many benign seed texts in cross-validation (docs/moderation.md).
-    platt = LogisticRegression(C=1e4, max_iter=5000).fit(features, y)
-    head.fit(x, y)
-    profanity_slope = float(platt.coef_[0, 1]) if informed else 0.0
-    return (
-        head.coef_[0],
-        float(head.intercept_[0]),
-        float(platt.coef_[0, 0]),
-        profanity_slope,
-        float(platt.intercept_[0]),
-    )
+_HEAD_FIELDS = ("emb_coef", "emb_bias", "lex_coef", "lex_bias", "w_emb", "w_lex", "w_prof", "offset")
 
 
 # -------------------------------------------------------------------------------------------------- seed
@@ -219,11 +243,3 @@ def read_labelled(path: Path) -> tuple[list[str], NDArray[np.bool_]]:
         texts.append(text)
         rows.append([c in cats for c in CATEGORIES])
     return texts, np.array(rows, dtype=bool).reshape(len(rows), len(CATEGORIES))
-
-
-def heads_path(cache_dir: Path, encoder: Encoder, seed: Path) -> Path:
-    """Cache file keyed by model version, precision, seed file, recipe and profanity-check version."""
-    digest = hashlib.sha256(seed.read_bytes())
-    digest.update(f"{HEAD_RECIPE}|{CATEGORIES}|{importlib.metadata.version('alt-profanity-check')}".encode())
-    key = f"{encoder.files.version}-{encoder.files.precision}-{digest.hexdigest()[:16]}"
-    return cache_dir / "moderation" / f"heads-{key}.npz"

@@ -1,4 +1,5 @@
-"""The moderate task: category flags, the uncertain band, config thresholds, the head cache, held-out quality."""
+"""The moderate task: the shipped heads score obvious cases sensibly, the uncertain band, config thresholds, the
+shipped file's checks, held-out quality."""
 
 from __future__ import annotations
 
@@ -8,32 +9,27 @@ import numpy as np
 import pytest
 
 from pipeline.engine import Encoder
-from pipeline.errors import ConfigError, InferenceError
+from pipeline.errors import ConfigError, InferenceError, ModelError
 from pipeline.models import Moderation
 from pipeline.tasks.moderate import (
     CATEGORIES,
     EVAL_FILE,
+    HEADS_FILE,
     SEED_FILE,
     CategoryPolicy,
     ModerationConfig,
     ModerationHeads,
     Moderator,
     ProfanityModel,
-    heads_path,
     read_labelled,
 )
 from pipeline.tasks.moderation_eval import evaluate
 
 
 @pytest.fixture(scope="module")
-def heads_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("moderation-cache")
-
-
-@pytest.fixture(scope="module")
-def moderator(encoder: Encoder, heads_cache: Path) -> Moderator:
-    """Fitted on the bundled seed set into an empty cache (a few seconds)."""
-    return Moderator.load(encoder, heads_cache)
+def moderator() -> Moderator:
+    """The shipped heads (pipeline/data/moderation_heads.npz) under the bundled policy."""
+    return Moderator.load()
 
 
 def run(moderator: Moderator, encoder: Encoder, texts: list[str]) -> list[Moderation]:
@@ -83,6 +79,11 @@ def test_clear_positive_is_flagged_in_its_category(
         "Suicide prevention training is available for all teachers.",
         "Our museum tour covers the history of the civil rights movement.",
         "The ambulance arrived within minutes of the crash.",
+        # Issue 9: support requests the seed-only heads flagged as spam and illicit.
+        "please move $100 from my checking to saving account",
+        "Someone used my card without permission, how do I block it and get a refund?",
+        "What is the exchange rate for a transfer to euros?",
+        "set an alarm for 6am and remind me to call the bank",
     ],
 )
 def test_benign_and_hard_negative_texts_are_not_flagged(moderator: Moderator, encoder: Encoder, text: str) -> None:
@@ -122,13 +123,11 @@ def test_texts_and_vectors_of_different_lengths_are_an_inference_error(moderator
 
 
 # --------------------------------------------------------------------------------------- band and config
-def test_score_inside_the_band_is_uncertain_with_a_readable_reason(
-    moderator: Moderator, encoder: Encoder, heads_cache: Path
-) -> None:
+def test_score_inside_the_band_is_uncertain_with_a_readable_reason(moderator: Moderator, encoder: Encoder) -> None:
     text = "Can we move the retro to Friday afternoon?"
     score = run(moderator, encoder, [text])[0].categories["harassment"]
     config = with_policy(moderator.config, "harassment", score + 0.01, max(score - 0.05, 0.0), score + 0.2)
-    (result,) = run(Moderator.load(encoder, heads_cache, config), encoder, [text])
+    (result,) = run(Moderator.load(config), encoder, [text])
 
     policy = config.categories["harassment"]
     assert result.uncertain_categories == ["harassment"]
@@ -140,24 +139,37 @@ def test_score_inside_the_band_is_uncertain_with_a_readable_reason(
     )
 
 
-def test_thresholds_from_config_decide_the_flag(moderator: Moderator, encoder: Encoder, heads_cache: Path) -> None:
+def test_thresholds_from_config_decide_the_flag(moderator: Moderator, encoder: Encoder) -> None:
     text = "You are so annoying."
     score = run(moderator, encoder, [text])[0].categories["harassment"]
     assert 0.0 < score < 1.0
     below = with_policy(moderator.config, "harassment", score / 2, score / 4, (score + 1) / 2)
     above = with_policy(moderator.config, "harassment", (score + 1) / 2, score / 2, (score + 3) / 4)
 
-    flagged = run(Moderator.load(encoder, heads_cache, below), encoder, [text])[0]
-    passed = run(Moderator.load(encoder, heads_cache, above), encoder, [text])[0]
+    flagged = run(Moderator.load(below), encoder, [text])[0]
+    passed = run(Moderator.load(above), encoder, [text])[0]
     assert "harassment" in flagged.flagged_categories
     assert "harassment" not in passed.flagged_categories
 
 
-def test_bundled_config_applies_defaults_and_overrides() -> None:
+def test_bundled_config_is_fitted_and_self_harm_leans_to_recall() -> None:
+    """The bundled policy covers every category, and self-harm flags no later than the categories tuned for F1."""
     config = ModerationConfig.from_yaml()
     assert set(config.categories) == set(CATEGORIES)
-    assert config.categories["harassment"] == CategoryPolicy(threshold=0.4, uncertain_low=0.25, uncertain_high=0.6)
-    assert config.categories["self-harm"].threshold == 0.3
+    others = [config.categories[c].threshold for c in CATEGORIES if c != "self-harm"]
+    assert config.categories["self-harm"].threshold <= float(np.median(others))
+
+
+def test_operator_defaults_and_overrides_apply(tmp_path: Path) -> None:
+    """An operator's file (MINNOW_MODERATION_FILE) sets defaults for every category and overrides one."""
+    path = tmp_path / "moderation.yaml"
+    path.write_text(
+        "defaults: {threshold: 0.6, uncertain_low: 0.4, uncertain_high: 0.8}\n"
+        "categories: {spam: {threshold: 0.9, uncertain_high: 0.95}}\n"
+    )
+    config = ModerationConfig.from_yaml(path)
+    assert config.categories["hate"] == CategoryPolicy(threshold=0.6, uncertain_low=0.4, uncertain_high=0.8)
+    assert config.categories["spam"] == CategoryPolicy(threshold=0.9, uncertain_low=0.4, uncertain_high=0.95)
 
 
 def test_threshold_outside_its_band_is_a_config_error(tmp_path: Path) -> None:
@@ -174,33 +186,39 @@ def test_unknown_category_in_config_is_a_config_error(tmp_path: Path) -> None:
         ModerationConfig.from_yaml(path)
 
 
-# -------------------------------------------------------------------------------------------- the cache
-def test_second_load_reuses_the_cached_heads_without_refitting(
-    moderator: Moderator, encoder: Encoder, heads_cache: Path
-) -> None:
-    path = heads_path(heads_cache, encoder, SEED_FILE)
-    assert moderator.from_cache is False  # the module fixture fitted into an empty cache
-    written = path.stat().st_mtime_ns
-
-    again = Moderator.load(encoder, heads_cache)
-
-    assert again.from_cache is True
-    assert path.stat().st_mtime_ns == written
-    np.testing.assert_array_equal(again.heads.coef, moderator.heads.coef)
+# ---------------------------------------------------------------------------------------- the shipped file
+def test_missing_heads_file_is_a_model_error_saying_what_to_run(tmp_path: Path) -> None:
+    """Without the shipped file, loading fails in one line naming the training command."""
+    with pytest.raises(ModelError, match=r"run: python -m pipeline.tasks.moderation_train --data-dir"):
+        ModerationHeads.load(tmp_path / "absent.npz")
 
 
-def test_cache_key_changes_with_the_seed_file(encoder: Encoder, tmp_path: Path) -> None:
-    seed_a, seed_b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    seed_a.write_text('{"text": "hi", "categories": []}\n')
-    seed_b.write_text('{"text": "hello", "categories": []}\n')
-    assert heads_path(tmp_path, encoder, seed_a) != heads_path(tmp_path, encoder, seed_b)
-    assert encoder.files.version in heads_path(tmp_path, encoder, seed_a).name
-
-
-def test_unreadable_cache_file_reads_as_missing(tmp_path: Path) -> None:
+def test_heads_for_other_categories_are_refused(tmp_path: Path) -> None:
+    """A heads file whose categories differ from CATEGORIES is refused, not misread column by column."""
+    with np.load(HEADS_FILE, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["categories"] = np.array([*CATEGORIES[:-1], "gossip"])
     path = tmp_path / "heads.npz"
-    path.write_bytes(b"not a numpy archive")
-    assert ModerationHeads.read(path) is None
+    np.savez(path, **arrays)
+    with pytest.raises(ModelError, match="gossip"):
+        ModerationHeads.load(path)
+
+
+def test_heads_survive_a_save_and_load(moderator: Moderator, tmp_path: Path) -> None:
+    """Saving and loading the heads keeps their weights (the n-gram weights are stored as float16)."""
+    path = tmp_path / "heads.npz"
+    moderator.heads.save(path)
+    again = ModerationHeads.load(path)
+    np.testing.assert_array_equal(again.emb_coef, moderator.heads.emb_coef)
+    np.testing.assert_allclose(again.lex_coef, moderator.heads.lex_coef, rtol=1e-3, atol=1e-6)
+
+
+def test_profanity_category_is_profanity_check_alone(moderator: Moderator) -> None:
+    """`profanity` is profanity-check's own score, calibrated: no embedding or n-gram weight dilutes it."""
+    k = CATEGORIES.index("profanity")
+    assert moderator.heads.w_emb[k] == 0.0
+    assert moderator.heads.w_lex[k] == 0.0
+    assert moderator.heads.w_prof[k] > 0.0
 
 
 # ----------------------------------------------------------------------------------- profanity and data
