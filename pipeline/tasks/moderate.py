@@ -131,26 +131,46 @@ class Moderator:
             raise InferenceError(f"moderation expects ({len(texts)}, {self.heads.dim}) vectors, got {vectors.shape}")
         return self.heads.scores(vectors, self.lexical.features(texts), self.profanity.probability(texts))
 
-    def moderate(self, texts: Sequence[str], vectors: NDArray[np.floating]) -> list[Moderation]:
-        """One result per text; `vectors` are the texts' embeddings from the shared encoder pass."""
+    def moderate(
+        self,
+        texts: Sequence[str],
+        vectors: NDArray[np.floating],
+        categories: Sequence[tuple[str, ...] | None] | None = None,
+    ) -> list[Moderation]:
+        """One result per text; `vectors` are the texts' embeddings from the shared encoder pass.
+
+        `categories`, per text, trims the taxonomy (None: every category): a category left out is not reported,
+        cannot flag and cannot lower the confidence.
+        """
         # Decide on the rounded scores the result reports, so a reader never sees 0.4 unflagged at 0.4.
         scores = np.round(self.scores(texts, vectors), 4)
-        certainty = self._certainty(scores)
+        kept = self._kept(len(texts), categories)
+        certainty = np.where(kept, self._certainty(scores), 1.0)
         confidence = np.round(certainty.min(axis=1), 4).tolist()
         # Whole-batch masks turned into Python lists once: per-item numpy calls cost more than the scoring.
-        flagged = (scores >= self._threshold).tolist()
-        uncertain = ((scores >= self._low) & (scores <= self._high)).tolist()
+        flagged = (kept & (scores >= self._threshold)).tolist()
+        uncertain = (kept & (scores >= self._low) & (scores <= self._high)).tolist()
+        keep = kept.tolist()
         return [
             Moderation(
                 flagged=any(flagged[i]),
                 confidence=confidence[i],
-                categories=dict(zip(CATEGORIES, row, strict=True)),
+                categories={name: score for name, score, on in zip(CATEGORIES, row, keep[i], strict=True) if on},
                 flagged_categories=_names(flagged[i]),
                 uncertain_categories=_names(uncertain[i]),
                 reasons=self._reasons(scores[i], certainty[i]) if confidence[i] < 1.0 else [],
             )
             for i, row in enumerate(scores.tolist())
         ]
+
+    @staticmethod
+    def _kept(n: int, categories: Sequence[tuple[str, ...] | None] | None) -> NDArray[np.bool_]:
+        """(texts, categories) mask of the categories each text is moderated for."""
+        kept = np.ones((n, len(CATEGORIES)), dtype=bool)
+        for i, names in enumerate(categories or ()):
+            if names is not None:
+                kept[i] = [name in names for name in CATEGORIES]
+        return kept
 
     def _certainty(self, scores: Floats) -> Floats:
         """Per category, how far the score is from its threshold, on a scale the band defines.
@@ -193,6 +213,17 @@ class ModerationAnswer(Answer):
     categories: dict[str, float]
 
 
+def _check_trimmed_categories(settings: Settings) -> None:
+    """A stream's trimmed category set names known categories only: a typo must not silently moderate nothing."""
+    for family, chosen in settings.families:
+        unknown = sorted(set(chosen.moderation_categories or ()) - set(CATEGORIES))
+        if unknown:
+            raise ConfigError(
+                f"MINNOW_FAMILIES__{family.upper()}__MODERATION_CATEGORIES: unknown {', '.join(unknown)}; "
+                f"choose from {', '.join(CATEGORIES)}"
+            )
+
+
 class ModerateTask:
     """Moderate each event's text under the per-category policy; a large model scores every category when unsure."""
 
@@ -201,6 +232,7 @@ class ModerateTask:
     settled_for: ClassVar[frozenset[str]] = frozenset({"moderate", "language"})
 
     def __init__(self, settings: Settings, moderator: Moderator | None = None) -> None:
+        _check_trimmed_categories(settings)
         self._routing = settings.routing
         self._moderator = moderator
 
@@ -226,7 +258,9 @@ class ModerateTask:
         if not idx:
             return out
         vectors = np.stack([batch.embeddings[i].vector for i in idx])
-        for i, m in zip(idx, self.moderator.moderate([batch.texts[i] for i in idx], vectors), strict=True):
+        texts = [batch.texts[i] for i in idx]
+        trimmed = [batch.jobs[i].moderation_categories for i in idx]
+        for i, m in zip(idx, self.moderator.moderate(texts, vectors, trimmed), strict=True):
             out[i] = m
         return out
 

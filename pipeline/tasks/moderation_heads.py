@@ -143,7 +143,7 @@ class Lexical:
 
     def features(self, texts: Sequence[str]) -> Sparse:
         """(texts, LEXICAL_FEATURES) sparse rows, each half L2-normalised."""
-        from scipy.sparse import hstack  # type: ignore[import-untyped]
+        from scipy.sparse import hstack
 
         clean = [normalise(t) for t in texts]
         out: Sparse = hstack([self._word.transform(clean), self._char.transform(clean)], format="csr")

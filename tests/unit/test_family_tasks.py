@@ -10,6 +10,7 @@ from pipeline.errors import ConfigError
 from pipeline.models import EncoderJob, FeedEvent, Result, TranscriptSegment
 from pipeline.settings import FamiliesSettings, FamilyTasks, Settings, load_settings
 from pipeline.stages.infer import MiniModel, chosen
+from pipeline.tasks.moderate import ModerateTask
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 FULL = EncoderJob("some text", "feed", moderate=True, summarize=True)
@@ -71,3 +72,26 @@ def test_a_moderation_only_stream_gets_moderation_and_nothing_else(mini_model: M
     assert (feed_result.classification, feed_result.summary, feed_result.language) == (None, None, None)
     assert not any(reason.startswith("classify.") for reason in feed_result.escalation_reasons)
     assert segment_result.classification is not None and segment_result.moderation is not None
+
+
+def test_a_trimmed_category_set_is_all_a_result_reports_flags_and_escalates_for(mini_model: MiniModel) -> None:
+    """An insult scored for `spam` only: not flagged, only `spam` on the result; untrimmed, harassment flags it."""
+    insult = FeedEvent(id="i", source="t", text="You are a worthless idiot and everyone hates you.", created_at=NOW)
+    full = mini_model.process([insult])[0]
+    assert (
+        isinstance(full, Result) and full.moderation is not None and "harassment" in full.moderation.flagged_categories
+    )
+    families = FamiliesSettings(feed=FamilyTasks(moderation_categories=("spam",)))
+    settings = Settings(engine=mini_model.settings.engine, families=families)
+    trimmed = MiniModel(mini_model.encoder, mini_model.tasks, settings).process([insult])[0]
+    assert isinstance(trimmed, Result) and trimmed.moderation is not None
+    assert list(trimmed.moderation.categories) == ["spam"]
+    assert trimmed.moderation.categories["spam"] == full.moderation.categories["spam"]
+    assert not trimmed.moderation.flagged and trimmed.moderation.uncertain_categories == []
+    assert all(reason.startswith("spam ") for reason in trimmed.moderation.reasons)
+
+
+def test_an_unknown_moderation_category_stops_start_up_with_the_known_ones() -> None:
+    settings = Settings(families=FamiliesSettings(feed=FamilyTasks(moderation_categories=("hate", "slurs"))))
+    with pytest.raises(ConfigError, match="MINNOW_FAMILIES__FEED__MODERATION_CATEGORIES: unknown slurs; choose from"):
+        ModerateTask.configure(settings)
