@@ -34,7 +34,7 @@ CATEGORIES: tuple[str, ...] = (
     "spam",
 )
 # Bump when the features or the file layout change: a shipped file of another recipe is refused at load.
-HEAD_RECIPE = "moderation-heads-2"
+HEAD_RECIPE = "moderation-heads-3"
 TRAIN_COMMAND = "python -m pipeline.tasks.moderation_train --data-dir ../shared/data"
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -151,13 +151,21 @@ class Lexical:
 
 
 # ------------------------------------------------------------------------------------------------- heads
+def mlp_logit(vectors: Floats, w1: Floats, b1: Floats, w2: Floats, b2: float) -> Floats:
+    """The logit of a one-hidden-layer ReLU network (scikit-learn MLPClassifier's forward pass, in numpy)."""
+    hidden = np.maximum(vectors @ w1 + b1, 0.0)
+    out: Floats = hidden @ w2 + b2
+    return out
+
+
 @dataclass(frozen=True)
 class ModerationHeads:
-    """Per category: a logistic head over the embedding, one over hashed n-grams, and profanity-check, stacked.
+    """Per category: a head over the embedding, a logistic one over hashed n-grams, and profanity-check, stacked.
 
-    score = sigmoid(w_emb * (vector @ emb_coef + emb_bias) + w_lex * (ngrams @ lex_coef + lex_bias)
-                    + w_prof * logit(P_profanity) + offset)
-    A zero stacking weight switches an input off for a category (`profanity` uses profanity-check alone).
+    score = sigmoid(w_emb * emb + w_lex * (ngrams @ lex_coef + lex_bias) + w_prof * logit(P_profanity) + offset)
+    where emb is `vector @ emb_coef + emb_bias`, or, for the categories with `mlp_on`, the logit of a small MLP
+    over the vector (`mlp_w1`, `mlp_b1`, `mlp_w2`, `mlp_b2`). A zero stacking weight switches an input off for a
+    category (`profanity` uses profanity-check alone).
     """
 
     emb_coef: Floats  # (dim, categories)
@@ -168,6 +176,11 @@ class ModerationHeads:
     w_lex: Floats
     w_prof: Floats
     offset: Floats
+    mlp_on: Floats  # (categories,) 1.0 where the embedding input is the MLP's logit
+    mlp_w1: Floats  # (categories, dim, hidden), zeros where not mlp_on
+    mlp_b1: Floats  # (categories, hidden)
+    mlp_w2: Floats  # (categories, hidden)
+    mlp_b2: Floats  # (categories,)
 
     @property
     def dim(self) -> int:
@@ -175,7 +188,10 @@ class ModerationHeads:
 
     def parts(self, vectors: NDArray[np.floating], ngrams: Sparse, profanity: Floats) -> tuple[Floats, Floats, Floats]:
         """The three stacked inputs: embedding-head logits, n-gram-head logits, profanity logits."""
-        emb = np.asarray(vectors, dtype=np.float64) @ self.emb_coef + self.emb_bias
+        x = np.asarray(vectors, dtype=np.float64)
+        emb = x @ self.emb_coef + self.emb_bias
+        for k in np.flatnonzero(self.mlp_on):
+            emb[:, k] = mlp_logit(x, self.mlp_w1[k], self.mlp_b1[k], self.mlp_w2[k], float(self.mlp_b2[k]))
         lex = np.asarray(ngrams @ self.lex_coef, dtype=np.float64) + self.lex_bias
         return emb, lex, _logit(profanity)
 
@@ -187,6 +203,7 @@ class ModerationHeads:
         buffer = io.BytesIO()
         arrays = {k: getattr(self, k) for k in _HEAD_FIELDS}
         arrays["lex_coef"] = self.lex_coef.astype(np.float16)  # halves the shipped file; scores move < 1e-3
+        arrays["mlp_w1"] = self.mlp_w1.astype(np.float32)
         np.savez_compressed(buffer, categories=np.array(CATEGORIES), recipe=np.array(HEAD_RECIPE), **arrays)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -218,7 +235,21 @@ class ModerationHeads:
         return cls(**fields)
 
 
-_HEAD_FIELDS = ("emb_coef", "emb_bias", "lex_coef", "lex_bias", "w_emb", "w_lex", "w_prof", "offset")
+_HEAD_FIELDS = (
+    "emb_coef",
+    "emb_bias",
+    "lex_coef",
+    "lex_bias",
+    "w_emb",
+    "w_lex",
+    "w_prof",
+    "offset",
+    "mlp_on",
+    "mlp_w1",
+    "mlp_b1",
+    "mlp_w2",
+    "mlp_b2",
+)
 
 
 # -------------------------------------------------------------------------------------------------- seed

@@ -211,6 +211,19 @@ def test_heads_survive_a_save_and_load(moderator: Moderator, tmp_path: Path) -> 
     again = ModerationHeads.load(path)
     np.testing.assert_array_equal(again.emb_coef, moderator.heads.emb_coef)
     np.testing.assert_allclose(again.lex_coef, moderator.heads.lex_coef, rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(again.mlp_w1, moderator.heads.mlp_w1, rtol=1e-6)
+    np.testing.assert_array_equal(again.mlp_on, moderator.heads.mlp_on)
+
+
+def test_tweet_categories_read_the_embedding_with_an_mlp(moderator: Moderator) -> None:
+    """`harassment` and `hate` (thousands of public positives) score the vector with their MLP, and the stack uses
+    it; the seed-only categories keep their logistic embedding heads (no MLP weights)."""
+    for k, name in enumerate(CATEGORIES):
+        tweet = name in ("harassment", "hate")
+        assert bool(moderator.heads.mlp_on[k]) == tweet
+        assert (np.abs(moderator.heads.mlp_w1[k]).sum() > 0) == tweet
+        if tweet:
+            assert moderator.heads.w_emb[k] > 0.0
 
 
 def test_profanity_category_is_profanity_check_alone(moderator: Moderator) -> None:

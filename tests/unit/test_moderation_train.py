@@ -12,8 +12,9 @@ import pytest
 
 from pipeline.errors import ConfigError
 from pipeline.tasks.moderate import CATEGORIES, ModerationConfig
+from pipeline.tasks.moderation_heads import mlp_logit
 from pipeline.tasks.moderation_public import NEG, POS, UNKNOWN, bucket, public_parts
-from pipeline.tasks.moderation_train import best_band, best_threshold, write_policy
+from pipeline.tasks.moderation_train import best_band, best_threshold, fit_mlp, fit_nb_svm, write_policy
 
 
 def _column(name: str) -> int:
@@ -129,3 +130,47 @@ def test_written_policy_reads_back_as_the_config(tmp_path: Path) -> None:
     config = ModerationConfig.from_yaml(path)
     assert config.categories["self-harm"].threshold == 0.25
     assert config.categories["spam"].uncertain_high == 0.7
+
+
+def _separable(seed: int, n: int = 300, dim: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.random(n) < 0.3
+    x = rng.normal(size=(n, dim))
+    x[:, 0] += np.where(y, 2.0, -2.0) * (x[:, 1] > 0)  # a signal a linear read of x only half sees
+    return x, y
+
+
+def test_mlp_numpy_forward_pass_is_scikit_learns() -> None:
+    """The run-time MLP (moderation_heads.mlp_logit over fit_mlp's weights) gives the probabilities scikit-learn's
+    fitted MLPClassifier gives, so what was trained is what is shipped."""
+    from sklearn.neural_network import MLPClassifier
+
+    from pipeline.tasks import moderation_train as t
+
+    x, y = _separable(0)
+    w1, b1, w2, b2 = fit_mlp(x, y)
+    reference = MLPClassifier(
+        hidden_layer_sizes=(t.MLP_HIDDEN,), alpha=t.MLP_ALPHA, early_stopping=True, random_state=t.SEED, max_iter=300
+    ).fit(x, y)
+    probability = 1.0 / (1.0 + np.exp(-mlp_logit(x, w1, b1, w2, b2)))
+    np.testing.assert_allclose(probability, reference.predict_proba(x)[:, 1], atol=1e-9)
+    assert w1.shape == (x.shape[1], t.MLP_HIDDEN) and w2.shape == (t.MLP_HIDDEN,)
+
+
+def test_nb_svm_is_linear_in_the_ngrams_and_weights_the_telling_ones() -> None:
+    """NB-SVM's log-count-ratio scaling folds into plain coefficients: the n-gram that only positives have gets
+    the largest weight, one every text has gets little, and the scores separate the classes."""
+    from scipy.sparse import csr_matrix
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(1)
+    y = rng.random(400) < 0.4
+    dense = (rng.random((400, 50)) < 0.1).astype(float)
+    dense[:, 0] = y  # only positives
+    dense[:, 1] = 1.0  # everyone
+    x = csr_matrix(dense)
+    coef, bias = fit_nb_svm(x, y)
+    assert coef.shape == (50,)
+    assert int(np.argmax(coef)) == 0
+    assert abs(coef[1]) < 0.1 * coef[0]
+    assert roc_auc_score(y, x @ coef + bias) > 0.99
