@@ -62,7 +62,6 @@ def evaluate_classification(
         correct = pred == y
         reasons = [router.reasons({"classification": c}) for c in classifier.classify(family, vectors)]
         escalated = np.asarray([bool(r) for r in reasons])
-        every = [code for rs in reasons for code in rs]
         y_in, pred_in = y[in_scope], pred[in_scope]
         report[family] = {
             "method": method,
@@ -79,11 +78,8 @@ def evaluate_classification(
                 "min_confidence": classifier.threshold(family),
                 "fitted": family in classifier.thresholds,
                 "out_of_scope_threshold": classifier.heads.out_of_scope_threshold(family),
-                "escalation_rate": float(escalated.mean()),
-                "coverage": float(1 - escalated.mean()),
-                "accuracy_kept": float(correct[~escalated].mean()) if (~escalated).any() else None,
                 "out_of_scope_escalated": float(escalated[~in_scope].mean()) if (~in_scope).any() else None,
-                "reasons": {code: round(n / len(every), 4) for code, n in sorted(Counter(every).items())},
+                **_in_force(escalated, correct, reasons),
             },
             "selective": selective_accuracy(conf, correct),
         }
@@ -91,7 +87,8 @@ def evaluate_classification(
 
 
 def evaluate_moderation(rows: list[LabeledRow], settings: Settings, encoder: Encoder) -> dict[str, Any] | None:
-    """Per-category and `flagged` precision, recall, F1 and ROC-AUC on rows that carry `categories`."""
+    """Per-category and `flagged` precision, recall, F1 and ROC-AUC on rows that carry `categories`, and the
+    operating point in force: what moderation escalates, why, and how right the flagged decision is on the rest."""
     from pipeline.errors import ConfigError
     from pipeline.tasks.moderate import CATEGORIES, ModerateTask
     from pipeline.tasks.moderation_eval import evaluate_texts
@@ -102,9 +99,29 @@ def evaluate_moderation(rows: list[LabeledRow], settings: Settings, encoder: Enc
     unknown = sorted({c for r in mod_rows for c in r.categories or []} - set(CATEGORIES))
     if unknown:
         raise ConfigError(f"unknown moderation categories {unknown}; known: {', '.join(CATEGORIES)}")
-    moderator = ModerateTask.load(settings, encoder).moderator
+    task = ModerateTask.load(settings, encoder)
+    texts = [r.text for r in mod_rows]
     truth = np.asarray([[c in (r.categories or []) for c in CATEGORIES] for r in mod_rows], dtype=bool)
-    return evaluate_texts(moderator, encoder, [r.text for r in mod_rows], truth)
+    vectors = encoder.embed(texts)
+    report = evaluate_texts(task.moderator, encoder, texts, truth, vectors=vectors)
+    results = task.moderator.moderate(texts, vectors)
+    reasons = [task.reasons(m) for m in results]
+    escalated = np.asarray([bool(r) for r in reasons])
+    # The decision a moderation result makes is `flagged`: right when it matches "has any category".
+    correct = np.asarray([m.flagged for m in results]) == truth.any(axis=1)
+    report["at_threshold"] = _in_force(escalated, correct, reasons)
+    report["selective"] = selective_accuracy(np.asarray([m.confidence for m in results]), correct)
+    return report
+
+
+def _in_force(escalated: NDArray[np.bool_], correct: NDArray[np.bool_], reasons: list[list[str]]) -> dict[str, Any]:
+    every = [code for rs in reasons for code in rs]
+    return {
+        "escalation_rate": float(escalated.mean()),
+        "coverage": float(1 - escalated.mean()),
+        "accuracy_kept": float(correct[~escalated].mean()) if (~escalated).any() else None,
+        "reasons": {code: round(n / len(every), 4) for code, n in sorted(Counter(every).items())},
+    }
 
 
 def evaluate_summaries(rows: list[LabeledRow], settings: Settings, encoder: Encoder) -> dict[str, Any] | None:
@@ -171,15 +188,22 @@ def _render_family(family: str, body: dict[str, Any]) -> list[str]:
     ]
     if at["out_of_scope_escalated"] is not None:
         lines.append(f"    out-of-scope rows escalated {at['out_of_scope_escalated']:.1%}")
+    return lines + _operating_point(at, body["selective"], body["examples"])
+
+
+def _operating_point(at: dict[str, Any], selective: list[dict[str, float]], examples: int) -> list[str]:
+    """Escalations by reason, and the risk-coverage curve with the point in force in its place."""
+    lines = []
+    kept = at["accuracy_kept"]
     if at["reasons"]:
         lines.append("    escalations by reason: " + ", ".join(f"{k} {v:.0%}" for k, v in at["reasons"].items()))
     lines.append("  risk-coverage: escalated   kept   accuracy   confidence >=")
     table = [
         (row["escalation_rate"], f"{int(row['kept']):5d}   {row['accuracy']:.3f}      {row['threshold']:.3f}")
-        for row in body["selective"]
+        for row in selective
     ]
-    if kept is not None:  # the operating point in force, in its place in the curve
-        n_kept = round(body["examples"] * at["coverage"])
+    if kept is not None:
+        n_kept = round(examples * at["coverage"])
         table.append((at["escalation_rate"], f"{n_kept:5d}   {kept:.3f}      <- in force"))
     lines += [f"  {rate:22.1%}  {text}" for rate, text in sorted(table, key=lambda r: r[0])]
     return lines
@@ -195,6 +219,14 @@ def render(report: dict[str, Any]) -> str:
         for name, m in [*mod["categories"].items(), ("flagged (any)", mod["flagged"])]:
             auc = f"{m['roc_auc']:.3f}" if m["roc_auc"] is not None else "  -  "
             lines.append(f"  {name:26} {m['precision']:.3f}     {m['recall']:.3f}   {m['f1']:.3f}  {auc}")
+        at = mod["at_threshold"]
+        lines.append("  in force: escalate inside a category's uncertain band (moderation.yaml)")
+        lines.append(
+            f"    escalates {at['escalation_rate']:.1%}, flagged decision right on the rest {at['accuracy_kept']:.3f}"
+            if at["accuracy_kept"] is not None
+            else "    everything escalates"
+        )
+        lines += _operating_point(at, mod["selective"], mod["items"])
     summ = report.get("summarization")
     if summ:
         lines.append(f"summarization ({summ['examples']} dialogues), ROUGE F1 x 100:   R-1    R-2    R-L")

@@ -20,12 +20,17 @@ def evaluate(moderator: Moderator, encoder: Encoder, path: Path = EVAL_FILE) -> 
 
 
 def evaluate_texts(
-    moderator: Moderator, encoder: Encoder, texts: list[str], labels: NDArray[np.bool_]
+    moderator: Moderator,
+    encoder: Encoder,
+    texts: list[str],
+    labels: NDArray[np.bool_],
+    *,
+    vectors: NDArray[np.float32] | None = None,
 ) -> dict[str, Any]:
-    """The same report for texts and their (texts, categories) truth matrix."""
+    """The same report for texts and their (texts, categories) truth matrix (`vectors`: their embeddings, if known)."""
     from sklearn.metrics import brier_score_loss, precision_recall_fscore_support, roc_auc_score
 
-    vectors = encoder.embed(texts)
+    vectors = encoder.embed(texts) if vectors is None else vectors
     scores = moderator.scores(texts, vectors)
     results = moderator.moderate(texts, vectors)
     predicted = scores >= moderator.config.column("threshold")

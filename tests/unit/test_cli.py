@@ -103,7 +103,7 @@ def test_eval_reports_moderation_and_summaries_when_rows_carry_them(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rows = [
-        {"text": "You are a pathetic loser and everyone laughs at you.", "categories": ["harassment"]},
+        {"text": "You are a fucking idiot and a pathetic loser.", "categories": ["harassment"]},
         {"text": "The bakery on Main Street sells fresh bread every morning.", "categories": []},
         {
             "turns": [
@@ -121,6 +121,10 @@ def test_eval_reports_moderation_and_summaries_when_rows_carry_them(
     report = json.loads(capsys.readouterr().out)
     assert report["moderation"]["items"] == 2
     assert report["moderation"]["categories"]["harassment"]["support"] == 1
+    # The moderation operating point in force: a bakery and a blatant insult are both settled, and rightly.
+    at = report["moderation"]["at_threshold"]
+    assert at["escalation_rate"] == 0.0 and at["accuracy_kept"] == 1.0 and at["reasons"] == {}
+    assert [row["escalation_rate"] for row in report["moderation"]["selective"]][:2] == [0.0, 0.05]
     summ = report["summarization"]
     assert summ["examples"] == 1
     assert 0 < summ["minnow"]["rouge1"] <= 1 and set(summ) == {"examples", "minnow", "lead3", "longest3"}
