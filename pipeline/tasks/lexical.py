@@ -8,10 +8,13 @@ with numpy alone and a head file means the same on every machine.
 
 from __future__ import annotations
 
+import math
 import re
 import zlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from numpy.typing import NDArray
@@ -39,29 +42,30 @@ def _bucket(feature: str) -> int:
     return zlib.crc32(feature.encode("utf-8")) & ((1 << HASH_BITS) - 1)
 
 
+@lru_cache(maxsize=1 << 16)
+def _word_grams(word: str) -> tuple[int, ...]:
+    """The character n-gram buckets of one word, offset into the second channel (words recur: hashed once)."""
+    padded = f" {word} "
+    offset = 1 << HASH_BITS
+    return tuple(offset + _bucket(padded[i : i + n]) for n in CHAR_NGRAMS for i in range(len(padded) - n + 1))
+
+
 def text_features(text: str) -> dict[int, float]:
     """Bucket -> value for one text: sublinear counts (1 + log tf), per channel L2-normalised.
 
     Buckets of the character channel are offset by 2**HASH_BITS so that the two channels never collide."""
     words = _WORD.findall(text.lower())
-    channels: list[dict[int, int]] = [{}, {}]
-    for n in WORD_NGRAMS:
-        for i in range(len(words) - n + 1):
-            b = _bucket("w" + " ".join(words[i : i + n]))
-            channels[0][b] = channels[0].get(b, 0) + 1
-    offset = 1 << HASH_BITS
-    for word in words:
-        padded = f" {word} "
-        for n in CHAR_NGRAMS:
-            for i in range(len(padded) - n + 1):
-                b = offset + _bucket(padded[i : i + n])
-                channels[1][b] = channels[1].get(b, 0) + 1
+    grams = [" ".join(words[i : i + n]) for n in WORD_NGRAMS for i in range(len(words) - n + 1)]
+    channels = (
+        Counter(_bucket("w" + g) for g in grams),
+        Counter(b for word in words for b in _word_grams(word)),
+    )
     out: dict[int, float] = {}
     for counts in channels:
         if not counts:
             continue
-        weights = {b: 1.0 + float(np.log(c)) for b, c in counts.items()}
-        norm = float(np.sqrt(sum(w * w for w in weights.values()))) * np.sqrt(_CHANNELS)
+        weights = {b: 1.0 + math.log(c) for b, c in counts.items()}
+        norm = math.sqrt(sum(w * w for w in weights.values()) * _CHANNELS)
         out.update({b: w / norm for b, w in weights.items()})
     return out
 
@@ -89,6 +93,9 @@ def columns(features: Sparse, kept: NDArray[np.int64]) -> tuple[NDArray[np.int64
 def scores(features: Sparse, kept: NDArray[np.int64], weights: NDArray[np.float64]) -> NDArray[np.float64]:
     """The lexical logits: (texts, labels) from the weights of the kept buckets, `weights` shaped (kept, labels)."""
     col, found = columns(features, kept)
+    rows = features.rows[found]  # in order: batch_features lists each text's features together
     out = np.zeros((features.n, weights.shape[1]))
-    np.add.at(out, features.rows[found], weights[col[found]] * features.values[found, None])
+    if len(rows):
+        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+        out[rows[starts]] = np.add.reduceat(weights[col[found]] * features.values[found, None], starts, axis=0)
     return out
