@@ -5,7 +5,8 @@
     python scripts/intents_eval.py --data-dir ../shared/data --max-error 0.04 --delta 0.05 --json
 
 For each set the rows are split three ways, seeded: a head is trained on the train part (`fit_head`: logistic
-regression, temperature and out-of-scope threshold on its own internal holdout), its thresholds are fitted on the
+regression on the embedding and the texts' hashed n-grams (`--no-lexical`: the embedding alone), temperature
+and out-of-scope threshold on its own internal holdout), its thresholds are fitted on the
 calibration part (`minnow calibrate`'s code: the loosest threshold whose error among auto-handled items is
 certified <= --max-error at 1 - --delta, or the strictest certified to escalate <= --max-escalation), and every
 figure is measured on the held-out part, which nothing was fitted on:
