@@ -116,7 +116,8 @@ def fit_heads(
             only = f"all {len(labels)} examples are" if len(labels) > 1 else "the one example is"
             skipped[family] = f"nothing trained: {only} '{labels[0]}' (two labels at least)"
             continue
-        vectors = embed([r.text for r in fam_rows])
+        texts = [r.text for r in fam_rows]
+        vectors = embed(texts)
         if zero_shot_temperatures:
             temps[family] = fit_zero_shot_temperature(
                 Prototypes.build(label_set, encoder).logits(vectors), labels, label_set.names
@@ -129,5 +130,5 @@ def fit_heads(
             )
             continue
         oos_vectors = embed([r.text for r in oos_rows]) if oos_rows else None
-        heads[family] = fit_head(vectors, labels, label_set.names, oos_vectors=oos_vectors)
+        heads[family] = fit_head(vectors, labels, label_set.names, oos_vectors=oos_vectors, texts=texts)
     return new_head_file(heads, temps, encoder.files.version), skipped

@@ -242,8 +242,11 @@ def report(rows: Sequence[Row], results: Sequence[Classification], names: Sequen
         print(f"  [{r.category}] gold={r.label} pred={c.label} conf={c.confidence:.2f}  {r.text[:120]}")
 
 
-def classify(classifier: Classifier, vectors: NDArray[np.float32], idx: Sequence[int]) -> list[Classification]:
-    return classifier.classify(FAMILY, vectors[list(idx)])
+def classify(
+    classifier: Classifier, vectors: NDArray[np.float32], idx: Sequence[int], texts: Sequence[str]
+) -> list[Classification]:
+    """Rows `idx` classified; `texts` (all rows, as embedded) feed a head's lexical channel."""
+    return classifier.classify(FAMILY, vectors[list(idx)], [texts[i] for i in idx])
 
 
 def per_label(rows: Sequence[Row], idx: Sequence[int], cap: int | None, seed: int) -> list[int]:
@@ -277,6 +280,7 @@ def trained_figures(
     *,
     rows: Sequence[Row],
     vectors: NDArray[np.float32],
+    texts: Sequence[str],
     split: tuple[list[int], list[int]],
     seed: int,
 ) -> list[Figures]:
@@ -295,7 +299,9 @@ def trained_figures(
         zero_shot = ClassifyTask.load(mapped, encoder).classifier
         names = zero_shot.label_sets[FAMILY].names
         n = len(names)
-        figures.append(score(f"zero-shot, {n} labels, held-out half", classify(zero_shot, vectors, held), gold, names))
+        figures.append(
+            score(f"zero-shot, {n} labels, held-out half", classify(zero_shot, vectors, held, texts), gold, names)
+        )
         for cap in HEAD_SIZES:
             idx = per_label(rows, tune, cap, seed)
             out = fit_head(mapped, rows, idx, Path(tmp))
@@ -308,11 +314,11 @@ def trained_figures(
                     min_confidence=settings.routing.classify_min_confidence,
                 )
                 name = f"zero-shot, {n} labels, T={temperature:.3f} fitted on the tuning half, held-out half"
-                figures.insert(1, score(name, classify(calibrated, vectors, held), gold, names))
+                figures.insert(1, score(name, classify(calibrated, vectors, held, texts), gold, names))
             with_head = ClassifyTask.load(mapped.model_copy(update={"head_file": out}), encoder).classifier
             size = "all of the tuning half" if cap is None else f"{cap} a label"
             name = f"trained head, {n} labels, {size} ({len(idx)} rows), held-out half"
-            figures.append(score(name, classify(with_head, vectors, held), gold, names))
+            figures.append(score(name, classify(with_head, vectors, held, texts), gold, names))
     return figures
 
 
@@ -323,7 +329,7 @@ def moderation_report(
     zero-shot classification and moderation decide together (these requests are too short to be summarised)."""
     texts = [ticket_text("", r.text) for r in rows]
     moderations = ModerateTask.load(settings, encoder).moderator.moderate(texts, vectors)
-    classifications = classifier.classify(FAMILY, vectors)
+    classifications = classifier.classify(FAMILY, vectors, texts)
     n = len(rows)
     flagged = Counter(cat for m in moderations for cat in m.flagged_categories)
     uncertain = sum(bool(m.uncertain_categories) for m in moderations)
@@ -379,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"mapped labels missing from the '{FAMILY}' label set: {', '.join(unknown)}")
 
     tune, held = halves(rows, args.seed)
-    vectors = encoder.embed([ticket_text("", r.text) for r in rows])
+    texts = [ticket_text("", r.text) for r in rows]
+    vectors = encoder.embed(texts)
     threshold = settings.routing.classify_min_confidence
     print(f"data: {args.data}  ({total} rows, {n_categories} categories)")
     print(f"mapped: {len(CATEGORY_TO_LABEL)} categories -> {len(MAPPING)} labels, {len(rows)} rows used")
@@ -389,17 +396,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"escalation: confidence < {threshold:.2f} (MINNOW_ROUTING__CLASSIFY_MIN_CONFIDENCE)\n")
 
     figures = [
-        score(f"zero-shot, {part}", classify(classifier, vectors, idx), [rows[i].label for i in idx], names)
+        score(f"zero-shot, {part}", classify(classifier, vectors, idx, texts), [rows[i].label for i in idx], names)
         for part, idx in (("all mapped rows", range(len(rows))), ("tuning half", tune), ("held-out half", held))
     ]
     if args.train:
         label_set = classifier.label_sets[FAMILY]
         figures += trained_figures(
-            settings, encoder, label_set, rows=rows, vectors=vectors, split=(tune, held), seed=args.seed
+            settings, encoder, label_set, rows=rows, vectors=vectors, texts=texts, split=(tune, held), seed=args.seed
         )
     if args.cross_check:
         clinc = read_clinc(args.cross_check)
-        results = classifier.classify(FAMILY, encoder.embed([ticket_text("", r.text) for r in clinc]))
+        clinc_texts = [ticket_text("", r.text) for r in clinc]
+        results = classifier.classify(FAMILY, encoder.embed(clinc_texts), clinc_texts)
         figures.append(
             score(f"zero-shot, CLINC150 {len(CLINC_MAPPING)} intents", results, [r.label for r in clinc], names)
         )
@@ -409,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         part = tune if args.report == "tuning" else held
         print(f"\n== zero-shot, {args.report} half")
-        report([rows[i] for i in part], classify(classifier, vectors, part), names, args.errors)
+        report([rows[i] for i in part], classify(classifier, vectors, part, texts), names, args.errors)
     return 0
 
 

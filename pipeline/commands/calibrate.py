@@ -35,8 +35,9 @@ class Scored:
 
 
 def score_family(classifier: Classifier, family: str, rows: Sequence[LabeledRow], embed: Embed) -> Scored:
-    vectors = embed([r.text for r in rows])
-    labels, probs, method = classifier.probabilities(family, vectors)
+    texts = [r.text for r in rows]
+    vectors = embed(texts)
+    labels, probs, method = classifier.probabilities(family, vectors, texts)
     known = set(labels)
     strangers = sorted({r.label or "" for r in rows} - known - {OUT_OF_SCOPE_LABEL})
     if strangers:

@@ -57,9 +57,15 @@ class Replay:
         }
 
 
-def replay(classifier: Classifier, family: str, vectors: NDArray[np.float32], routing: RoutingSettings) -> Replay:
-    """Classify and route as the worker does (the classification part of routing)."""
-    classifications = classifier.classify(family, vectors)
+def replay(
+    classifier: Classifier,
+    family: str,
+    vectors: NDArray[np.float32],
+    routing: RoutingSettings,
+    texts: Sequence[str] | None = None,
+) -> Replay:
+    """Classify and route as the worker does (the classification part of routing); `texts` for lexical heads."""
+    classifications = classifier.classify(family, vectors, texts)
     task = ClassifyTask.configure(Settings(routing=routing))
     escalated = [bool(task.reasons(c)) for c in classifications]
     return Replay(classifications, np.asarray(escalated, dtype=bool))
@@ -179,7 +185,7 @@ def distill(
         "held_out_items": len(held),
         "min_confidence": routing.classify_min_confidence,
         "refit_zero_shot": refit_zero_shot,
-        "before": replay(classifier, family, experiment.held_vectors, routing).metrics(held),
+        "before": replay(classifier, family, experiment.held_vectors, routing, [r.text for r in held]).metrics(held),
         "runs": [experiment.run(t) for t in thresholds or [routing.classify_min_confidence]],
     }
 
@@ -203,9 +209,10 @@ class _Experiment:
 
     def run(self, threshold: float) -> dict[str, Any]:
         """Collect below `threshold`, retrain twice (verdicts; verdicts + confident answers), replay the held-out."""
-        on_stream = replay(self.classifier, self.family, self.stream_vectors, self.routing)
+        texts = [r.text for r in self.stream]
+        on_stream = replay(self.classifier, self.family, self.stream_vectors, self.routing, texts)
         collect = self.routing.model_copy(update={"classify_min_confidence": threshold})
-        escalated = replay(self.classifier, self.family, self.stream_vectors, collect).escalated
+        escalated = replay(self.classifier, self.family, self.stream_vectors, collect, texts).escalated
         verdicts = stand_in_verdicts(self.stream, escalated, self.family)
         # The same rule the labels topic gets: latest verdict per `task:id` (ids repeated in a stream count once).
         entries = [KeyedLabel(0, offset, 0, label_key(v), v) for offset, v in enumerate(verdicts)]
@@ -245,7 +252,8 @@ class _Experiment:
             heads,
             min_confidence=self.routing.classify_min_confidence,
         )
-        body = replay(retrained, self.family, self.held_vectors, self.routing).metrics(self.held)
+        held_texts = [r.text for r in self.held]
+        body = replay(retrained, self.family, self.held_vectors, self.routing, held_texts).metrics(self.held)
         head = heads.heads.get(self.family)
         body |= {"trained": head is not None, "examples": len(rows)}
         if head is not None:

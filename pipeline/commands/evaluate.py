@@ -52,15 +52,16 @@ def evaluate_classification(
         if row.label is not None and row.family in classifier.label_sets:
             by_family[row.family].append(row)
     for family, fam in by_family.items():
-        vectors = encoder.embed([r.text for r in fam])
-        labels, probs, method = classifier.probabilities(family, vectors)
+        texts = [r.text for r in fam]
+        vectors = encoder.embed(texts)
+        labels, probs, method = classifier.probabilities(family, vectors, texts)
         index = {name: i for i, name in enumerate(labels)}
         y = np.asarray([index.get(r.label or "", -1) for r in fam])
         in_scope = y >= 0
         pred = probs.argmax(axis=1)
         conf = probs.max(axis=1)
         correct = pred == y
-        reasons = [router.reasons({"classification": c}) for c in classifier.classify(family, vectors)]
+        reasons = [router.reasons({"classification": c}) for c in classifier.classify(family, vectors, texts)]
         escalated = np.asarray([bool(r) for r in reasons])
         y_in, pred_in = y[in_scope], pred[in_scope]
         report[family] = {

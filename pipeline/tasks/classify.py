@@ -114,11 +114,14 @@ class Classifier:
     def families(self) -> list[str]:
         return list(self.label_sets)
 
-    def probabilities(self, family: str, vectors: NDArray[np.float32]) -> tuple[list[str], NDArray[np.float64], str]:
-        """Calibrated probabilities over the family's labels, the label order, and the method used."""
+    def probabilities(
+        self, family: str, vectors: NDArray[np.float32], texts: Sequence[str] | None = None
+    ) -> tuple[list[str], NDArray[np.float64], str]:
+        """Calibrated probabilities over the family's labels, the label order, and the method used. `texts`: the
+        embedded texts, aligned; a head with a lexical channel needs them (zero-shot ignores them)."""
         head = self.heads.heads.get(family)
         if head is not None:
-            return head.labels, head.predict_proba(vectors), "trained-head"
+            return head.labels, head.predict_proba(vectors, texts), "trained-head"
         protos = self.prototypes[family]
         temperature = self.heads.zero_shot_temperature.get(family, DEFAULT_ZERO_SHOT_TEMPERATURE)
         return protos.label_set.names, softmax(protos.logits(vectors), temperature), "zero-shot"
@@ -128,10 +131,12 @@ class Classifier:
         head = self.heads.heads.get(family)
         return head.out_of_scope(vectors) if head is not None else None
 
-    def classify(self, family: str, vectors: NDArray[np.float32]) -> list[Classification]:
+    def classify(
+        self, family: str, vectors: NDArray[np.float32], texts: Sequence[str] | None = None
+    ) -> list[Classification]:
         if len(vectors) == 0:
             return []
-        labels, probs, method = self.probabilities(family, vectors)
+        labels, probs, method = self.probabilities(family, vectors, texts)
         oos = self.out_of_scope(family, vectors)
         return [
             self._one(family, labels, row, method, None if oos is None else float(oos[i]))
@@ -244,7 +249,8 @@ class ClassifyTask:
                 by_label_set.setdefault(job.label_set, []).append(i)
         for label_set, idx in by_label_set.items():
             vectors = np.stack([batch.embeddings[i].vector for i in idx])
-            for i, c in zip(idx, self.classifier.classify(label_set, vectors), strict=True):
+            texts = [batch.texts[i] for i in idx]
+            for i, c in zip(idx, self.classifier.classify(label_set, vectors, texts), strict=True):
                 out[i] = c
         return out
 
