@@ -7,6 +7,7 @@ row's result depends only on the row itself.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -28,6 +29,7 @@ from pipeline.errors import ModelError
 INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 CPU_FLAGS_SEEN = ("avx2", "avx512f", *INT8_DOT_FLAGS)
 CALIBRATION_METHOD = "minmax"
+SMOOTH_ALPHA = 0.5  # SmoothQuant migration strength; the paper's default, not tuned
 # Windows per calibration batch: texts are grouped and right-padded the way the encoder groups them.
 CALIBRATION_BATCH = 16
 # Text the project ships, for activation ranges. The dialogue turns are left out: they are the held-out
@@ -48,11 +50,11 @@ CALIBRATION_FILES = (
 LABELS_FILE = "labels.yaml"
 CALIBRATION_WINDOW = 254  # word pieces per calibration row, as the encoder's default 256-token window
 # MatMuls left in fp32, by node name (pipeline/engine/graph.py names them). The attention products multiply two
-# activations (nothing to gain from int8 weights). The feed-forward pair is what int8 hurts most, measured on the
-# dialogue turns (cosine to fp32, mean/min; all weight MatMuls int8: 0.886/0.626; FFN down-projection kept:
-# 0.982/0.911; both FFN MatMuls kept: 0.994/0.975): the GELU output feeding the down-projection spans 0..25 on a
-# few tokens ([CLS], [SEP]) and 0..1 on the rest, so one static scale leaves ordinary tokens ten int8 steps.
-FP32_MATMULS = ("_attention_scores_", "_attention_context_", "_intermediate_dense_", "_output_dense_")
+# activations (nothing to gain from int8 weights). The FFN down-projection is what int8 hurts most, measured on
+# the dialogue turns (cosine to fp32, mean/min, after smoothing; all weight MatMuls int8: 0.879/0.678; the
+# down-projection kept: 0.994/0.975): the GELU output feeding it spans 0..25 on a few tokens ([CLS], [SEP]) and
+# 0..1 on the rest, so one static scale leaves ordinary tokens ten int8 steps; smoothing channels cannot fix that.
+FP32_MATMULS = ("_attention_scores_", "_attention_context_", "_output_dense_")
 TEXT_FIELDS = ("text", "subject", "body")
 
 
@@ -225,12 +227,20 @@ def build_static_int8(fp32: Path, out: Path, tokenizer: Path, mode: QuantMode) -
         raise ModelError("the tokenizer has no [CLS]/[SEP] tokens")
     texts = calibration_texts()
     rows = [[cls_id, *e.ids[:CALIBRATION_WINDOW], sep_id] for e in tok.encode_batch(texts, add_special_tokens=False)]
-    names = [n.name for n in onnx.load(str(fp32), load_external_data=False).graph.node if n.op_type == "MatMul"]
+    batches = calibration_batches(rows)
+    model = smooth(onnx.load(str(fp32)), batches)
+    names = [n.name for n in model.graph.node if n.op_type == "MatMul"]
     fp32_nodes = kept_in_fp32(names)
-    quantize_int8(fp32, out, mode, calibration_batches(rows), exclude=fp32_nodes)
+    smoothed = out.with_name(f"{out.stem}-smoothed.onnx")
+    onnx.save(model, str(smoothed))
+    try:
+        quantize_int8(smoothed, out, mode, batches, exclude=fp32_nodes)
+    finally:
+        smoothed.unlink(missing_ok=True)
     return mode.manifest() | {
         "calibration": {
             "method": CALIBRATION_METHOD,
+            "smooth_alpha": SMOOTH_ALPHA,
             "texts": len(texts),
             "sha256": digest(texts),
             "batch": CALIBRATION_BATCH,
@@ -239,3 +249,51 @@ def build_static_int8(fp32: Path, out: Path, tokenizer: Path, mode: QuantMode) -
         "int8_matmuls": len(names) - len(fp32_nodes),
         "fp32_matmuls": len(fp32_nodes),
     }
+
+
+def smooth(
+    model: Any, batches: Sequence[tuple[NDArray[np.int64], NDArray[np.int64]]], alpha: float = SMOOTH_ALPHA
+) -> Any:
+    """SmoothQuant: move activation outlier channels into the weights, in place; the fp32 function is unchanged.
+
+    A few hidden channels of BERT's LayerNorm outputs are tens of times larger than the rest, so one per-tensor
+    activation scale leaves the ordinary channels a handful of int8 steps. For each weight MatMul input X (shared
+    by the MatMuls that read it), with s_j = max|X_j|^alpha / max|W_j|^(1 - alpha): (X / s) (one Mul) times
+    diag(s) W (folded into the weights) is the same product with evened-out channels.
+    """
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    weights = {t.name: t for t in graph.initializer}
+    order = [copy.deepcopy(node) for node in graph.node]  # edited, then written back in topological order
+    readers: dict[str, list[Any]] = {}
+    for node in order:
+        if node.op_type == "MatMul" and node.input[1] in weights:
+            readers.setdefault(node.input[0], []).append(node)
+    probe = copy.deepcopy(model)
+    probe.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in readers)
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    amax: dict[str, NDArray[np.float32]] = {}
+    for ids, mask in batches:
+        outs = session.run(list(readers), {"input_ids": ids, "attention_mask": mask})
+        real = mask.astype(bool)  # padded positions never reach a result: they must not set the scales
+        for name, value in zip(readers, outs, strict=True):
+            peak = np.abs(value[real]).max(axis=0)
+            amax[name] = np.maximum(amax[name], peak) if name in amax else peak
+    for name, nodes in readers.items():
+        w_peak = np.max([np.abs(numpy_helper.to_array(weights[n.input[1]])).max(axis=1) for n in nodes], axis=0)
+        s = (np.maximum(amax[name], 1e-5) ** alpha / np.maximum(w_peak, 1e-5) ** (1 - alpha)).astype(np.float32)
+        for n in nodes:
+            w = numpy_helper.to_array(weights[n.input[1]]) * s[:, None]
+            weights[n.input[1]].CopyFrom(numpy_helper.from_array(w.astype(np.float32), n.input[1]))
+        # not "<tensor>_scale": the quantizer names its own scale initializers that way
+        factor, out = f"{name}_smooth_factor", f"{name}_smoothed"
+        graph.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), factor))
+        mul = helper.make_node("Mul", [name, factor], [out], name=out)
+        order.insert(next(i for i, n in enumerate(order) if n is nodes[0]), mul)  # before its first reader
+        for n in nodes:
+            n.input[0] = out
+    del graph.node[:]
+    graph.node.extend(order)
+    return model
