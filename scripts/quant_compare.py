@@ -15,7 +15,6 @@ import random
 import statistics
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +63,9 @@ def _build(folder: Path, tok_path: Path) -> dict[str, Path]:
     logging.disable(logging.NOTSET)
     here = quantize.choose_mode(quantize.cpu_flags())
     quantize.build_static_int8(paths["fp32"], paths["static"], tok_path, here)
-    # the other CPU mode too (u8 weights where this CPU has VNNI, s8 where it has not): its fidelity, not speed
-    other = replace(here, weight_type="QInt8" if here.weight_type == "QUInt8" else "QUInt8")
+    # the other CPU mode too (AVX2 mode where this CPU has an int8 dot product, and the reverse): its fidelity
+    dot = here.weight_type == "QInt8"
+    other = quantize.choose_mode(("avx2",) if dot else ("avx2", "avx512_vnni"))
     quantize.build_static_int8(paths["fp32"], paths["static-other"], tok_path, other)
     return paths
 

@@ -161,6 +161,8 @@ def test_the_fp32_matmuls_are_the_attention_products_and_the_ffn_down_projection
         "encoder_layer_0_output_dense_matmul_30",
     ]
     assert quantize.kept_in_fp32(names) == [names[1], names[2], names[5]]
+    avx2 = quantize.choose_mode(("avx2",)).fp32_matmuls  # no int8 dot product: the up-projection stays fp32 too
+    assert quantize.kept_in_fp32(names, avx2) == [names[1], names[2], names[4], names[5]]
 
 
 def test_smoothing_leaves_the_fp32_function_unchanged() -> None:
