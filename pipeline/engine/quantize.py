@@ -253,8 +253,8 @@ def build_static_int8(fp32: Path, out: Path, tokenizer: Path, mode: QuantMode) -
             "batch": CALIBRATION_BATCH,
             "files": [*CALIBRATION_FILES, LABELS_FILE],
         },
-        "int8_matmuls": len(names) - len(fp32_nodes),
-        "fp32_matmuls": len(fp32_nodes),
+        "int8_matmul_count": len(names) - len(fp32_nodes),
+        "fp32_matmul_count": len(fp32_nodes),
     }
 
 
