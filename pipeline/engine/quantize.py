@@ -214,7 +214,9 @@ def quantize_int8(
             weight_type=QuantType[mode.weight_type],
             nodes_to_exclude=list(exclude),
             calibrate_method=methods[method],
-            extra_options={"CalibStridedMinMax": 1} | (extra or {}),
+            # MatMul outputs stay fp32 (MatMulIntegerToFloat): requantizing them cost fidelity (dialogue-turn cosine
+            # min 0.975 with, 0.985 without) and measured slower
+            extra_options={"CalibStridedMinMax": 1, "OpTypesToExcludeOutputQuantization": ["MatMul"]} | (extra or {}),
             calibration_cache_path=cache,
         )
     finally:

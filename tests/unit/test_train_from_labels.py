@@ -161,25 +161,25 @@ def test_distillation_on_the_news_stream_matches_docs(settings: Settings) -> Non
     )
     # The int8 graph is built per CPU (s8 weights with VNNI/AMX, u8 on plain AVX2), so the figures carry the spread
     # measured between the two builds (static int8, recipe minnow-graph-2): escalation rate 0.083 (VNNI, as in the
-    # docs) vs 0.088 (AVX2 mode), macro-F1 0.912 both; escalated at 0.55 17 vs 18, in both too few of one label for
-    # a head; mixed 0.058/0.934 vs 0.050/0.926; at 0.75 escalated 40 vs 43, verdicts alone 0.537 vs 0.546, mixed
-    # 0.946 both.
+    # docs) vs 0.075 (AVX2 build), macro-F1 0.912 both; escalated at 0.55 17 vs 21, in both too few of one label
+    # for a head; mixed 0.046/0.922 vs 0.033/0.930; at 0.75 escalated 46 vs 45, verdicts alone 0.550 vs 0.547,
+    # mixed 0.942 both.
     before = report["before"]
     assert before["method"] == "zero-shot"
-    assert before["escalation_rate"] == pytest.approx(0.085, abs=0.015)
+    assert before["escalation_rate"] == pytest.approx(0.079, abs=0.015)
     assert before["macro_f1"] == pytest.approx(0.912, abs=0.01)
     at_default, at_75 = report["runs"]
-    assert abs(at_default["escalated"] - 17) <= 3
+    assert abs(at_default["escalated"] - 19) <= 4
     assert (
         at_default["after"]["verdicts"]["trained"] is False
     )  # a label with < 3 verdicts: no head, zero-shot as before
     assert at_default["after"]["verdicts"]["macro_f1"] == before["macro_f1"]
     mixed = at_default["after"]["verdicts + confident mini answers"]
-    assert mixed["escalation_rate"] == pytest.approx(0.054, abs=0.015)
-    assert mixed["macro_f1"] == pytest.approx(0.930, abs=0.01)
-    assert abs(at_75["escalated"] - 41) <= 4
-    assert at_75["after"]["verdicts"]["macro_f1"] == pytest.approx(0.54, abs=0.015)  # hard cases alone: worse
-    assert at_75["after"]["verdicts + confident mini answers"]["macro_f1"] == pytest.approx(0.946, abs=0.01)
+    assert mixed["escalation_rate"] == pytest.approx(0.040, abs=0.015)
+    assert mixed["macro_f1"] == pytest.approx(0.926, abs=0.01)
+    assert abs(at_75["escalated"] - 45) <= 4
+    assert at_75["after"]["verdicts"]["macro_f1"] == pytest.approx(0.55, abs=0.015)  # hard cases alone: worse
+    assert at_75["after"]["verdicts + confident mini answers"]["macro_f1"] == pytest.approx(0.942, abs=0.01)
 
 
 def test_distill_cli_splits_one_file_and_writes_the_plot(
