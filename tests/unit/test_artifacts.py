@@ -21,7 +21,11 @@ def test_build_writes_manifest_and_is_idempotent(tmp_path: Path) -> None:
     assert set(manifest["artifacts"]) == {"fp32", "int8", "tokenizer"}
     int8 = folder / manifest["artifacts"]["int8"]["file"]
     fp32 = folder / manifest["artifacts"]["fp32"]["file"]
-    assert int8.stat().st_size < fp32.stat().st_size / 3  # int8 weights: about a quarter of fp32
+    # int8 weights for 30 of the 36 weight MatMuls; the 47 MB word-embedding table and the FFN down-projections
+    # stay fp32 (docs/architecture.md, Quantization), so the file is about 3/4 of fp32, no longer 1/4
+    assert int8.stat().st_size < 0.8 * fp32.stat().st_size
+    quant = manifest["quantization"]
+    assert quant["format"] == "QDQ" and quant["per_channel"] and quant["calibration"]["texts"] > 1000
     stamp = int8.stat().st_mtime_ns
 
     assert build(tmp_path) == first  # second build: nothing rewritten

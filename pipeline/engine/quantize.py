@@ -1,0 +1,308 @@
+"""Static int8 quantization of the encoder: the CPU mode, the calibration texts and reader, the quantizer call.
+
+Dynamic quantization scales activations per batch, so an event's vector (and its scores) moved with its
+batch-mates. Here every activation scale is fixed at build time from calibration text the project ships, so a
+row's result depends only on the row itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from pipeline.errors import ModelError
+
+# CPU features that make u8 x s8 int8 products safe: VNNI (and AMX) accumulate them in 32 bits. Plain AVX2
+# (vpmaddubsw) adds pairs of u8 x s8 products into int16 and can saturate; there the weights are u8 too (U8U8,
+# onnxruntime's advice for AVX2), which measured as faithful as s8 weights and better than reduce_range
+# (7-bit s8 weights: dialogue-turn cosine min 0.970 against 0.975).
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+CPU_FLAGS_SEEN = ("avx2", "avx512f", *INT8_DOT_FLAGS)
+CALIBRATION_METHOD = "minmax"
+SMOOTH_ALPHA = 0.5  # SmoothQuant migration strength; the paper's default, not tuned
+# Windows per calibration batch: texts are grouped and right-padded the way the encoder groups them.
+CALIBRATION_BATCH = 16
+# Text the project ships, for activation ranges. The dialogue turns are left out: they are the held-out
+# fidelity check (tests/unit/test_quantize.py, docs/architecture.md).
+_DATA = Path(__file__).resolve().parent.parent / "data"
+CALIBRATION_FILES = (
+    "moderation_seed.jsonl",
+    "moderation_eval.jsonl",
+    "redaction_eval.jsonl",
+    "eval/iot_severity.jsonl",
+    "eval/news_topics_train.jsonl",
+    "eval/transcript_intents.jsonl",
+    "demo/feeds.jsonl",
+    "demo/iot.jsonl",
+    "demo/tickets.jsonl",
+    "demo/transcripts.jsonl",
+)
+LABELS_FILE = "labels.yaml"
+CALIBRATION_WINDOW = 254  # word pieces per calibration row, as the encoder's default 256-token window
+# MatMuls left in fp32, by node name (pipeline/engine/graph.py names them). The attention products multiply two
+# activations (nothing to gain from int8 weights). The FFN down-projection is what int8 hurts most, measured on
+# the dialogue turns (cosine to fp32, mean/min, after smoothing; all weight MatMuls int8: 0.879/0.678; the
+# down-projection kept: 0.994/0.975): the GELU output feeding it spans 0..25 on a few tokens ([CLS], [SEP]) and
+# 0..1 on the rest, so one static scale leaves ordinary tokens ten int8 steps; smoothing channels cannot fix that.
+FP32_MATMULS = ("_attention_scores_", "_attention_context_", "_output_dense_")
+# Without an int8 dot product (u8 weights) the up-projection stays fp32 too: u8 weights with it int8 measured
+# 0.994/0.966, 7-bit s8 weights (reduce_range) 0.993/0.970, u8 weights with it fp32 0.998/0.988. int8 gains
+# little speed on such CPUs anyway.
+FP32_MATMULS_WITHOUT_DOT = (*FP32_MATMULS, "_intermediate_dense_")
+TEXT_FIELDS = ("text", "subject", "body")
+
+
+@dataclass(frozen=True)
+class QuantMode:
+    """How the int8 graph is quantized on this CPU; recorded in the manifest."""
+
+    format: str
+    activation_type: str
+    weight_type: str
+    per_channel: bool
+    reduce_range: bool
+    fp32_matmuls: tuple[str, ...]  # name patterns of the MatMuls kept in fp32
+    cpu_flags: tuple[str, ...]
+
+    def manifest(self) -> dict[str, Any]:
+        return asdict(self) | {"fp32_matmuls": list(self.fp32_matmuls), "cpu_flags": list(self.cpu_flags)}
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, ...]:
+    """The CPU flags that decide the quantization mode, as /proc/cpuinfo lists them (empty where unreadable)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return ()
+    match = re.search(r"^flags\s*:(.*)$", text, re.MULTILINE)
+    present = set(match.group(1).split()) if match else set()
+    return tuple(f for f in CPU_FLAGS_SEEN if f in present)
+
+
+def choose_mode(flags: Sequence[str]) -> QuantMode:
+    """QDQ, u8 activations, per-channel weights: s8 where the CPU has an int8 dot product, else u8 (and the FFN
+    up-projection kept fp32 as well)."""
+    dot = any(f in flags for f in INT8_DOT_FLAGS)
+    return QuantMode(
+        format="QDQ",
+        activation_type="QUInt8",
+        weight_type="QInt8" if dot else "QUInt8",
+        per_channel=True,
+        reduce_range=False,
+        fp32_matmuls=FP32_MATMULS if dot else FP32_MATMULS_WITHOUT_DOT,
+        cpu_flags=tuple(flags),
+    )
+
+
+def calibration_texts(data_dir: Path = _DATA) -> list[str]:
+    """Every text in the bundled calibration files and label sets, in a fixed order."""
+    import yaml
+
+    texts: list[str] = []
+    for name in CALIBRATION_FILES:
+        for line in (data_dir / name).read_bytes().splitlines():
+            try:  # the demo files hold deliberately broken lines (for the dead-letter demo): skip them
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                texts.extend(record[k] for k in TEXT_FIELDS if isinstance(record.get(k), str))
+    labels = yaml.safe_load((data_dir / LABELS_FILE).read_text())
+    for label_set in labels["label_sets"].values():
+        texts.append(label_set.get("description", ""))
+        for label in label_set["labels"]:
+            texts.append(f"{label['name']}: {label.get('description', '')}")
+            texts.extend(label.get("examples", []))
+    return [t for t in texts if t.strip()]
+
+
+def kept_in_fp32(node_names: Sequence[str], patterns: Sequence[str] = FP32_MATMULS) -> list[str]:
+    """The MatMuls that stay fp32; `_output_dense_` alone would also match the attention output, which is int8."""
+    return [n for n in node_names if any(p in n for p in patterns) and "_attention_output_dense_" not in n]
+
+
+def digest(texts: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def calibration_batches(
+    rows: Sequence[Sequence[int]], batch: int = CALIBRATION_BATCH
+) -> list[tuple[NDArray[np.int64], NDArray[np.int64]]]:
+    """Padded (ids, mask) batches: a fixed shuffle of the rows, so each batch mixes lengths and pads like a
+    real mixed batch, and short rows see padding (the encoder pads to the longest row)."""
+    order = np.random.default_rng(0).permutation(len(rows))
+    out = []
+    for start in range(0, len(order), batch):
+        chunk = [rows[i] for i in order[start : start + batch]]
+        width = max(len(r) for r in chunk)
+        ids = np.zeros((len(chunk), width), dtype=np.int64)
+        mask = np.zeros((len(chunk), width), dtype=np.int64)
+        for i, r in enumerate(chunk):
+            ids[i, : len(r)] = r
+            mask[i, : len(r)] = 1
+        out.append((ids, mask))
+    return out
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over prepared batches.
+
+    `__len__` and `set_range` let the quantizer feed one batch per calibration pass (CalibStridedMinMax = 1):
+    the histogram calibrators cannot merge tensors of different sequence lengths within one pass.
+    """
+
+    def __init__(self, batches: Sequence[tuple[NDArray[np.int64], NDArray[np.int64]]]) -> None:
+        self._batches = batches
+        self._it: Iterator[tuple[NDArray[np.int64], NDArray[np.int64]]] = iter(batches)
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._it = iter(self._batches[start_index:end_index])
+
+    def get_next(self) -> dict[str, NDArray[np.int64]] | None:
+        item = next(self._it, None)
+        return None if item is None else {"input_ids": item[0], "attention_mask": item[1]}
+
+
+def quantize_int8(
+    fp32: Path,
+    out: Path,
+    mode: QuantMode,
+    batches: Sequence[tuple[NDArray[np.int64], NDArray[np.int64]]],
+    *,
+    exclude: Sequence[str] = (),
+    op_types: Sequence[str] = ("MatMul",),
+    method: str = CALIBRATION_METHOD,
+    extra: dict[str, Any] | None = None,
+    cache: Path | None = None,
+) -> None:
+    """Write the static QDQ int8 graph of `fp32` to `out`, activation ranges from `batches`."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
+    logging.disable(logging.WARNING)  # the quantizer advises shape pre-processing our graph does not need
+    try:
+        quantize_static(
+            str(fp32),
+            str(out),
+            _Reader(batches),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(op_types),
+            per_channel=mode.per_channel,
+            reduce_range=mode.reduce_range,
+            activation_type=QuantType[mode.activation_type],
+            weight_type=QuantType[mode.weight_type],
+            nodes_to_exclude=list(exclude),
+            calibrate_method=methods[method],
+            # MatMul outputs stay fp32 (MatMulIntegerToFloat): requantizing them cost fidelity (dialogue-turn cosine
+            # min 0.975 with, 0.985 without) and measured slower
+            extra_options={"CalibStridedMinMax": 1, "OpTypesToExcludeOutputQuantization": ["MatMul"]} | (extra or {}),
+            calibration_cache_path=cache,
+        )
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def build_static_int8(fp32: Path, out: Path, tokenizer: Path, mode: QuantMode) -> dict[str, Any]:
+    """Quantize `fp32` into `out` for this CPU's mode; return what the manifest records about it."""
+    import onnx
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer))
+    tok.no_padding()
+    tok.no_truncation()
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    if cls_id is None or sep_id is None:
+        raise ModelError("the tokenizer has no [CLS]/[SEP] tokens")
+    texts = calibration_texts()
+    rows = [[cls_id, *e.ids[:CALIBRATION_WINDOW], sep_id] for e in tok.encode_batch(texts, add_special_tokens=False)]
+    batches = calibration_batches(rows)
+    model = smooth(onnx.load(str(fp32)), batches)
+    names = [n.name for n in model.graph.node if n.op_type == "MatMul"]
+    fp32_nodes = kept_in_fp32(names, mode.fp32_matmuls)
+    smoothed = out.with_name(f"{out.stem}-smoothed.onnx")
+    onnx.save(model, str(smoothed))
+    try:
+        quantize_int8(smoothed, out, mode, batches, exclude=fp32_nodes)
+    finally:
+        smoothed.unlink(missing_ok=True)
+    return mode.manifest() | {
+        "calibration": {
+            "method": CALIBRATION_METHOD,
+            "smooth_alpha": SMOOTH_ALPHA,
+            "texts": len(texts),
+            "sha256": digest(texts),
+            "batch": CALIBRATION_BATCH,
+            "files": [*CALIBRATION_FILES, LABELS_FILE],
+        },
+        "int8_matmul_count": len(names) - len(fp32_nodes),
+        "fp32_matmul_count": len(fp32_nodes),
+    }
+
+
+def smooth(
+    model: Any, batches: Sequence[tuple[NDArray[np.int64], NDArray[np.int64]]], alpha: float = SMOOTH_ALPHA
+) -> Any:
+    """SmoothQuant: move activation outlier channels into the weights, in place; the fp32 function is unchanged.
+
+    A few hidden channels of BERT's LayerNorm outputs are tens of times larger than the rest, so one per-tensor
+    activation scale leaves the ordinary channels a handful of int8 steps. For each weight MatMul input X (shared
+    by the MatMuls that read it), with s_j = max|X_j|^alpha / max|W_j|^(1 - alpha): (X / s) (one Mul) times
+    diag(s) W (folded into the weights) is the same product with evened-out channels.
+    """
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    weights = {t.name: t for t in graph.initializer}
+    order = [copy.deepcopy(node) for node in graph.node]  # edited, then written back in topological order
+    readers: dict[str, list[Any]] = {}
+    for node in order:
+        if node.op_type == "MatMul" and node.input[1] in weights:
+            readers.setdefault(node.input[0], []).append(node)
+    probe = copy.deepcopy(model)
+    probe.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in readers)
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    amax: dict[str, NDArray[np.float32]] = {}
+    for ids, mask in batches:
+        outs = session.run(list(readers), {"input_ids": ids, "attention_mask": mask})
+        real = mask.astype(bool)  # padded positions never reach a result: they must not set the scales
+        for name, value in zip(readers, outs, strict=True):
+            peak = np.abs(value[real]).max(axis=0)
+            amax[name] = np.maximum(amax[name], peak) if name in amax else peak
+    for name, nodes in readers.items():
+        w_peak = np.max([np.abs(numpy_helper.to_array(weights[n.input[1]])).max(axis=1) for n in nodes], axis=0)
+        s = (np.maximum(amax[name], 1e-5) ** alpha / np.maximum(w_peak, 1e-5) ** (1 - alpha)).astype(np.float32)
+        for n in nodes:
+            w = numpy_helper.to_array(weights[n.input[1]]) * s[:, None]
+            weights[n.input[1]].CopyFrom(numpy_helper.from_array(w.astype(np.float32), n.input[1]))
+        # not "<tensor>_scale": the quantizer names its own scale initializers that way
+        factor, out = f"{name}_smooth_factor", f"{name}_smoothed"
+        graph.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), factor))
+        mul = helper.make_node("Mul", [name, factor], [out], name=out)
+        order.insert(next(i for i, n in enumerate(order) if n is nodes[0]), mul)  # before its first reader
+        for n in nodes:
+            n.input[0] = out
+    del graph.node[:]
+    graph.node.extend(order)
+    return model
