@@ -104,10 +104,12 @@ class _PoisonModerator:
     def __init__(self, real: object) -> None:
         self.real = real
 
-    def moderate(self, texts: Sequence[str], vectors: np.ndarray) -> list[Moderation]:
+    def moderate(
+        self, texts: Sequence[str], vectors: np.ndarray, categories: Sequence[tuple[str, ...] | None] | None = None
+    ) -> list[Moderation]:
         if any("POISON" in t for t in texts):
             raise ValueError("cannot moderate this")
-        return self.real.moderate(texts, vectors)  # type: ignore[attr-defined, no-any-return]
+        return self.real.moderate(texts, vectors, categories)  # type: ignore[attr-defined, no-any-return]
 
 
 def test_poison_event_is_isolated_by_bisection(mini_model: MiniModel) -> None:

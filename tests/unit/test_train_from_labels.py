@@ -159,23 +159,24 @@ def test_distillation_on_the_news_stream_matches_docs(settings: Settings) -> Non
     report = distill(
         settings, EVAL / "news_topics_train.jsonl", holdout=EVAL / "news_topics.jsonl", thresholds=[0.55, 0.95]
     )
-    # int8 kernels differ by CPU (AVX2 vs AVX512-VNNI/AMX), so the figures carry a spread. Measured on VNNI (as in the
-    # docs): escalation rate 0.054, macro-F1 0.933, mixed 0.017/0.942, 10 and 85 escalated, verdicts alone at 0.95
-    # 0.701. With the labels before issue 9 the two CPUs differed by up to 0.009 and 0.004.
+    # The static int8 build differs by CPU (s8 weights with VNNI/AMX, u8 and one more fp32 MatMul on plain AVX2), so
+    # the figures carry the spread measured between the two builds (escalation rate up to 0.008 apart, escalated
+    # counts up to 4, macro-F1 up to 0.008). Measured on VNNI (as in the docs): escalation rate 0.042, macro-F1 0.941,
+    # mixed 0.025/0.942, 10 and 82 escalated, verdicts alone at 0.95 0.698, mixed at 0.95 0.954.
     before = report["before"]
     assert before["method"] == "zero-shot"
-    assert before["escalation_rate"] == pytest.approx(0.054, abs=0.015)
-    assert before["macro_f1"] == pytest.approx(0.933, abs=0.01)
+    assert before["escalation_rate"] == pytest.approx(0.042, abs=0.015)
+    assert before["macro_f1"] == pytest.approx(0.941, abs=0.012)
     at_default, at_95 = report["runs"]
-    assert abs(at_default["escalated"] - 10) <= 3 and at_default["verdicts_by_label"].get("sports", 0) <= 2
+    assert abs(at_default["escalated"] - 10) <= 4 and at_default["verdicts_by_label"].get("sports", 0) <= 2
     assert at_default["after"]["verdicts"]["trained"] is False  # sports has under 3 verdicts: zero-shot as before
     assert at_default["after"]["verdicts"]["macro_f1"] == before["macro_f1"]
     mixed = at_default["after"]["verdicts + confident mini answers"]
-    assert mixed["escalation_rate"] == pytest.approx(0.017, abs=0.015)
-    assert mixed["macro_f1"] == pytest.approx(0.942, abs=0.01)
-    assert abs(at_95["escalated"] - 85) <= 5
-    assert at_95["after"]["verdicts"]["macro_f1"] == pytest.approx(0.701, abs=0.03)  # hard cases alone: worse
-    assert at_95["after"]["verdicts + confident mini answers"]["macro_f1"] == pytest.approx(0.963, abs=0.01)
+    assert mixed["escalation_rate"] == pytest.approx(0.025, abs=0.015)
+    assert mixed["macro_f1"] == pytest.approx(0.942, abs=0.012)
+    assert abs(at_95["escalated"] - 82) <= 6
+    assert at_95["after"]["verdicts"]["macro_f1"] == pytest.approx(0.698, abs=0.03)  # hard cases alone: worse
+    assert at_95["after"]["verdicts + confident mini answers"]["macro_f1"] == pytest.approx(0.954, abs=0.012)
 
 
 def test_distill_cli_splits_one_file_and_writes_the_plot(
