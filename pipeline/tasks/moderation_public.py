@@ -191,8 +191,10 @@ def seed_part() -> Part:
 
 
 def embed_part(encoder: Encoder, part: Part, cache: Path | None) -> NDArray[np.float32]:
-    """The part's vectors, read from `<cache>/moderation-<precision>-<name>-<split>.npz` when its texts match."""
-    digest = hashlib.sha256("\n".join(part.texts).encode("utf-8")).hexdigest()[:16]
+    """The part's vectors, read from `<cache>/moderation-<precision>-<name>-<split>.npz` when its texts and the model
+    build (version and int8 recipe) match: vectors of another build would measure that build, not this one."""
+    build = f"{encoder.files.version}|{encoder.files.manifest['artifacts'][encoder.files.precision]['sha256']}|"
+    digest = hashlib.sha256((build + "\n".join(part.texts)).encode("utf-8")).hexdigest()[:16]
     path = cache / f"moderation-{encoder.files.precision}-{part.name}-{part.split}.npz" if cache else None
     if path is not None and path.exists():
         with np.load(path, allow_pickle=False) as saved:
