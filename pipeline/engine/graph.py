@@ -67,8 +67,8 @@ class _GraphWriter:
         return out
 
     def linear(self, x: str, prefix: str) -> str:
-        # torch Linear stores [out, in]; MatMul wants [in, out]. The MatMul+Add pair is what
-        # onnxruntime's dynamic quantizer turns into an int8 MatMulInteger.
+        # torch Linear stores [out, in]; MatMul wants [in, out]. The named MatMul is what the static quantizer
+        # wraps in QDQ (or keeps fp32 by name, pipeline/engine/quantize.py) and onnxruntime fuses to int8 kernels.
         hint = prefix.replace(".", "_")
         y = self.op("MatMul", [x, self.weight(f"{prefix}.weight", transpose=True)], f"{hint}_matmul")
         return self.op("Add", [y, self.weight(f"{prefix}.bias")], f"{hint}_add")
