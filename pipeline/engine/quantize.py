@@ -377,12 +377,17 @@ def per_token_int8(model: Any, nodes: Sequence[str]) -> Any:
             return f"{prefix}_{suffix}"
 
         # QuantizeLinear takes a per-row scale only along an axis of a 2-D tensor: [batch * seq, k]
-        rows = op("Reshape", [op("Add", [x, const("shift", np.float32(GELU_SHIFT))], "shifted")], "rows")
+        rows = op(
+            "Reshape", [op("Add", [x, const("shift", np.array(GELU_SHIFT, dtype=np.float32))], "shifted")], "rows"
+        )
         order[-1].input.append(const("rows_shape", np.array([-1, k], dtype=np.int64)))
         peak = op("ReduceMax", [rows], "peak", axes=[1], keepdims=0)
         scale = op(
             "Max",
-            [op("Mul", [peak, const("inv255", np.float32(1 / 255))], "range"), const("tiny", np.float32(1e-8))],
+            [
+                op("Mul", [peak, const("inv255", np.array(1 / 255, dtype=np.float32))], "range"),
+                const("tiny", np.array(1e-8, dtype=np.float32)),
+            ],
             "scale",
         )
         acc = op("MatMulInteger", [op("QuantizeLinear", [rows, scale], "q", axis=0), const("weight_q", w_q)], "acc")
