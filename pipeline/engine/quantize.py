@@ -366,7 +366,6 @@ def per_token_int8(model: Any, nodes: Sequence[str]) -> Any:
         bias.CopyFrom(numpy_helper.from_array(corrected.astype(np.float32), bias.name))
         w_scale = (np.maximum(np.abs(w).max(axis=0), 1e-8) / 127.0).astype(np.float32)
         w_q = np.clip(np.round(w / w_scale), -127, 127).astype(np.int8)
-        k, n_out = w.shape
 
         def const(suffix: str, value: NDArray[Any], prefix: str = y) -> str:
             graph.initializer.append(numpy_helper.from_array(np.asarray(value), f"{prefix}_{suffix}"))
@@ -376,12 +375,9 @@ def per_token_int8(model: Any, nodes: Sequence[str]) -> Any:
             order.append(helper.make_node(op_type, inputs, [f"{prefix}_{suffix}"], name=f"{prefix}_{suffix}", **attrs))
             return f"{prefix}_{suffix}"
 
-        # QuantizeLinear takes a per-row scale only along an axis of a 2-D tensor: [batch * seq, k]
-        rows = op(
-            "Reshape", [op("Add", [x, const("shift", np.array(GELU_SHIFT, dtype=np.float32))], "shifted")], "rows"
-        )
-        order[-1].input.append(const("rows_shape", np.array([-1, k], dtype=np.int64)))
-        peak = op("ReduceMax", [rows], "peak", axes=[1], keepdims=0)
+        # per-axis QuantizeLinear measured slow (not vectorized): divide by the token's scale, then quantize with 1
+        shifted = op("Add", [x, const("shift", np.array(GELU_SHIFT, dtype=np.float32))], "shifted")
+        peak = op("ReduceMax", [shifted], "peak", axes=[-1], keepdims=1)  # [batch, seq, 1]
         scale = op(
             "Max",
             [
@@ -390,27 +386,15 @@ def per_token_int8(model: Any, nodes: Sequence[str]) -> Any:
             ],
             "scale",
         )
-        acc = op("MatMulInteger", [op("QuantizeLinear", [rows, scale], "q", axis=0), const("weight_q", w_q)], "acc")
-        column = op("Unsqueeze", [scale, const("axis1", np.array([1], dtype=np.int64))], "scale_column")
-        real = op(
-            "Mul",
-            [
-                op("Mul", [op("Cast", [acc], "acc_f", to=TensorProto.FLOAT), column], "row_scaled"),
-                const("weight_scale", w_scale),
-            ],
-            "product",
+        unit = op("Mul", [shifted, op("Reciprocal", [scale], "inverse")], "unit")
+        q = op(
+            "QuantizeLinear",
+            [unit, const("one", np.array(1.0, dtype=np.float32)), const("u8_zero", np.array(0, dtype=np.uint8))],
+            "q",
         )
-        lead = op(
-            "Slice",
-            [
-                op("Shape", [x], "shape"),
-                const("zero", np.array([0], dtype=np.int64)),
-                const("two", np.array([2], dtype=np.int64)),
-            ],
-            "lead",
-        )
-        shape = op("Concat", [lead, const("n_out", np.array([n_out], dtype=np.int64))], "out_shape", axis=0)
-        order.append(helper.make_node("Reshape", [real, shape], [y], name=y))
+        acc = op("MatMulInteger", [q, const("weight_q", w_q)], "acc")
+        row_scaled = op("Mul", [op("Cast", [acc], "acc_f", to=TensorProto.FLOAT), scale], "row_scaled")
+        order.append(helper.make_node("Mul", [row_scaled, const("weight_scale", w_scale)], [y], name=y))
     del graph.node[:]
     graph.node.extend(order)
     used = {name for n in graph.node for name in n.input}
