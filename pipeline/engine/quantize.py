@@ -50,15 +50,21 @@ CALIBRATION_FILES = (
 LABELS_FILE = "labels.yaml"
 CALIBRATION_WINDOW = 254  # word pieces per calibration row, as the encoder's default 256-token window
 # MatMuls left in fp32, by node name (pipeline/engine/graph.py names them). The attention products multiply two
-# activations (nothing to gain from int8 weights). The FFN down-projection is what int8 hurts most, measured on
-# the dialogue turns (cosine to fp32, mean/min, after smoothing; all weight MatMuls int8: 0.879/0.678; the
-# down-projection kept: 0.994/0.975): the GELU output feeding it spans 0..25 on a few tokens ([CLS], [SEP]) and
-# 0..1 on the rest, so one static scale leaves ordinary tokens ten int8 steps; smoothing channels cannot fix that.
-FP32_MATMULS = ("_attention_scores_", "_attention_context_", "_output_dense_")
-# Without an int8 dot product (u8 weights) the up-projection stays fp32 too: u8 weights with it int8 measured
-# 0.994/0.966, 7-bit s8 weights (reduce_range) 0.993/0.970, u8 weights with it fp32 0.998/0.988. int8 gains
-# little speed on such CPUs anyway.
-FP32_MATMULS_WITHOUT_DOT = (*FP32_MATMULS, "_intermediate_dense_")
+# activations (nothing to gain from int8 weights).
+FP32_MATMULS = ("_attention_scores_", "_attention_context_")
+# The FFN down-projection is what a static int8 scale hurts most, measured on the dialogue turns (cosine to fp32,
+# mean/min, after smoothing; all weight MatMuls static int8: 0.879/0.678; it kept fp32: 0.994/0.975): the GELU
+# output feeding it spans 0..25 on a few tokens ([CLS], [SEP]) and 0..1 on the rest, so one static scale leaves
+# ordinary tokens ten int8 steps; smoothing channels cannot fix that. Kept fp32 it cost a third of the speed, so
+# on CPUs with an int8 dot product its input is quantized per token at run time instead (per_token_int8): each
+# row gets its own scale, so the result still depends on the row alone (0.996/0.977, as fast as the old dynamic).
+PER_TOKEN_MATMULS = ("_output_dense_",)
+# Without an int8 dot product (u8 weights) the up- and down-projections stay fp32: u8 weights with the
+# up-projection int8 measured 0.994/0.966, 7-bit s8 weights (reduce_range) 0.993/0.970, u8 weights with it fp32
+# 0.998/0.988. int8 gains little speed on such CPUs anyway.
+FP32_MATMULS_WITHOUT_DOT = (*FP32_MATMULS, "_intermediate_dense_", "_output_dense_")
+# erf GELU's minimum is -0.16997: the down-projection input plus this is >= 0, so it fits u8 with zero point 0
+GELU_SHIFT = 0.17
 TEXT_FIELDS = ("text", "subject", "body")
 
 
@@ -73,9 +79,14 @@ class QuantMode:
     reduce_range: bool
     fp32_matmuls: tuple[str, ...]  # name patterns of the MatMuls kept in fp32
     cpu_flags: tuple[str, ...]
+    per_token_matmuls: tuple[str, ...] = ()  # name patterns of the MatMuls whose input is quantized per token
 
     def manifest(self) -> dict[str, Any]:
-        return asdict(self) | {"fp32_matmuls": list(self.fp32_matmuls), "cpu_flags": list(self.cpu_flags)}
+        return asdict(self) | {
+            "fp32_matmuls": list(self.fp32_matmuls),
+            "cpu_flags": list(self.cpu_flags),
+            "per_token_matmuls": list(self.per_token_matmuls),
+        }
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, ...]:
@@ -90,8 +101,8 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, ...]:
 
 
 def choose_mode(flags: Sequence[str]) -> QuantMode:
-    """QDQ, u8 activations, per-channel weights: s8 where the CPU has an int8 dot product, else u8 (and the FFN
-    up-projection kept fp32 as well)."""
+    """QDQ, u8 activations, per-channel weights: s8 where the CPU has an int8 dot product (and the FFN
+    down-projection quantized per token), else u8 (and both FFN projections kept fp32)."""
     dot = any(f in flags for f in INT8_DOT_FLAGS)
     return QuantMode(
         format="QDQ",
@@ -101,6 +112,7 @@ def choose_mode(flags: Sequence[str]) -> QuantMode:
         reduce_range=False,
         fp32_matmuls=FP32_MATMULS if dot else FP32_MATMULS_WITHOUT_DOT,
         cpu_flags=tuple(flags),
+        per_token_matmuls=PER_TOKEN_MATMULS if dot else (),
     )
 
 
@@ -127,7 +139,8 @@ def calibration_texts(data_dir: Path = _DATA) -> list[str]:
 
 
 def kept_in_fp32(node_names: Sequence[str], patterns: Sequence[str] = FP32_MATMULS) -> list[str]:
-    """The MatMuls that stay fp32; `_output_dense_` alone would also match the attention output, which is int8."""
+    """The MatMuls matching `patterns` (those kept fp32, or quantized per token); `_output_dense_` alone would also
+    match the attention output, which is static int8."""
     return [n for n in node_names if any(p in n for p in patterns) and "_attention_output_dense_" not in n]
 
 
@@ -237,13 +250,18 @@ def build_static_int8(fp32: Path, out: Path, tokenizer: Path, mode: QuantMode) -
     texts = calibration_texts()
     rows = [[cls_id, *e.ids[:CALIBRATION_WINDOW], sep_id] for e in tok.encode_batch(texts, add_special_tokens=False)]
     batches = calibration_batches(rows)
-    model = smooth(onnx.load(str(fp32)), batches)
+    model = onnx.load(str(fp32))
     names = [n.name for n in model.graph.node if n.op_type == "MatMul"]
     fp32_nodes = kept_in_fp32(names, mode.fp32_matmuls)
+    per_token = kept_in_fp32(names, mode.per_token_matmuls)
+    # only the statically quantized MatMuls are smoothed: a Mul before the others would be time spent for nothing
+    model = smooth(model, batches, skip=(*fp32_nodes, *per_token))
     smoothed = out.with_name(f"{out.stem}-smoothed.onnx")
     onnx.save(model, str(smoothed))
     try:
-        quantize_int8(smoothed, out, mode, batches, exclude=fp32_nodes)
+        quantize_int8(smoothed, out, mode, batches, exclude=(*fp32_nodes, *per_token))
+        if per_token:
+            onnx.save(per_token_int8(onnx.load(str(out)), per_token), str(out))
     finally:
         smoothed.unlink(missing_ok=True)
     return mode.manifest() | {
@@ -257,18 +275,24 @@ def build_static_int8(fp32: Path, out: Path, tokenizer: Path, mode: QuantMode) -
         },
         "int8_matmul_count": len(names) - len(fp32_nodes),
         "fp32_matmul_count": len(fp32_nodes),
+        "per_token_matmul_count": len(per_token),
     }
 
 
 def smooth(
-    model: Any, batches: Sequence[tuple[NDArray[np.int64], NDArray[np.int64]]], alpha: float = SMOOTH_ALPHA
+    model: Any,
+    batches: Sequence[tuple[NDArray[np.int64], NDArray[np.int64]]],
+    alpha: float = SMOOTH_ALPHA,
+    *,
+    skip: Sequence[str] = (),
 ) -> Any:
     """SmoothQuant: move activation outlier channels into the weights, in place; the fp32 function is unchanged.
 
     A few hidden channels of BERT's LayerNorm outputs are tens of times larger than the rest, so one per-tensor
     activation scale leaves the ordinary channels a handful of int8 steps. For each weight MatMul input X (shared
     by the MatMuls that read it), with s_j = max|X_j|^alpha / max|W_j|^(1 - alpha): (X / s) (one Mul) times
-    diag(s) W (folded into the weights) is the same product with evened-out channels.
+    diag(s) W (folded into the weights) is the same product with evened-out channels. MatMuls named in `skip`
+    are left as they are.
     """
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
@@ -278,7 +302,7 @@ def smooth(
     order = [copy.deepcopy(node) for node in graph.node]  # edited, then written back in topological order
     readers: dict[str, list[Any]] = {}
     for node in order:
-        if node.op_type == "MatMul" and node.input[1] in weights:
+        if node.op_type == "MatMul" and node.input[1] in weights and node.name not in skip:
             readers.setdefault(node.input[0], []).append(node)
     probe = copy.deepcopy(model)
     probe.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in readers)
@@ -305,4 +329,76 @@ def smooth(
             n.input[0] = out
     del graph.node[:]
     graph.node.extend(order)
+    return model
+
+
+def per_token_int8(model: Any, nodes: Sequence[str]) -> Any:
+    """Replace each named fp32 MatMul (input: a GELU output; weight: a constant) with an int8 product whose input
+    scale is set per token at run time, in place.
+
+    Per token (not per batch, as quantize_dynamic did): a row's scale comes from that row alone, so its result
+    does not move with its batch-mates, and the few outlier tokens no longer squeeze the others into a handful of
+    int8 steps. x + GELU_SHIFT >= 0 is quantized to u8 with zero point 0 (MatMulInteger takes only one zero point
+    for A); the shift's share of the product, GELU_SHIFT * colsum(W), comes off the following bias Add. Weights:
+    s8, symmetric, one scale per output column.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    readers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for name in n.input:
+            readers.setdefault(name, []).append(n)
+    wanted = set(nodes)
+    order: list[Any] = []
+    for node in graph.node:
+        if node.name not in wanted:
+            order.append(node)
+            continue
+        x, w_name, y = node.input[0], node.input[1], node.output[0]
+        w = numpy_helper.to_array(inits[w_name]).astype(np.float32)
+        bias_add = readers[y]
+        if len(bias_add) != 1 or bias_add[0].op_type != "Add" or bias_add[0].input[1] not in inits:
+            raise ModelError(f"{node.name}: expected a MatMul followed by its bias Add")
+        bias = inits[bias_add[0].input[1]]
+        corrected = numpy_helper.to_array(bias).astype(np.float32) - GELU_SHIFT * w.sum(axis=0)
+        bias.CopyFrom(numpy_helper.from_array(corrected.astype(np.float32), bias.name))
+        w_scale = (np.maximum(np.abs(w).max(axis=0), 1e-8) / 127.0).astype(np.float32)
+        w_q = np.clip(np.round(w / w_scale), -127, 127).astype(np.int8)
+
+        def const(suffix: str, value: NDArray[Any], prefix: str = y) -> str:
+            graph.initializer.append(numpy_helper.from_array(np.asarray(value), f"{prefix}_{suffix}"))
+            return f"{prefix}_{suffix}"
+
+        def op(op_type: str, inputs: list[str], suffix: str, prefix: str = y, **attrs: Any) -> str:
+            order.append(helper.make_node(op_type, inputs, [f"{prefix}_{suffix}"], name=f"{prefix}_{suffix}", **attrs))
+            return f"{prefix}_{suffix}"
+
+        # per-axis QuantizeLinear measured slow (not vectorized): divide by the token's scale, then quantize with 1
+        shifted = op("Add", [x, const("shift", np.array(GELU_SHIFT, dtype=np.float32))], "shifted")
+        peak = op("ReduceMax", [shifted], "peak", axes=[-1], keepdims=1)  # [batch, seq, 1]
+        scale = op(
+            "Max",
+            [
+                op("Mul", [peak, const("inv255", np.array(1 / 255, dtype=np.float32))], "range"),
+                const("tiny", np.array(1e-8, dtype=np.float32)),
+            ],
+            "scale",
+        )
+        unit = op("Mul", [shifted, op("Reciprocal", [scale], "inverse")], "unit")
+        q = op(
+            "QuantizeLinear",
+            [unit, const("one", np.array(1.0, dtype=np.float32)), const("u8_zero", np.array(0, dtype=np.uint8))],
+            "q",
+        )
+        acc = op("MatMulInteger", [q, const("weight_q", w_q)], "acc")
+        row_scaled = op("Mul", [op("Cast", [acc], "acc_f", to=TensorProto.FLOAT), scale], "row_scaled")
+        order.append(helper.make_node("Mul", [row_scaled, const("weight_scale", w_scale)], [y], name=y))
+    del graph.node[:]
+    graph.node.extend(order)
+    used = {name for n in graph.node for name in n.input}
+    kept = [t for t in graph.initializer if t.name in used]  # the fp32 weights replaced above
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
     return model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -151,8 +152,9 @@ def test_calibration_batches_pad_like_the_encoder() -> None:
     assert all(ids[i, mask[i] == 0].sum() == 0 for i in range(3))
 
 
-def test_the_fp32_matmuls_are_the_attention_products_and_the_ffn_down_projection() -> None:
-    """Q/K/V, the attention output and FFN up-projections are int8; the down-projection and attention products not."""
+def test_the_attention_products_stay_fp32_and_the_down_projection_is_quantized_per_token() -> None:
+    """Q/K/V, the attention output and FFN up-projections are static int8, the attention products fp32, the
+    down-projection per-token int8 on an int8-dot CPU; without one both FFN projections stay fp32."""
     names = [
         "encoder_layer_0_attention_self_query_matmul_1",
         "encoder_layer_0_attention_scores_5",
@@ -161,9 +163,49 @@ def test_the_fp32_matmuls_are_the_attention_products_and_the_ffn_down_projection
         "encoder_layer_0_intermediate_dense_matmul_20",
         "encoder_layer_0_output_dense_matmul_30",
     ]
-    assert quantize.kept_in_fp32(names) == [names[1], names[2], names[5]]
-    avx2 = quantize.choose_mode(("avx2",)).fp32_matmuls  # no int8 dot product: the up-projection stays fp32 too
-    assert quantize.kept_in_fp32(names, avx2) == [names[1], names[2], names[4], names[5]]
+    vnni = quantize.choose_mode(("avx2", "avx512_vnni"))
+    assert quantize.kept_in_fp32(names, vnni.fp32_matmuls) == [names[1], names[2]]
+    assert quantize.kept_in_fp32(names, vnni.per_token_matmuls) == [names[5]]
+    avx2 = quantize.choose_mode(("avx2",))  # no int8 dot product: both FFN projections stay fp32
+    assert quantize.kept_in_fp32(names, avx2.fp32_matmuls) == [names[1], names[2], names[4], names[5]]
+    assert avx2.per_token_matmuls == ()
+
+
+def test_per_token_int8_is_close_to_fp32_and_ignores_batch_mates() -> None:
+    """The per-token int8 product of a GELU-like input is within int8 error of fp32, and a row with a 25x outlier
+    token beside it (which would set a per-batch scale) leaves an ordinary row's result exactly unchanged."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(16, 6)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["mm"], name="layer_0_output_dense_matmul"),
+        helper.make_node("Add", ["mm", "b"], ["y"], name="y"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", 6])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(rng.normal(size=6).astype(np.float32), "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    fp32 = ort.InferenceSession(model.SerializeToString())
+    int8_model = quantize.per_token_int8(
+        onnx.load_from_string(model.SerializeToString()), ["layer_0_output_dense_matmul"]
+    )
+    onnx.checker.check_model(int8_model)
+    assert "MatMul" not in [n.op_type for n in int8_model.graph.node]
+    int8 = ort.InferenceSession(int8_model.SerializeToString())
+    h = rng.normal(size=(2, 5, 16)).astype(np.float32)
+    x = (0.5 * h * (1 + np.vectorize(math.erf)(h / math.sqrt(2)))).astype(np.float32)  # GELU outputs, >= -0.17
+    want, got = fp32.run(None, {"x": x})[0], int8.run(None, {"x": x})[0]
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+    outlier = x.copy()
+    outlier[1, 0] *= 25
+    np.testing.assert_array_equal(int8.run(None, {"x": outlier})[0][0], got[0])
 
 
 def test_smoothing_leaves_the_fp32_function_unchanged() -> None:
