@@ -104,8 +104,8 @@ def evaluate_moderation(rows: list[LabeledRow], settings: Settings, encoder: Enc
     texts = [r.text for r in mod_rows]
     truth = np.asarray([[c in (r.categories or []) for c in CATEGORIES] for r in mod_rows], dtype=bool)
     vectors = encoder.embed(texts)
-    report = evaluate_texts(task.moderator, encoder, texts, truth, vectors=vectors)
     results = task.moderator.moderate(texts, vectors)
+    report = evaluate_texts(task.moderator, encoder, texts, truth, vectors=vectors, results=results)
     reasons = [task.reasons(m) for m in results]
     escalated = np.asarray([bool(r) for r in reasons])
     # The decision a moderation result makes is `flagged`: right when it matches "has any category".

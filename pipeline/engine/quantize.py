@@ -157,17 +157,12 @@ def calibration_batches(
 ) -> list[tuple[NDArray[np.int64], NDArray[np.int64]]]:
     """Padded (ids, mask) batches: a fixed shuffle of the rows, so each batch mixes lengths and pads like a
     real mixed batch, and short rows see padding (the encoder pads to the longest row)."""
+    from pipeline.engine.encoder import pad  # calibration must pad exactly as inference does
+
     order = np.random.default_rng(0).permutation(len(rows))
     out = []
     for start in range(0, len(order), batch):
-        chunk = [rows[i] for i in order[start : start + batch]]
-        width = max(len(r) for r in chunk)
-        ids = np.zeros((len(chunk), width), dtype=np.int64)
-        mask = np.zeros((len(chunk), width), dtype=np.int64)
-        for i, r in enumerate(chunk):
-            ids[i, : len(r)] = r
-            mask[i, : len(r)] = 1
-        out.append((ids, mask))
+        out.append(pad([rows[i] for i in order[start : start + batch]]))
     return out
 
 

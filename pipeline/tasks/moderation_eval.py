@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pipeline.engine.encoder import Encoder
+from pipeline.models import Moderation
 from pipeline.tasks.moderate import CATEGORIES, EVAL_FILE, Floats, Moderator, read_labelled
 
 
@@ -26,13 +29,15 @@ def evaluate_texts(
     labels: NDArray[np.bool_],
     *,
     vectors: NDArray[np.float32] | None = None,
+    results: list[Moderation] | None = None,
 ) -> dict[str, Any]:
-    """The same report for texts and their (texts, categories) truth matrix (`vectors`: their embeddings, if known)."""
+    """The same report for texts and their (texts, categories) truth matrix (`vectors`: their embeddings, and
+    `results`: what `moderate` made of them, when the caller has them already)."""
     from sklearn.metrics import brier_score_loss, precision_recall_fscore_support, roc_auc_score
 
     vectors = encoder.embed(texts) if vectors is None else vectors
     scores = moderator.scores(texts, vectors)
-    results = moderator.moderate(texts, vectors)
+    results = moderator.moderate(texts, vectors) if results is None else results
     predicted = scores >= moderator.config.column("threshold")
 
     def summary(truth: NDArray[np.bool_], guess: NDArray[np.bool_], score: Floats) -> dict[str, float | None]:
@@ -60,26 +65,25 @@ def _any_row(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
     return np.asarray(mask.any(axis=1), dtype=bool)
 
 
+def median_ms(call: Callable[[], object], repeats: int) -> float:
+    """Median milliseconds of `repeats` calls, after one warm-up call."""
+    call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
+
+
 def _per_batch_ms(moderator: Moderator, encoder: Encoder, batch: int = 64, repeats: int = 50) -> dict[str, float]:
     """Median milliseconds per batch for moderate() and for the profanity-check part alone."""
-    import time
-
     texts = (read_labelled(EVAL_FILE)[0] * batch)[:batch]
     vectors = encoder.embed(texts)
-
-    def median_ms(call: Any) -> float:
-        call()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - start)
-        return float(np.median(times) * 1000)
-
     return {
-        "moderate_ms": median_ms(lambda: moderator.moderate(texts, vectors)),
-        "profanity_ms": median_ms(lambda: moderator.profanity.probability(texts)),
-        "sklearn_predict_proba_ms": median_ms(lambda: moderator.profanity._slow(texts)),
+        "moderate_ms": median_ms(lambda: moderator.moderate(texts, vectors), repeats),
+        "profanity_ms": median_ms(lambda: moderator.profanity.probability(texts), repeats),
+        "sklearn_predict_proba_ms": median_ms(lambda: moderator.profanity._slow(texts), repeats),
     }
 
 

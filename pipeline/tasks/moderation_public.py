@@ -131,34 +131,25 @@ def _by_split(
     return [_part(name, split, rows, benign=benign) for split, rows in sorted(parts.items())]
 
 
+def _tweeteval_parts(data: Path, task: str, positive: list[int], negative: list[int]) -> list[Part]:
+    """A TweetEval task's train split (into train and tune parts) and its val split (a test part)."""
+
+    def rows(split: str) -> list[tuple[str, list[int]]]:
+        texts, y = _tweeteval(data, task, split)
+        return [(t, positive if v else negative) for t, v in zip(texts, y, strict=True)]
+
+    return [
+        *_by_split(f"tweeteval_{task}", rows("train"), _tweet_split, benign=False),
+        _part(f"tweeteval_{task}_val", "test", rows("val"), benign=False),
+    ]
+
+
 def public_parts(data: Path) -> list[Part]:
     """Every public part: train and tune parts for fitting, test parts for the figures (never fitted on)."""
-    parts: list[Part] = []
-    texts, y = _tweeteval(data, "offensive", "train")
-    offensive = [(t, OFFENSIVE if v else NOT_OFFENSIVE) for t, v in zip(texts, y, strict=True)]
-    parts += _by_split("tweeteval_offensive", offensive, _tweet_split, benign=False)
-    texts, y = _tweeteval(data, "offensive", "val")
-    parts.append(
-        _part(
-            "tweeteval_offensive_val",
-            "test",
-            [(t, OFFENSIVE if v else NOT_OFFENSIVE) for t, v in zip(texts, y, strict=True)],
-            benign=False,
-        )
-    )
-
-    texts, y = _tweeteval(data, "hate", "train")
-    hate = [(t, HATE if v else NOT_HATE) for t, v in zip(texts, y, strict=True)]
-    parts += _by_split("tweeteval_hate", hate, _tweet_split, benign=False)
-    texts, y = _tweeteval(data, "hate", "val")
-    parts.append(
-        _part(
-            "tweeteval_hate_val",
-            "test",
-            [(t, HATE if v else NOT_HATE) for t, v in zip(texts, y, strict=True)],
-            benign=False,
-        )
-    )
+    parts = [
+        *_tweeteval_parts(data, "offensive", OFFENSIVE, NOT_OFFENSIVE),
+        *_tweeteval_parts(data, "hate", HATE, NOT_HATE),
+    ]
 
     davidson = []
     for r in _csv(data / "moderation" / "davidson_labeled_data.csv"):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from numpy.typing import NDArray
 
 from pipeline.errors import MinnowError
 from pipeline.tasks.moderate import CATEGORIES, Floats, Moderator
+from pipeline.tasks.moderation_eval import median_ms
 from pipeline.tasks.moderation_public import Part, embed_part, public_parts
 
 PROFANITY_CHECK_AT = 0.5  # the library's own `predict` cut
@@ -77,21 +77,12 @@ def scoring_cost(
 ) -> dict[str, float]:
     """Median milliseconds per 64 texts: the whole moderate() call and its parts."""
     texts, vectors = list(texts[:64]), vectors[:64]
-
-    def median_ms(call: Any) -> float:
-        call()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - start)
-        return round(float(np.median(times) * 1000), 2)
-
-    return {
-        "moderate_ms_per_64": median_ms(lambda: moderator.moderate(texts, vectors)),
-        "ngram_features_ms_per_64": median_ms(lambda: moderator.lexical.features(texts)),
-        "profanity_check_ms_per_64": median_ms(lambda: moderator.profanity.probability(texts)),
+    calls = {
+        "moderate_ms_per_64": lambda: moderator.moderate(texts, vectors),
+        "ngram_features_ms_per_64": lambda: moderator.lexical.features(texts),
+        "profanity_check_ms_per_64": lambda: moderator.profanity.probability(texts),
     }
+    return {name: round(median_ms(call, repeats), 2) for name, call in calls.items()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
