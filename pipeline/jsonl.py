@@ -12,6 +12,8 @@ from typing import IO, Any
 import orjson
 from pydantic import BaseModel
 
+from pipeline.codec import encode
+
 
 @contextmanager
 def open_input(path: str | None) -> Iterator[tuple[IO[bytes], int | None]]:
@@ -49,8 +51,9 @@ def batched(items: Iterable[tuple[int, bytes]], size: int) -> Iterator[list[tupl
 
 
 def dump(obj: BaseModel | dict[str, Any]) -> bytes:
+    """One output line; a model is written as the stream writes it (nulls included), so it loads back."""
     if isinstance(obj, BaseModel):
-        return orjson.dumps(obj.model_dump(mode="json", exclude_none=True)) + b"\n"
+        return encode(obj) + b"\n"
     return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from pipeline.codec import encode
 from pipeline.errors import DeliveryError, InputError
 from pipeline.models import ToDeadLetter, ToSink
 from pipeline.ops.topics import apply
@@ -20,7 +21,6 @@ from pipeline.stages.infer import MiniModel
 from pipeline.stages.runtime import AsyncMiniModel
 from pipeline.stages.validate import parse_event
 from pipeline.stream import names
-from pipeline.stream.codec import encode
 from pipeline.topic_specs import load_specs
 
 OUTPUT_TOPICS = (names.SINK_TOPICS["feed"], names.ESCALATION_TOPIC, names.DEADLETTER_TOPIC)  # of every bench worker

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Collection, MutableMapping, Sequence
 
 from pipeline import metrics
+from pipeline.codec import encode
 from pipeline.models import AnyEvent, ErrorRecord, Scores, TranscriptSegment
 from pipeline.settings import Settings
 from pipeline.stages.assemble import ConversationState, add_segment, close, due
@@ -114,7 +115,7 @@ class Conversations:
 
     def _write(self, state: ConversationState) -> OutputRecord:
         key = state.conversation_id.encode()
-        value = state.model_dump_json(exclude_defaults=False).encode()
+        value = encode(state)
         self._store[key] = value
         return self._changelog(state, value)
 

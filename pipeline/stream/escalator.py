@@ -23,6 +23,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from pydantic import ValidationError
 
 from pipeline import metrics
+from pipeline.codec import encode
 from pipeline.errors import DecodeError, DeliveryError, InputError, SchemaError
 from pipeline.escalation.escalator import Escalator, Outcome
 from pipeline.models import EVENT_ADAPTER, AnyEvent, EscalationRecord, ToSink
@@ -30,7 +31,6 @@ from pipeline.review.verdicts import label_key
 from pipeline.settings import Settings
 from pipeline.stream import names
 from pipeline.stream.clients import PRODUCER_MAX_REQUEST_BYTES
-from pipeline.stream.codec import encode
 from pipeline.stream.deadletter import Headers, dead_letter_headers
 from pipeline.stream.offsets import OffsetLedger
 from pipeline.stream.worker import EXIT_UNDELIVERED, InputRecord, input_record

@@ -16,12 +16,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
+from pipeline.codec import encode
 from pipeline.errors import DeliveryError, StreamToolError
 from pipeline.models import ReviewRecord
 from pipeline.review.prompt import Accept, ScriptedAnswer, ask, decide
 from pipeline.review.verdicts import Decision, Quit, Skip, Verdict, label_key, label_records
 from pipeline.stream.clients import KafkaRecord, partitions, started
-from pipeline.stream.codec import encode
 from pipeline.stream.names import REVIEW_SKIPS
 
 log = logging.getLogger(__name__)

@@ -14,16 +14,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, NoReturn, Protocol
 
-import orjson
-
 from pipeline import metrics
+from pipeline.codec import encode
 from pipeline.errors import DeliveryError, InferenceError, InputError
 from pipeline.models import FAMILIES, AnyEvent, ErrorRecord, Scores, ToDeadLetter, ToSink
 from pipeline.settings import Settings
 from pipeline.stages.route import Router
 from pipeline.stages.validate import parse_event
 from pipeline.stream import names
-from pipeline.stream.codec import encode
 from pipeline.stream.deadletter import Headers, Provenance, dead_letter_headers, normalize_headers
 
 log = logging.getLogger(__name__)
@@ -251,7 +249,7 @@ class BatchProcessor:
         if isinstance(routed, ToDeadLetter):
             # An emitted event (an assembled conversation) has no input bytes of its own: it is dead-lettered as
             # the event it was made into. Encoded only here, when it fails.
-            value = orjson.dumps(event.model_dump(mode="json")) if emitted else None
+            value = encode(event) if emitted else None
             return self._dead_letter(record, key, routed.error.error, routed.error.message, value=value)
         if isinstance(routed, ToSink):
             topic = self._sink_topics[routed.result.kind]

@@ -1,4 +1,4 @@
-"""One JSON encoding for every record Minnow writes: null fields left out, read back as the same model."""
+"""One JSON encoding for every record Minnow writes: every field, nulls included, read back as the same model."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import orjson
 
+from pipeline.codec import encode
 from pipeline.models import LabelRecord
 from pipeline.review.verdicts import label_key
-from pipeline.stream.codec import encode
 
 DECIDED_AT = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 
@@ -25,7 +25,8 @@ def _verdict(**fields: object) -> LabelRecord:
     return LabelRecord.model_validate(common | fields)
 
 
-def test_encode_leaves_out_null_fields_and_reads_back_as_the_same_model() -> None:
+def test_encode_writes_every_field_and_reads_back_as_the_same_model() -> None:
+    """Nulls are written, not left out: the topic schemas require the fields that have no default."""
     verdict = _verdict(task="classify", label_set="feed", label="business")
     value = encode(verdict)
     assert orjson.loads(value) == {
@@ -35,6 +36,8 @@ def test_encode_leaves_out_null_fields_and_reads_back_as_the_same_model() -> Non
         "text": "rates rose again",
         "label_set": "feed",
         "label": "business",
+        "flagged_categories": None,
+        "summary": None,
         "source": "human",
         "decided_by": "ana",
         "decided_at": "2026-11-27T09:00:00Z",
@@ -42,10 +45,10 @@ def test_encode_leaves_out_null_fields_and_reads_back_as_the_same_model() -> Non
     assert LabelRecord.model_validate_json(value) == verdict
 
 
-def test_an_empty_list_is_kept_only_none_is_left_out() -> None:
-    """A moderation verdict that flags nothing says so ([]); it is not the same as no moderation verdict."""
+def test_an_empty_list_is_not_a_null() -> None:
+    """A moderation verdict that flags nothing says so ([]); it is not the same as no moderation verdict (null)."""
     value = orjson.loads(encode(_verdict(task="moderate", flagged_categories=[])))
-    assert value["flagged_categories"] == [] and "label" not in value and "summary" not in value
+    assert value["flagged_categories"] == [] and value["label"] is None and value["summary"] is None
 
 
 def test_the_labels_key_is_task_and_event_id() -> None:
