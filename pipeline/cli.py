@@ -54,8 +54,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_infer(args: argparse.Namespace) -> int:
     from pipeline.commands import infer
+    from pipeline.stages.mapping import load_mapping
 
-    return infer.run(_settings(args), args.input, sys.stdout.buffer, batch_size=args.batch_size or 32)
+    mapping = load_mapping(Path(args.map)) if args.map else None
+    return infer.run(_settings(args), args.input, sys.stdout.buffer, batch_size=args.batch_size or 32, mapping=mapping)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -312,6 +314,9 @@ def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     i.add_argument("input", nargs="?", help="input file (default stdin)")
     i.add_argument("--labels", help="YAML label sets (default: the bundled ones)")
     i.add_argument("--heads", help="trained heads from `minnow train`")
+    i.add_argument(
+        "--map", metavar="FILE", help="a field mapping (YAML) for events of your own shape (docs/mapping.md)"
+    )
     _engine_opts(i, f"events per batch (default 32); also the {_WINDOWS}")
     i.set_defaults(func=cmd_infer)
 

@@ -7,6 +7,7 @@
     ├── InputError             one event cannot be processed (bad JSON, schema, encoding, size)
     │   ├── DecodeError
     │   └── SchemaError
+    │       └── MappingError   a field mapping found no value for a required field
     ├── InferenceError         the encoder failed on a batch
     ├── DeliveryError          (streaming) an output was not acknowledged by the broker
     ├── StreamToolError        (operations) produce, tail, review or a labels read could not start:
@@ -52,6 +53,10 @@ class DecodeError(InputError):
 
 class SchemaError(InputError):
     code = "schema_error"
+
+
+class MappingError(SchemaError):
+    code = "mapping_error"
 
 
 class InferenceError(MinnowError):

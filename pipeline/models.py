@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError
 
 EventKind = Literal["feed", "transcript", "conversation", "iot", "ticket"]
 Route = Literal["sink", "escalate"]
@@ -55,6 +55,18 @@ class _Event(_Contract):
 
     if TYPE_CHECKING:  # declared by each family, with its own constraints and in its own field order
         id: str
+        kind: EventKind
+
+    # The object as the producer sent it, when it was read through a field mapping or had fields the contract does
+    # not know: results carry it on unchanged (`Result.original`). Not a field: it is not part of the contract.
+    _original: dict[str, Any] | None = PrivateAttr(default=None)
+
+    def set_original(self, produced: dict[str, Any]) -> None:
+        self._original = produced
+
+    @property
+    def original(self) -> dict[str, Any] | None:
+        return self._original
 
     def key(self) -> bytes:
         """The record key of every output about this event: per-key order holds for what shares it."""
@@ -356,6 +368,11 @@ class Result(Scores):
     escalation_reasons: list[str] = Field(default_factory=list)
     decided_by: DecidedBy = "mini-model"
     large_model: LargeModelInfo | None = None
+    original: dict[str, Any] | None = Field(
+        default=None,
+        description="the input event as produced, when it was read through a field mapping or had fields outside "
+        "the contract (docs/mapping.md); null otherwise",
+    )
 
 
 class ErrorRecord(_Contract):

@@ -10,15 +10,18 @@ from pipeline.jsonl import batched, dump, numbered_lines, open_input, progress
 from pipeline.models import AnyEvent, ErrorRecord, Result
 from pipeline.settings import Settings
 from pipeline.stages.infer import MiniModel
+from pipeline.stages.mapping import FieldMapping
 from pipeline.stages.validate import decode_line
 
 
-def run(settings: Settings, path: str | None, out: IO[bytes], *, batch_size: int) -> int:
+def run(
+    settings: Settings, path: str | None, out: IO[bytes], *, batch_size: int, mapping: FieldMapping | None = None
+) -> int:
     model = MiniModel.load(settings)
     counts: Counter[str] = Counter()
     with open_input(path) as (stream, size), progress(size, "infer") as bar:
         for batch in batched(numbered_lines(stream), batch_size):
-            decoded = [decode_line(raw, line) for line, raw in batch]
+            decoded = [decode_line(raw, line, mapping=mapping) for line, raw in batch]
             events: list[AnyEvent] = [d for d in decoded if not isinstance(d, ErrorRecord)]
             results = iter(model.process(events))
             for (line, _), item in zip(batch, decoded, strict=True):

@@ -94,7 +94,10 @@ class MiniModel:
 
         The stream worker scores, runs its stateful steps, then routes.
         """
-        return [s if isinstance(s, ErrorRecord) else self.router.result(s) for s in self.score(events)]
+        scored = self.score(events)
+        return [
+            s if isinstance(s, ErrorRecord) else self.router.result(s, e) for s, e in zip(scored, events, strict=True)
+        ]
 
     # ---------------------------------------------------------------------------------------- internals
     def _job(self, event: AnyEvent) -> _Resolved:

@@ -47,11 +47,12 @@ class Router:
         reasons = self.reasons({task.field: getattr(scores, task.field) for task in self._tasks})
         return ("escalate" if reasons else "sink"), reasons
 
-    def result(self, scores: Scores) -> Result:
-        """The enriched result: the scores and the route they earn."""
+    def result(self, scores: Scores, event: AnyEvent | None = None) -> Result:
+        """The enriched result: the scores and the route they earn, with the event as produced when it has one."""
         route, reasons = self.decide(scores)
         task_results = {name: getattr(scores, name) for name in Scores.model_fields}
-        return Result(**task_results, route=route, escalation_reasons=reasons)
+        original = event.original if event is not None else None
+        return Result(**task_results, route=route, escalation_reasons=reasons, original=original)
 
     def route(
         self, event: AnyEvent, outcome: Scores | ErrorRecord, *, now: datetime | None = None
@@ -59,7 +60,7 @@ class Router:
         """Where one event goes. The escalation record carries the original event for the large model."""
         if isinstance(outcome, ErrorRecord):
             return ToDeadLetter(error=outcome)
-        result = self.result(outcome)
+        result = self.result(outcome, event)
         if result.route == "sink":
             return ToSink(result=result)
         return ToEscalation(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from pydantic import ValidationError
 
 from pipeline.errors import DecodeError, InputError, SchemaError
-from pipeline.models import EVENT_ADAPTER, AnyEvent, ErrorRecord, guess_kind
+from pipeline.models import EVENT_ADAPTER, FAMILIES, AnyEvent, ErrorRecord, guess_kind
+from pipeline.stages.mapping import FieldMapping
 
 DEFAULT_MAX_EVENT_BYTES = 1_048_576
 
@@ -20,8 +23,15 @@ def _schema_message(exc: ValidationError) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
-def parse_event(raw: bytes, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> AnyEvent:
-    """Return the validated event, or raise an InputError subclass saying what is wrong."""
+def parse_event(
+    raw: bytes, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES, mapping: FieldMapping | None = None
+) -> AnyEvent:
+    """Return the validated event, or raise an InputError subclass saying what is wrong.
+
+    With a field mapping the producer's object is read through it (pipeline/stages/mapping.py). The event keeps
+    the object as produced (`original`) when it was mapped or carries fields the contract does not know, so its
+    result can carry them on.
+    """
     if len(raw) > max_bytes:
         raise DecodeError(f"event is {len(raw)} bytes, over the {max_bytes}-byte limit")
     try:
@@ -35,28 +45,48 @@ def parse_event(raw: bytes, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> AnyE
         raise DecodeError(f"not valid JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise SchemaError(f"an event must be a JSON object, got {type(obj).__name__}")
-    if "kind" not in obj:
+    produced = obj
+    if mapping is not None:
+        obj = mapping.apply(obj)
+    elif "kind" not in obj:
         obj = {**obj, "kind": guess_kind(obj)}
     try:
-        return EVENT_ADAPTER.validate_python(obj)
+        event = EVENT_ADAPTER.validate_python(obj)
     except ValidationError as exc:
-        raise SchemaError(f"{obj.get('kind')} event does not match its schema: {_schema_message(exc)}") from exc
+        mapped = " (after mapping)" if mapping is not None else ""
+        raise SchemaError(f"{obj.get('kind')} event{mapped} does not match its schema: {_schema_message(exc)}") from exc
+    if mapping is not None or _has_unknown_fields(produced, event.kind):
+        event.set_original(produced)
+    return event
+
+
+def _has_unknown_fields(obj: dict[str, Any], kind: str) -> bool:
+    family = FAMILIES[kind]
+    known = {info.alias or name for name, info in family.model_fields.items()}
+    return any(key not in known for key in obj)
 
 
 def decode_line(
-    raw: bytes, line: int | None = None, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    raw: bytes,
+    line: int | None = None,
+    *,
+    max_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    mapping: FieldMapping | None = None,
 ) -> AnyEvent | ErrorRecord:
     """An event, or an ErrorRecord carrying the line number and the event id when it could be read."""
     try:
-        return parse_event(raw, max_bytes=max_bytes)
+        return parse_event(raw, max_bytes=max_bytes, mapping=mapping)
     except InputError as exc:
-        return ErrorRecord(error=exc.code, message=str(exc), id=_best_effort_id(raw), line=line)
+        return ErrorRecord(error=exc.code, message=str(exc), id=_best_effort_id(raw, mapping), line=line)
 
 
-def _best_effort_id(raw: bytes) -> str | None:
+def _best_effort_id(raw: bytes, mapping: FieldMapping | None = None) -> str | None:
+    """The event's id when it can be read (through the mapping's `id` source, if any), to name the error record."""
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
-    value = obj.get("id") if isinstance(obj, dict) else None
-    return value if isinstance(value, str) else None
+    if not isinstance(obj, dict):
+        return None
+    value = mapping.id_of(obj) if mapping is not None else obj.get("id")
+    return str(value) if isinstance(value, str | int) and not isinstance(value, bool) else None

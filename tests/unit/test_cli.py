@@ -81,11 +81,28 @@ def test_train_then_eval_uses_the_trained_head(tmp_path: Path, capsys: pytest.Ca
     assert Path(report["plot"]).stat().st_size > 1000
 
 
+def test_infer_reads_events_of_your_own_shape_through_a_mapping(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/mapping.md's example end to end: two posts mapped and scored with their original kept, one dead
+    letter naming the unmapped field; every line accounted for."""
+    examples = EXAMPLES.parent
+    assert main(["infer", "--map", str(examples / "social-posts.map.yaml"), str(examples / "social-posts.jsonl")]) == 0
+    out = _lines(capsys.readouterr().out)
+    assert [r.get("route") or r.get("error") for r in out][2] == "mapping_error"
+    assert [r["id"] for r in out] == ["90210", "90211", "90212"]
+    first = out[0]
+    assert first["kind"] == "feed" and first["original"]["user"] == {"handle": "@ana"}  # type: ignore[index]
+
+
 def test_config_errors_exit_2_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "labels.yaml"
     bad.write_text("nope: 1\n")
     assert main(["infer", str(EXAMPLES), "--labels", str(bad)]) == 2
     assert "label_sets" in capsys.readouterr().err
+    bad_map = tmp_path / "shape.map.yaml"
+    bad_map.write_text("kind: feed\nfields: {id: $.uuid, text: $.t, source: x, created_at: $.c, colour: $.x}\n")
+    assert main(["infer", str(EXAMPLES), "--map", str(bad_map)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "shape.map.yaml: feed events have no field colour" in err
 
 
 def test_bench_model_reports_both_figures_and_their_ratio(capsys: pytest.CaptureFixture[str]) -> None:
