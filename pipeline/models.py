@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, Val
 EventKind = Literal["feed", "transcript", "conversation", "iot", "ticket"]
 Route = Literal["sink", "escalate"]
 DecidedBy = Literal["mini-model", "large-model", "human"]
+# Which limit left part of an input out of the embedding (docs/architecture.md "Long texts").
+Truncation = Literal["max_text_chars", "max_tokens_per_event"]
 
 
 class _Contract(BaseModel):
@@ -312,9 +314,14 @@ class ModelInfo(_Contract):
 class InputInfo(_Contract):
     """What the encoder saw: nothing is cut without saying so."""
 
-    tokens: int
-    chunks: int
-    truncated: bool
+    tokens: int = Field(description="model tokens embedded")
+    chunks: int = Field(description="model windows (or sentences) embedded")
+    truncated: bool = Field(description="part of the input was not embedded; truncated_by says which limit")
+    truncated_by: Truncation | None = Field(
+        default=None,
+        description="max_text_chars: the text was cut at MINNOW_ENGINE__MAX_TEXT_CHARS; max_tokens_per_event: it was "
+        "embedded from a spread sample of its chunks (first, last, evenly between) within the per-event budget",
+    )
     segments: int | None = Field(default=None, description="for a conversation: how many segments it was made of")
 
 

@@ -34,7 +34,13 @@ class EngineSettings(_Frozen):
     max_tokens_per_batch: int = Field(default=4096, ge=256, description="padded tokens (rows x longest) per batch")
     max_seq_tokens: int = Field(default=256, ge=16, le=512, description="model token window per chunk")
     max_chunks_per_text: int = Field(
-        default=256, ge=1, description="chunks embedded per text; beyond this the result says `truncated`"
+        default=256, ge=1, description="chunks embedded per text at most; beyond this the result says `truncated`"
+    )
+    max_tokens_per_event: int = Field(
+        default=1536,
+        ge=256,
+        description="model tokens embedded per event at most (the cost budget of one event); a longer text is embedded "
+        "from a spread sample of its chunks and its result says `truncated` (docs/architecture.md)",
     )
     max_text_chars: int = Field(default=100_000, ge=1, description="longer texts are cut and marked `truncated`")
     inflight_batches: int = Field(default=2, ge=1, description="batches running in the executor at once")

@@ -14,6 +14,7 @@ from numpy.typing import NDArray
 from pipeline.engine.artifacts import ModelFiles
 from pipeline.engine.text import clean, split_sentences
 from pipeline.errors import InferenceError, ModelError
+from pipeline.models import Truncation
 from pipeline.settings import EngineSettings
 
 Vectors = NDArray[np.float32]
@@ -32,7 +33,8 @@ class TextEmbedding:
     segment_vectors: Vectors  # (len(segments), dim)
     segment_sources: list[int]  # for each segment, the index of the sentence it came from
     tokens: int
-    truncated: bool  # True when part of the input was not embedded (too many chunks or characters)
+    truncated: bool  # True when part of the input was not embedded (see truncated_by)
+    truncated_by: Truncation | None = None  # the limit that left input out
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ class Encoder:
         list of strings is taken as already split (dialogue turns, say) and embedded piece by piece.
         """
         units: list[_Unit] = []
-        plans: list[tuple[list[str], list[int], list[int], int, bool]] = []
+        plans: list[tuple[list[str], list[int], list[int], int, bool, Truncation | None]] = []
         cleaned = {i: clean(t, self.settings.max_text_chars) for i, t in enumerate(texts) if isinstance(t, str)}
         # Most events are short: tokenize them whole, in one parallel call, before deciding whether to split.
         whole = [i for i, c in cleaned.items() if c.text and not by_sentence[i]]
@@ -106,17 +108,25 @@ class Encoder:
                 truncated = cleaned[owner].truncated
             else:
                 segments, segment_ids, sources, truncated = self._segment_presplit(raw)
-            if len(segment_ids) > self.settings.max_chunks_per_text:
-                keep = self.settings.max_chunks_per_text
-                segments, segment_ids, sources = segments[:keep], segment_ids[:keep], sources[:keep]
-                truncated = True
+            cut_by: Truncation | None = "max_text_chars" if truncated else None
+            keep = within_budget(
+                [len(ids) + 2 for ids in segment_ids],
+                self.settings.max_tokens_per_event,
+                self.settings.max_chunks_per_text,
+            )
+            if len(keep) < len(segment_ids):
+                segments = [segments[i] for i in keep]
+                segment_ids = [segment_ids[i] for i in keep]
+                sources = [sources[i] for i in keep]
+                # What was embedded is now a sample of the text: the budget is the limit worth naming.
+                truncated, cut_by = True, "max_tokens_per_event"
             weights = [max(len(ids), 1) for ids in segment_ids]
             units.extend(_Unit(owner, [self._cls, *ids, self._sep]) for ids in segment_ids)
-            plans.append((segments, sources, weights, sum(len(ids) for ids in segment_ids), truncated))
+            plans.append((segments, sources, weights, sum(len(ids) for ids in segment_ids), truncated, cut_by))
         vectors = self._run_units(units)
         out: list[TextEmbedding] = []
         pos = 0
-        for segments, sources, weights, tokens, truncated in plans:
+        for segments, sources, weights, tokens, truncated, cut_by in plans:
             seg_vecs = vectors[pos : pos + len(segments)]
             pos += len(segments)
             out.append(
@@ -127,6 +137,7 @@ class Encoder:
                     segment_sources=sources,
                     tokens=tokens,
                     truncated=truncated,
+                    truncated_by=cut_by,
                 )
             )
         return out
@@ -227,6 +238,23 @@ class Encoder:
         if vectors.shape != (len(ids), self.dim):
             raise InferenceError(f"encoder returned shape {vectors.shape} for {len(ids)} rows")
         return vectors
+
+
+def within_budget(lengths: Sequence[int], budget_tokens: int, max_pieces: int) -> list[int]:
+    """Which pieces of one text to embed, in text order: all of them when they fit the per-event budget; otherwise
+    the most evenly spaced pieces, first and last included, that fit the budget and the piece cap. The cost of one
+    event stays bounded whatever its length, and the sample still spans the whole text.
+    """
+    n = len(lengths)
+    if n <= max_pieces and sum(lengths) <= budget_tokens:
+        return list(range(n))
+    k = min(n, max_pieces, max(1, budget_tokens // max(1, min(lengths))))
+    while k > 1:
+        picked = sorted({round(x) for x in np.linspace(0, n - 1, k)})
+        if sum(lengths[i] for i in picked) <= budget_tokens:
+            return picked
+        k -= 1
+    return [0]
 
 
 def pad(rows: Sequence[Sequence[int]]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:

@@ -126,7 +126,13 @@ class MiniModel:
         if len(embeddings) != n:  # the count invariant that keeps results aligned with offsets
             raise InferenceError(f"encoder returned {len(embeddings)} embeddings for {n} events")
 
-        batch = Batch(events=events, jobs=jobs, texts=[r.text for r in resolved], embeddings=embeddings)
+        # A text embedded from a sample of its chunks is read by every task as that sample: the lexical channels,
+        # profanity and language identification cost in proportion to the text too, and the budget bounds them all.
+        texts = [
+            "\n".join(e.segments) if e.truncated_by == "max_tokens_per_event" else r.text
+            for r, e in zip(resolved, embeddings, strict=True)
+        ]
+        batch = Batch(events=events, jobs=jobs, texts=texts, embeddings=embeddings)
         by_task: dict[str, Sequence[Any]] = {}  # task field -> one result (or None) per event
         for task in self.tasks:
             t = time.perf_counter()
@@ -147,6 +153,7 @@ class MiniModel:
                     tokens=emb.tokens,
                     chunks=len(emb.segments),
                     truncated=emb.truncated,
+                    truncated_by=emb.truncated_by,
                     segments=r.turns,
                 ),
                 timings=shared,

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.engine import Encoder
+from pipeline.engine.encoder import within_budget
 from pipeline.engine.text import clean, split_sentences
 
 HAPPY, VERY_HAPPY, SUNNY = "That is a happy person", "That is a very happy person", "Today is a sunny day"
@@ -63,11 +64,43 @@ def test_long_text_is_chunked_not_truncated(encoder: Encoder) -> None:
     assert doc.tokens > 900
 
 
-def test_too_many_chunks_is_reported_as_truncated(encoder: Encoder) -> None:
-    text = " ".join(f"Sentence number {i} is here." for i in range(400))
+def test_a_text_over_the_per_event_budget_is_embedded_from_a_spread_sample(encoder: Encoder) -> None:
+    """100 KB of text costs at most the per-event budget of tokens: its first and last sentences and evenly spread
+    ones between, in order, and the result says which limit cut it."""
+    text = " ".join(f"Sentence number {i} is here." for i in range(3_000))  # 86 KB, under the char limit
     doc = encoder.embed_documents([text], [True])[0]
-    assert doc.truncated
-    assert len(doc.segments) == encoder.settings.max_chunks_per_text
+    assert doc.truncated and doc.truncated_by == "max_tokens_per_event"
+    assert doc.tokens + 2 * len(doc.segments) <= encoder.settings.max_tokens_per_event
+    assert doc.segment_sources == sorted(doc.segment_sources)
+    assert doc.segments[0] == "Sentence number 0 is here." and doc.segments[-1] == "Sentence number 2999 is here."
+    gaps = np.diff(doc.segment_sources)
+    assert gaps.max() <= gaps.min() + 1, "the sample is spread evenly, not the head of the text"
+
+
+def test_each_limit_is_named_when_it_cuts(encoder: Encoder) -> None:
+    """A text cut at MINNOW_ENGINE__MAX_TEXT_CHARS but within the token budget says `max_text_chars`; one that is
+    also sampled says `max_tokens_per_event` (what was embedded is a sample)."""
+    cut_short = Encoder(encoder.files, encoder.settings.model_copy(update={"max_text_chars": 2_000}))
+    assert cut_short.embed_documents(["word " * 1_000], [False])[0].truncated_by == "max_text_chars"
+    assert encoder.embed_documents(["word " * 30_000], [False])[0].truncated_by == "max_tokens_per_event"
+
+
+@pytest.mark.parametrize(
+    ("lengths", "budget", "cap", "kept"),
+    [
+        ([100] * 5, 1000, 10, [0, 1, 2, 3, 4]),  # fits: everything, in order
+        ([100] * 9, 500, 10, [0, 2, 4, 6, 8]),  # ends, middle, quarters
+        ([100] * 9, 1000, 3, [0, 4, 8]),  # the piece cap binds first
+        ([100] * 7, 400, 10, [0, 2, 4, 6]),
+        ([300, 100, 100, 300], 500, 10, [0]),  # always at least the first piece
+        ([], 500, 10, []),
+    ],
+)
+def test_within_budget_keeps_the_ends_and_spreads_the_rest(
+    lengths: list[int], budget: int, cap: int, kept: list[int]
+) -> None:
+    """The sampling rule in isolation."""
+    assert within_budget(lengths, budget, cap) == kept
 
 
 def test_run_on_sentence_longer_than_window_keeps_every_token(encoder: Encoder) -> None:
