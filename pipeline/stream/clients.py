@@ -175,8 +175,8 @@ async def started(client: ClientT, kafka: KafkaSettings) -> ClientT:
         async with asyncio.timeout(kafka.connect_timeout_s):
             await client.start()
     except (KafkaError, OSError, TimeoutError) as exc:
-        stop = getattr(client, "stop", None) or getattr(client, "close")  # the admin client has close()
-        await stop()
+        running: Any = client
+        await (running.stop() if hasattr(running, "stop") else running.close())  # the admin client has close()
         raise StreamToolError(f"cannot reach Kafka at {where(kafka)}: {exc or type(exc).__name__}") from exc
     return client
 

@@ -8,6 +8,7 @@ once and exits (docs/connect.md)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 
 from aiokafka import errors
@@ -26,7 +27,7 @@ _reached: set[str] = set()
 async def preflight(kafka: KafkaSettings) -> None:
     """Return once one bootstrap server answered a metadata request over the configured security; else raise a
     StreamToolError naming the cause (a ConfigError for settings that cannot even be loaded)."""
-    key = kafka.model_dump_json()
+    key = json.dumps(sorted(kafka.environment().items()))  # with the secrets: new credentials are checked anew
     if key in _reached:
         return
     await _connect_once(kafka)
@@ -36,7 +37,8 @@ async def preflight(kafka: KafkaSettings) -> None:
 async def _connect_once(kafka: KafkaSettings) -> None:
     options = security_options(kafka)
     causes: list[str] = []
-    for host, port in _servers(kafka.bootstrap_servers):
+    servers = _servers(kafka.bootstrap_servers)
+    for host, port in servers:
         try:
             async with asyncio.timeout(kafka.connect_timeout_s):
                 conn = await create_conn(
@@ -47,13 +49,20 @@ async def _connect_once(kafka: KafkaSettings) -> None:
                     **options,
                 )
                 try:
-                    await conn.send(MetadataRequest([]))
+                    metadata = await conn.send(MetadataRequest([]))
                 finally:
                     conn.close()
+            if not metadata.brokers:
+                raise _NoBrokersError()
             return
-        except (OSError, errors.KafkaError, TimeoutError) as exc:
-            causes.append(f"{host}:{port}: {explain(kafka, exc)}")
+        except (OSError, errors.KafkaError, TimeoutError, _NoBrokersError) as exc:
+            causes.append(f"{host}:{port}: {explain(kafka, exc)}" if len(servers) > 1 else explain(kafka, exc))
     raise StreamToolError(f"cannot connect to Kafka at {where(kafka)}: {'; '.join(causes)}")
+
+
+class _NoBrokersError(Exception):
+    """A metadata answer that lists no broker: what follows a refused OAUTHBEARER token, which aiokafka does not
+    notice (it takes the broker's error challenge for success and sends its next request anyway)."""
 
 
 def _servers(bootstrap_servers: str) -> list[tuple[str, int]]:
@@ -68,6 +77,13 @@ def _servers(bootstrap_servers: str) -> list[tuple[str, int]]:
 
 def explain(kafka: KafkaSettings, exc: BaseException) -> str:
     """What a failed first connection means for the person who configured it."""
+    if isinstance(exc, _NoBrokersError):
+        if kafka.sasl_mechanism == "OAUTHBEARER":
+            return (
+                f"SASL authentication with OAUTHBEARER failed (the broker refused the token: expired, or not meant "
+                f"for this cluster?); check {_K}SASL_OAUTH_TOKEN_FILE"
+            )
+        return "the broker answered with no brokers in its metadata; check that the cluster is up"
     if isinstance(exc, ssl.SSLError):
         return _tls(exc)
     if isinstance(exc, errors.KafkaError) and _sasl(kafka, exc):
@@ -99,12 +115,12 @@ def _sasl(kafka: KafkaSettings, exc: errors.KafkaError) -> str:
     """The SASL failure `exc` is, in words; "" when it is not one."""
     if isinstance(exc, errors.UnsupportedSaslMechanismError):
         return f"{_first_line(exc)}; set {_K}SASL_MECHANISM to one the listener enables"
-    if isinstance(exc, errors.SaslAuthenticationFailedError | errors.AuthenticationFailedError):
+    if isinstance(exc, errors.SaslAuthenticationFailed | errors.AuthenticationFailedError):
         user = f" as {kafka.sasl_username!r}" if kafka.sasl_username else ""
         secret = (
             f"{_K}SASL_OAUTH_TOKEN_FILE"
             if kafka.sasl_mechanism == "OAUTHBEARER"
-            else f"{_K}SASL_USERNAME and {_K}SASL_PASSWORD"
+            else f"{_K}SASL_USERNAME and {_K}SASL_PASSWORD{'_FILE' if kafka.sasl_password_file else ''}"
         )
         return f"SASL authentication{user} with {kafka.sasl_mechanism} failed ({_first_line(exc)}); check {secret}"
     if isinstance(exc, errors.IllegalSaslStateError):
@@ -134,12 +150,22 @@ def _network(kafka: KafkaSettings, exc: BaseException) -> str:
             f"a TLS or SASL listener drops plaintext clients: set {_K}SECURITY_PROTOCOL (now {protocol}) to what the "
             "listener expects"
             if not kafka.uses_tls
-            else f"check {_K}SECURITY_PROTOCOL ({protocol})"
+            else _closed_on_tls(kafka)
         )
         return f"the broker closed the connection ({_first_line(exc)}); {hint}"
     if isinstance(exc, OSError):
         return f"{exc.strerror or exc}; check the address in {_K}BOOTSTRAP_SERVERS"
     return f"{type(exc).__name__}: {_first_line(exc)}"
+
+
+def _closed_on_tls(kafka: KafkaSettings) -> str:
+    protocol = f"{_K}SECURITY_PROTOCOL (now {kafka.security_protocol})"
+    if kafka.ssl_certfile is None:
+        return (
+            f"the listener may require a client certificate (mTLS: set {_K}SSL_CERTFILE and {_K}SSL_KEYFILE), "
+            f"or not speak TLS at all (check {protocol})"
+        )
+    return f"the listener may not trust the client certificate's CA, or not speak TLS at all (check {protocol})"
 
 
 def _first_line(exc: BaseException) -> str:

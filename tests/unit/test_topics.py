@@ -14,9 +14,9 @@ import pytest
 from pipeline import topic_specs
 from pipeline.cli import main
 from pipeline.errors import ConfigError, StreamToolError
-from pipeline.settings import KafkaSettings
 from pipeline.models import AnyEvent, Conversation, FeedEvent, IoTMessage, SupportTicket, TranscriptSegment
 from pipeline.ops import topics
+from pipeline.settings import KafkaSettings
 from pipeline.stream import names
 
 DAY_MS = 24 * 60 * 60 * 1000
