@@ -100,7 +100,7 @@ def _tls(exc: ssl.SSLError) -> str:
                 f"lists, or (test clusters only) set {_K}SSL_CHECK_HOSTNAME=false"
             )
         return f"the broker's TLS certificate is not trusted ({verify}); set {_K}SSL_CAFILE to the CA that signed it"
-    reason = str(exc.reason or exc)
+    reason = str(getattr(exc, "reason", None) or exc)
     if "CERTIFICATE_REQUIRED" in reason.upper() or "HANDSHAKE_FAILURE" in reason.upper():
         return (
             f"the TLS handshake was refused ({reason}); the listener may require a client certificate: "

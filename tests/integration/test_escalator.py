@@ -225,7 +225,9 @@ async def scenario(bootstrap: Cluster, random_name: Callable[[str], str]) -> Non
             assert message.key == expected[result["id"]]
             assert result["decided_by"] == "large-model" and result["route"] == "sink"
             assert result["large_model"]["name"] == "test-large-1"
-            assert all(value not in (result.get("summary") or {}).get("text", "") for value in ("[EMAIL_1]", "[PHONE_1]"))
+            assert all(
+                value not in (result.get("summary") or {}).get("text", "") for value in ("[EMAIL_1]", "[PHONE_1]")
+            )
     review_records = [orjson.loads(m.value) for m in outputs[prefix + names.REVIEW_TOPIC]]
     review_ids = [r["id"] for r in review_records]
 

@@ -6,19 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from pipeline.settings import KafkaSettings
 from tests.integration import test_escalator
-from tests.integration.secure import SCRAM_USER, SecureBroker, unsigned_token
+from tests.integration.secure import KEY_PASSWORD, SCRAM_USER, SecureBroker, unsigned_token
 from tests.integration.test_worker_e2e import (
     MAX_EVENT_BYTES,
     OutputReader,
@@ -45,6 +47,47 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 FAIL_WITHIN_S = 45.0  # python start-up and imports on a busy 2-core machine included; the check itself takes < 1 s
 
 
+CONNECT_DOC = Path(__file__).resolve().parents[2] / "docs" / "connect.md"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One copy-paste example of docs/connect.md, its placeholders replaced by the test broker's files."""
+
+    env: dict[str, str]
+    commands: list[list[str]]  # `minnow ...` lines, split, without `minnow`
+
+
+def documented(name: str, broker: SecureBroker, folder: Path) -> Example:
+    """The example marked `<!-- example: name` in docs/connect.md, pointed at the secured test broker."""
+    text = CONNECT_DOC.read_text()
+    block = re.search(rf"<!-- example: {name}\b.*?-->\n```bash\n(.*?)```", text, re.S)
+    assert block is not None, f"no example {name!r} in {CONNECT_DOC}"
+    password, token = folder / "kafka-password", folder / "token"
+    password.write_text(SCRAM_USER[1] + "\n")
+    token.write_text(unsigned_token(SCRAM_USER[0]))
+    pki = broker.pki
+    places = {
+        "kafka-1.example.com:9093": broker.info.sasl_ssl_bootstrap_servers,
+        "kafka-1.example.com:9094": broker.info.ssl_bootstrap_servers,
+        "/etc/minnow/kafka-password": str(password),
+        "/etc/minnow/kafka-ca.pem": str(pki.ca),
+        "/etc/minnow/minnow-client.pem": str(pki.client_cert),
+        "/etc/minnow/minnow-client.key": str(pki.client_key),
+        "/var/run/secrets/kafka/token": str(token),
+        "change-me": KEY_PASSWORD,
+    }
+    env: dict[str, str] = {}
+    commands: list[list[str]] = []
+    for line in block.group(1).splitlines():
+        if line.startswith("export "):
+            variable, value = line.removeprefix("export ").split("=", 1)
+            env[variable] = places.get(value, value)
+        elif line.startswith("minnow "):
+            commands.append(line.split()[1:])
+    return Example(env, commands)
+
+
 def settings_from(env: dict[str, str]) -> KafkaSettings:
     """The KafkaSettings that `env` (MINNOW_KAFKA__* variables) gives a process."""
     fields = {name.removeprefix("MINNOW_KAFKA__").lower(): value for name, value in env.items()}
@@ -67,7 +110,7 @@ def small_mix() -> list[Planned]:
 
 
 # ---------------------------------------------------------------------------------------------- through
-@pytest.mark.parametrize("listener", ["sasl_ssl", "mtls"])
+@pytest.mark.parametrize("listener", ["scram", "mtls"])
 def test_the_worker_accounts_for_every_id_exactly_once_over(
     listener: str,
     secure_kafka: SecureBroker,
@@ -77,8 +120,9 @@ def test_the_worker_accounts_for_every_id_exactly_once_over(
 ) -> None:
     """Good events, malformed bytes and a duplicate pair through `minnow worker` on a secured listener: one output per
     input (two for the pair), dead letters with their bytes, every offset committed. The test's own clients come
-    from the same factory with the same settings, so they cross the same TLS and SASL."""
-    security = secure_kafka.env() if listener == "sasl_ssl" else secure_kafka.mtls_env()
+    from the same factory with the same settings, so they cross the same TLS and SASL. The variables are the
+    documented example's (docs/connect.md), placeholders replaced."""
+    security = documented(listener, secure_kafka, tmp_path).env
     kafka = settings_from(security)
     prefix, group = random_name(listener) + ".", random_name("group")
     env = child_env(
@@ -121,6 +165,28 @@ def test_the_escalator_settles_every_escalation_exactly_once_over_sasl_ssl(
     undecodable records) over SASL_SSL with SCRAM-SHA-512: every id once in its sink or review, every offset
     committed."""
     asyncio.run(test_escalator.scenario(settings_from(secure_kafka.env()), random_name))
+
+
+# ---------------------------------------------------------------------------------------------- the docs
+@pytest.mark.parametrize("name", ["scram", "mtls", "oauth"])
+def test_the_documented_examples_connect_and_a_record_goes_round(
+    name: str, secure_kafka: SecureBroker, random_name: Callable[[str], str], model_cache: Path, tmp_path: Path
+) -> None:
+    """docs/connect.md's example, placeholders replaced: its `minnow topics apply` runs as written (the worker line
+    is what the end-to-end tests above run with the same variables), then `minnow produce` and `minnow tail` carry
+    one record there and back over the same listener."""
+    example = documented(name, secure_kafka, tmp_path)
+    assert [c[0] for c in example.commands] == ["topics", "worker"]
+    env = child_env(model_cache, **example.env, MINNOW_KAFKA__TOPIC_PREFIX=random_name(name) + ".")
+    applied = _minnow(env, *example.commands[0])
+    assert applied.returncode == 0, applied.stderr
+    line = tmp_path / "one.jsonl"
+    line.write_text('{"id": "doc-1", "source": "wire", "text": "hello", "created_at": "2026-12-01T00:00:00Z"}\n')
+    produced = _minnow(env, "produce", "--topic", "feeds.in", str(line))
+    assert produced.returncode == 0, produced.stderr
+    tailed = _minnow(env, "tail", "feeds.in", "--from-beginning", "--max", "1", "--timeout", "30", "--json")
+    assert tailed.returncode == 0, tailed.stderr
+    assert '"doc-1"' in tailed.stdout
 
 
 # ---------------------------------------------------------------------------------------------- OAUTHBEARER
