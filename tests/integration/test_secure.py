@@ -158,13 +158,15 @@ def test_the_worker_accounts_for_every_id_exactly_once_over(
     asyncio.run(run())
 
 
-def test_the_escalator_settles_every_escalation_exactly_once_over_sasl_ssl(
-    secure_kafka: SecureBroker, random_name: Callable[[str], str]
+@pytest.mark.parametrize("listener", ["scram", "mtls"])
+def test_the_escalator_settles_every_escalation_exactly_once_over(
+    listener: str, secure_kafka: SecureBroker, random_name: Callable[[str], str], tmp_path: Path
 ) -> None:
     """The escalator scenario of test_escalator (two waves, a graceful restart, provider errors, malformed answers,
-    undecodable records) over SASL_SSL with SCRAM-SHA-512: every id once in its sink or review, every offset
-    committed."""
-    asyncio.run(test_escalator.scenario(settings_from(secure_kafka.env()), random_name))
+    undecodable records) over SASL_SSL with SCRAM-SHA-512 and over mTLS, with the documented variables: every id
+    once in its sink or review, every offset committed."""
+    kafka = settings_from(documented(listener, secure_kafka, tmp_path).env)
+    asyncio.run(test_escalator.scenario(kafka, random_name))
 
 
 # ---------------------------------------------------------------------------------------------- the docs

@@ -14,6 +14,7 @@ from pathlib import Path
 import faust
 import pytest
 from aiokafka import errors
+from pydantic import SecretStr
 
 from pipeline.errors import ConfigError, StreamToolError
 from pipeline.settings import KafkaSettings, load_settings
@@ -98,7 +99,10 @@ def test_the_password_file_is_read_and_its_value_is_never_printed(tmp_path: Path
     )
     assert kafka.password() == "s3cret"
     direct = KafkaSettings(
-        security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", sasl_username="u", sasl_password="hunter2"
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="PLAIN",
+        sasl_username="u",
+        sasl_password=SecretStr("hunter2"),
     )
     assert direct.password() == "hunter2" and "hunter2" not in repr(direct)
 
@@ -110,7 +114,7 @@ def test_environment_gives_a_child_process_the_same_settings(tmp_path: Path, pem
         security_protocol="SASL_SSL",
         sasl_mechanism="SCRAM-SHA-512",
         sasl_username="u",
-        sasl_password="p",
+        sasl_password=SecretStr("p"),
         ssl_cafile=pem["cert"],
         ssl_check_hostname=False,
     )
@@ -128,7 +132,7 @@ def test_sasl_ssl_becomes_aiokafka_arguments_with_a_verifying_tls_context(pem: d
         security_protocol="SASL_SSL",
         sasl_mechanism="SCRAM-SHA-512",
         sasl_username="app",
-        sasl_password="pw",
+        sasl_password=SecretStr("pw"),
         ssl_cafile=pem["cert"],
     )
     options = clients.security_options(kafka)
@@ -171,7 +175,11 @@ def test_faust_gets_credentials_of_the_matching_kind(tmp_path: Path, pem: dict[s
     """SASL_SSL -> SASLCredentials with a context (faust then says SASL_SSL); SSL -> SSLCredentials; OAUTHBEARER ->
     OAuthCredentials with the file token provider; PLAINTEXT -> none. The app carries them."""
     sasl = KafkaSettings(
-        security_protocol="SASL_SSL", sasl_mechanism="PLAIN", sasl_username="u", sasl_password="p", ssl_cafile=None
+        security_protocol="SASL_SSL",
+        sasl_mechanism="PLAIN",
+        sasl_username="u",
+        sasl_password=SecretStr("p"),
+        ssl_cafile=None,
     )
     credentials = clients.broker_credentials(sasl)
     assert isinstance(credentials, faust.SASLCredentials)
@@ -227,7 +235,9 @@ def test_no_module_but_the_factory_builds_a_kafka_client() -> None:
     ("kafka", "exc", "expected"),
     [
         (
-            KafkaSettings(security_protocol="SASL_SSL", sasl_mechanism="PLAIN", sasl_username="u", sasl_password="p"),
+            KafkaSettings(
+                security_protocol="SASL_SSL", sasl_mechanism="PLAIN", sasl_username="u", sasl_password=SecretStr("p")
+            ),
             errors.SaslAuthenticationFailed("Authentication failed: Invalid username or password"),
             "SASL authentication as 'u' with PLAIN failed",
         ),
@@ -245,6 +255,21 @@ def test_no_module_but_the_factory_builds_a_kafka_client() -> None:
 def test_a_failed_first_connection_is_explained(kafka: KafkaSettings, exc: BaseException, expected: str) -> None:
     """The exception aiokafka only logs becomes words naming the cause and what to set."""
     assert expected in explain(kafka, exc)
+
+
+def _verify_error(message: str) -> ssl.SSLCertVerificationError:
+    error = ssl.SSLCertVerificationError(1, f"[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: {message}")
+    error.verify_message = message
+    return error
+
+
+def test_an_untrusted_certificate_and_a_host_name_mismatch_say_different_things() -> None:
+    """Unknown CA -> set SSL_CAFILE; a certificate for another host -> connect by its name, or SSL_CHECK_HOSTNAME."""
+    kafka = KafkaSettings(security_protocol="SSL")
+    untrusted = explain(kafka, _verify_error("self-signed certificate in certificate chain"))
+    assert "not trusted" in untrusted and "MINNOW_KAFKA__SSL_CAFILE" in untrusted
+    mismatch = explain(kafka, _verify_error("IP address mismatch, certificate is not valid for '10.0.0.1'."))
+    assert "does not name this host" in mismatch and "MINNOW_KAFKA__SSL_CHECK_HOSTNAME=false" in mismatch
 
 
 def test_preflight_of_an_address_where_nothing_listens_is_one_stream_tool_error() -> None:
