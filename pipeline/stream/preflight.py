@@ -66,12 +66,20 @@ class _NoBrokersError(Exception):
 
 
 def _servers(bootstrap_servers: str) -> list[tuple[str, int]]:
+    """(host, port) of each bootstrap server, as aiokafka reads the list (no port: 9092; empty entries skipped)."""
     found = []
-    for server in bootstrap_servers.split(","):
-        host, _, port = server.strip().rpartition(":")
-        if not host or not port.isdigit():
-            raise StreamToolError(f"{_K}BOOTSTRAP_SERVERS: {server.strip()!r} is not host:port")
-        found.append((host.strip("[]"), int(port)))
+    for server in filter(None, (part.strip() for part in bootstrap_servers.split(","))):
+        if server.startswith("[") and "]:" in server:  # [IPv6]:port
+            host, port = server[1:].split("]:", 1)
+        elif server.count(":") == 1:
+            host, port = server.split(":")
+        else:  # a host name or an IPv6 address without a port
+            host, port = server.strip("[]"), "9092"
+        if not port.isdigit() or not host:
+            raise StreamToolError(f"{_K}BOOTSTRAP_SERVERS: {server!r} is not host:port")
+        found.append((host, int(port)))
+    if not found:
+        raise StreamToolError(f"{_K}BOOTSTRAP_SERVERS is empty: give host:port[,host:port...]")
     return found
 
 

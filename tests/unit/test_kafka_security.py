@@ -276,3 +276,14 @@ def test_preflight_of_an_address_where_nothing_listens_is_one_stream_tool_error(
     """Bounded and specific: connection refused, named, within the connect timeout."""
     with pytest.raises(StreamToolError, match=r"cannot connect to Kafka at 127\.0\.0\.1:1: connection refused"):
         asyncio.run(preflight(KafkaSettings(bootstrap_servers="127.0.0.1:1", connect_timeout_s=5)))
+
+
+def test_bootstrap_servers_are_read_as_aiokafka_reads_them() -> None:
+    """host:port lists with stray commas, a bare host (port 9092) and IPv6; garbage is named."""
+    from pipeline.stream.preflight import _servers
+
+    assert _servers("a:1, b:2,") == [("a", 1), ("b", 2)]
+    assert _servers("kafka") == [("kafka", 9092)]
+    assert _servers("[::1]:9093") == [("::1", 9093)]
+    with pytest.raises(StreamToolError, match="'a:x' is not host:port"):
+        _servers("a:x")
