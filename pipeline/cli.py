@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.errors import MinnowError
-from pipeline.settings import Settings
+from pipeline.settings import KafkaSettings, Settings
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -31,6 +31,12 @@ def _settings(args: argparse.Namespace) -> Settings:
     if engine:
         overrides["engine"] = settings.engine.model_copy(update=engine)
     return settings.model_copy(update=overrides) if overrides else settings
+
+
+def _kafka(args: argparse.Namespace, kafka: KafkaSettings) -> KafkaSettings:
+    """The cluster to use: the settings, with --bootstrap-servers (when given) in place of the address."""
+    override = getattr(args, "bootstrap_servers", None)
+    return kafka.model_copy(update={"bootstrap_servers": override}) if override else kafka
 
 
 def cmd_models_build(args: argparse.Namespace) -> int:
@@ -74,7 +80,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     kafka = settings.kafka
     return train.run_from_topic(
         settings,
-        args.bootstrap_servers or kafka.bootstrap_servers,
+        _kafka(args, kafka),
         tools.resolve_topic(args.from_topic, kafka.topic_prefix, raw=args.raw_topic),
         Path(args.data) if args.data else None,
         Path(args.out),
@@ -116,7 +122,7 @@ def cmd_review(args: argparse.Namespace) -> int:
     if args.answers or args.accept:
         answers = read_answers(Path(args.answers)) if args.answers else {}
         decider = review.from_answers(answers, args.accept, sys.stdout)
-    return review.run(args.bootstrap_servers or kafka.bootstrap_servers, options, decider)
+    return review.run(_kafka(args, kafka), options, decider)
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
@@ -165,9 +171,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from pipeline.stream import app
 
     settings = _settings(args)
-    if args.bootstrap_servers:
-        kafka = settings.kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
-        settings = settings.model_copy(update={"kafka": kafka})
+    settings = settings.model_copy(update={"kafka": _kafka(args, settings.kafka)})
     return app.run(settings, verbose=args.verbose)
 
 
@@ -175,9 +179,7 @@ def cmd_escalator(args: argparse.Namespace) -> int:
     from pipeline.stream import escalator
 
     settings = _settings(args)
-    if args.bootstrap_servers:
-        kafka = settings.kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
-        settings = settings.model_copy(update={"kafka": kafka})
+    settings = settings.model_copy(update={"kafka": _kafka(args, settings.kafka)})
     return escalator.run(settings)
 
 
@@ -187,7 +189,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
     kafka = load_settings().kafka
     return tools.run_produce(
-        args.bootstrap_servers or kafka.bootstrap_servers,
+        _kafka(args, kafka),
         tools.resolve_topic(args.topic, kafka.topic_prefix, raw=args.raw_topic),
         args.input,
         key_field=args.key_field,
@@ -201,7 +203,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
     kafka = load_settings().kafka
     return tools.run_tail(
-        args.bootstrap_servers or kafka.bootstrap_servers,
+        _kafka(args, kafka),
         tools.resolve_topic(args.topic, kafka.topic_prefix, raw=args.raw_topic),
         from_beginning=args.from_beginning,
         max_records=args.max,
@@ -220,8 +222,7 @@ def cmd_topics_apply(args: argparse.Namespace) -> int:
     kafka = load_settings().kafka
     specs = topic_specs.load_specs(Path(args.specs) if args.specs else topic_specs.SPEC_DIR)
     prefix = kafka.topic_prefix if args.prefix is None else args.prefix
-    bootstrap = args.bootstrap_servers or kafka.bootstrap_servers
-    print(asyncio.run(topics.apply(bootstrap, prefix, specs, replication=args.replication)))
+    print(asyncio.run(topics.apply(_kafka(args, kafka), prefix, specs, replication=args.replication)))
     return 0
 
 

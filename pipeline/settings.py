@@ -123,6 +123,8 @@ class SummarySettings(_Frozen):
 
 
 ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
 
 
 TaskName = Literal["classify", "moderate", "summarize", "language"]
@@ -168,6 +170,142 @@ class KafkaSettings(_Frozen):
         default=10.0, gt=0, description="consumer group session timeout: how soon a dead worker's partitions move"
     )
     heartbeat_interval_s: float = Field(default=3.0, gt=0, description="consumer heartbeat interval")
+    connect_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="the first connection (TLS, SASL, metadata) must succeed within this; else the process exits",
+    )
+    security_protocol: SecurityProtocol = Field(
+        default="PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (docs/connect.md)"
+    )
+    sasl_mechanism: SaslMechanism | None = Field(
+        default=None, description="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER (SASL_* protocols only)"
+    )
+    sasl_username: str | None = Field(default=None, description="SASL user (PLAIN, SCRAM-*)")
+    sasl_password: SecretStr | None = Field(default=None, description="SASL password (never printed)")
+    sasl_password_file: Path | None = Field(
+        default=None, description="a file holding the SASL password (e.g. a mounted Kubernetes secret), read at connect"
+    )
+    sasl_oauth_token_file: Path | None = Field(
+        default=None, description="OAUTHBEARER: a file holding the bearer token, read again whenever it changes"
+    )
+    ssl_cafile: Path | None = Field(
+        default=None, description="PEM file of the CA(s) that signed the brokers' certificates; unset = system CAs"
+    )
+    ssl_certfile: Path | None = Field(default=None, description="PEM client certificate (chain), for mTLS")
+    ssl_keyfile: Path | None = Field(default=None, description="PEM private key of the client certificate")
+    ssl_key_password: SecretStr | None = Field(
+        default=None, description="password of an encrypted SSL_KEYFILE (never printed)"
+    )
+    ssl_check_hostname: bool = Field(
+        default=True, description="check that the broker's certificate names the host connected to"
+    )
+
+    @model_validator(mode="after")
+    def _security_consistent(self) -> KafkaSettings:
+        for problem in _security_problems(self):
+            raise ValueError(problem)
+        return self
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+
+    def environment(self) -> dict[str, str]:
+        """The MINNOW_KAFKA__* variables that give a child process (a worker the demo starts) this cluster and its
+        security; secrets included, as the parent received them."""
+        env: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[f"MINNOW_KAFKA__{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        return env
+
+    def password(self) -> str | None:
+        """The SASL password: from SASL_PASSWORD_FILE when set (read now: a rotated secret counts), else the value."""
+        if self.sasl_password_file is not None:
+            from pipeline.errors import ConfigError
+
+            try:
+                return self.sasl_password_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read MINNOW_KAFKA__SASL_PASSWORD_FILE {self.sasl_password_file}: {exc.strerror}"
+                ) from exc
+        return self.sasl_password.get_secret_value() if self.sasl_password is not None else None
+
+
+_K = "MINNOW_KAFKA__"
+
+
+def _security_problems(kafka: KafkaSettings) -> list[str]:
+    """What is wrong with the security settings, each saying what to set (the first one is raised)."""
+    protocol = kafka.security_protocol
+    problems: list[str] = []
+    sasl_set = [
+        name
+        for name in ("sasl_mechanism", "sasl_username", "sasl_password", "sasl_password_file", "sasl_oauth_token_file")
+        if getattr(kafka, name) is not None
+    ]
+    if not kafka.uses_sasl and sasl_set:
+        problems.append(
+            f"{_K}{sasl_set[0].upper()} is set but {_K}SECURITY_PROTOCOL is {protocol}: "
+            "use SASL_SSL (or SASL_PLAINTEXT) to authenticate with SASL, or unset it"
+        )
+    ssl_names = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password")
+    ssl_set = [name for name in ssl_names if getattr(kafka, name) is not None]
+    if not kafka.uses_tls and ssl_set:
+        problems.append(
+            f"{_K}{ssl_set[0].upper()} is set but {_K}SECURITY_PROTOCOL is {protocol}: use SSL or SASL_SSL, or unset it"
+        )
+    if kafka.uses_sasl:
+        problems.extend(_sasl_problems(kafka))
+    if kafka.ssl_certfile is not None and kafka.ssl_keyfile is None:
+        problems.append(
+            f"{_K}SSL_CERTFILE needs {_K}SSL_KEYFILE, the client certificate's private key "
+            "(the same file if it holds both)"
+        )
+    if kafka.ssl_keyfile is not None and kafka.ssl_certfile is None:
+        problems.append(f"{_K}SSL_KEYFILE needs {_K}SSL_CERTFILE, the client certificate it belongs to")
+    if kafka.ssl_key_password is not None and kafka.ssl_keyfile is None:
+        problems.append(f"{_K}SSL_KEY_PASSWORD is set without {_K}SSL_KEYFILE")
+    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "sasl_password_file", "sasl_oauth_token_file"):
+        path: Path | None = getattr(kafka, name)
+        if path is not None and not path.is_file():
+            problems.append(f"{_K}{name.upper()}: {path} does not exist or is not a file")
+    return problems
+
+
+def _sasl_problems(kafka: KafkaSettings) -> list[str]:
+    protocol, mechanism = kafka.security_protocol, kafka.sasl_mechanism
+    if mechanism is None:
+        return [
+            f"{_K}SECURITY_PROTOCOL={protocol} needs {_K}SASL_MECHANISM "
+            "(PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER; ask the cluster's operators which)"
+        ]
+    if mechanism == "OAUTHBEARER":
+        if kafka.sasl_oauth_token_file is None:
+            return [f"{_K}SASL_MECHANISM=OAUTHBEARER needs {_K}SASL_OAUTH_TOKEN_FILE, a file holding the token"]
+        return []
+    problems = []
+    if not kafka.sasl_username:
+        problems.append(f"{_K}SECURITY_PROTOCOL={protocol} with {mechanism} needs {_K}SASL_USERNAME")
+    if kafka.sasl_password is None and kafka.sasl_password_file is None:
+        problems.append(
+            f"{_K}SECURITY_PROTOCOL={protocol} with {mechanism} needs {_K}SASL_PASSWORD or {_K}SASL_PASSWORD_FILE"
+        )
+    if kafka.sasl_password is not None and kafka.sasl_password_file is not None:
+        problems.append(f"set one of {_K}SASL_PASSWORD and {_K}SASL_PASSWORD_FILE, not both")
+    if kafka.sasl_oauth_token_file is not None:
+        problems.append(f"{_K}SASL_OAUTH_TOKEN_FILE is for SASL_MECHANISM=OAUTHBEARER, not {mechanism}")
+    return problems
 
 
 class WorkerSettings(_Frozen):
@@ -327,10 +465,16 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"MINNOW_{'__'.join(str(p).upper() for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"invalid settings: {problems}") from exc
+        raise ConfigError(f"invalid settings: {'; '.join(_problem(err) for err in exc.errors())}") from exc
+
+
+def _problem(err: Any) -> str:
+    """One validation error as a line naming the variable; a model validator's message names its own."""
+    where = f"MINNOW_{'__'.join(str(p).upper() for p in err['loc'])}"
+    if err["type"] == "value_error" and "error" in err.get("ctx", {}):
+        message = str(err["ctx"]["error"])
+        return message if message.startswith("MINNOW_") or message.startswith("set one") else f"{where}: {message}"
+    return f"{where}: {err['msg']}"
 
 
 def environment_variables() -> list[tuple[str, str, str]]:

@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.bench.model import make_texts
 from pipeline.bench.naive import (
@@ -39,9 +38,9 @@ from pipeline.models import FeedEvent
 from pipeline.ops import devkafka
 from pipeline.ops.demo import start_worker
 from pipeline.ops.topics import apply
-from pipeline.settings import Settings
+from pipeline.settings import KafkaSettings, Settings
 from pipeline.stages.infer import MiniModel
-from pipeline.stream import names
+from pipeline.stream import clients, names
 from pipeline.stream.clients import partitions
 from pipeline.topic_specs import load_specs
 
@@ -151,8 +150,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-async def _delete_topics(bootstrap: str, prefix: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def _delete_topics(kafka: KafkaSettings, prefix: str) -> None:
+    admin = clients.admin(kafka)
     try:
         await admin.start()
         mine = [name for name in await admin.list_topics() if name.startswith(prefix)]
@@ -249,28 +248,28 @@ async def _paced(plan: Plan, phase: Phase, rate: float) -> dict[str, Any]:
 
 
 async def _through_broker(
-    settings: Settings, bootstrap: str, model: MiniModel, plan: Plan, workdir: Path
+    settings: Settings, kafka: KafkaSettings, model: MiniModel, plan: Plan, workdir: Path
 ) -> dict[str, Any]:
     """Warm-ups, the measured rounds and a paced phase through one worker subprocess (stopped before returning)
     and the naive worker in this process."""
     prefix = f"bench-e2e-{uuid.uuid4().hex[:10]}."  # fresh: the cleanup deletes every topic under it
-    await apply(bootstrap, prefix, load_specs())
+    await apply(kafka, prefix, load_specs())
     report: dict[str, Any] = {"topic_prefix": prefix}
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    consumer = clients.consumer(kafka, enable_auto_commit=False)
+    producer = clients.producer(kafka, acks="all", enable_idempotence=True)
     proc: subprocess.Popen[bytes] | None = None
     reader: asyncio.Task[None] | None = None
     naive_stack = contextlib.AsyncExitStack()
     try:
-        naive = await naive_stack.enter_async_context(naive_worker(bootstrap, prefix, model))
+        naive = await naive_stack.enter_async_context(naive_worker(kafka, prefix, model))
         await consumer.start()
         await producer.start()
-        parts = [TopicPartition(prefix + t, p) for t in OUTPUT_TOPICS for p in await partitions(bootstrap, prefix + t)]
+        parts = [TopicPartition(prefix + t, p) for t in OUTPUT_TOPICS for p in await partitions(kafka, prefix + t)]
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         watch = OutputWatch()
         reader = asyncio.create_task(watch.run(consumer, prefix))
-        proc = worker = start_worker(settings, bootstrap, prefix, workdir / "worker.log")
+        proc = worker = start_worker(settings, kafka, prefix, workdir / "worker.log")
         topic = prefix + names.INPUT_TOPICS["feed"]
         sent: dict[str, float] = {}
 
@@ -308,11 +307,11 @@ async def _through_broker(
         await naive_stack.aclose()
         await producer.stop()
         await consumer.stop()
-        await _delete_topics(bootstrap, prefix)
+        await _delete_topics(kafka, prefix)
     return report
 
 
-def measure(settings: Settings, bootstrap: str, *, events: int, warmup: int, rounds: int) -> dict[str, Any]:
+def measure(settings: Settings, kafka: KafkaSettings, *, events: int, warmup: int, rounds: int) -> dict[str, Any]:
     model = MiniModel.load(settings)
     plan = Plan(make_texts(model.encoder, events, TEXT_TOKENS, seed=TEXT_TOKENS), max(1, min(rounds, events)), warmup)
     batch = settings.worker.batch_max_events
@@ -332,7 +331,7 @@ def measure(settings: Settings, bootstrap: str, *, events: int, warmup: int, rou
     }
     with tempfile.TemporaryDirectory(prefix="minnow-bench-e2e-") as workdir:
         try:
-            report |= asyncio.run(_through_broker(settings, bootstrap, model, plan, Path(workdir)))
+            report |= asyncio.run(_through_broker(settings, kafka, model, plan, Path(workdir)))
         except Exception:
             log = Path(workdir) / "worker.log"
             if log.exists():  # the worker's own words are the quickest way to the cause
@@ -388,18 +387,22 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _with_broker(settings: Settings, body: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
-    """Run `body(bootstrap)` on the configured broker, else a local one, stopped again only if started here."""
+def _with_broker(settings: Settings, body: Callable[[KafkaSettings], dict[str, Any]]) -> dict[str, Any]:
+    """Run `body(kafka)` on the configured broker, else a local one, stopped again only if started here."""
     if "MINNOW_KAFKA__BOOTSTRAP_SERVERS" in os.environ:
-        return body(settings.kafka.bootstrap_servers)
+        return body(settings.kafka)
+
+    def local(info: devkafka.BrokerInfo) -> KafkaSettings:
+        return KafkaSettings(bootstrap_servers=info.bootstrap_servers)
+
     cache = devkafka.default_cache_dir()
     running = devkafka.status(cache)
     if running is not None:
-        return body(running.bootstrap_servers)
+        return body(local(running))
     print("starting a local Kafka (minnow dev kafka) …", file=sys.stderr)
     running = devkafka.start(cache)
     try:
-        return body(running.bootstrap_servers)
+        return body(local(running))
     finally:
         devkafka.stop(cache)
 
@@ -407,9 +410,7 @@ def _with_broker(settings: Settings, body: Callable[[str], dict[str, Any]]) -> d
 def run(settings: Settings, *, as_json: bool, events: int, warmup: int, rounds: int) -> int:
     # Fresh topics answer "not leader" for a moment and aiokafka retries on its own; its warnings are noise here.
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
-    report = _with_broker(
-        settings, lambda bootstrap: measure(settings, bootstrap, events=events, warmup=warmup, rounds=rounds)
-    )
+    report = _with_broker(settings, lambda kafka: measure(settings, kafka, events=events, warmup=warmup, rounds=rounds))
     if as_json:
         sys.stdout.buffer.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
     else:

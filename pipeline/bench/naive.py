@@ -17,10 +17,11 @@ from pipeline.codec import encode
 from pipeline.errors import DeliveryError, InputError
 from pipeline.models import ToDeadLetter, ToSink
 from pipeline.ops.topics import apply
+from pipeline.settings import KafkaSettings
 from pipeline.stages.infer import MiniModel
 from pipeline.stages.runtime import AsyncMiniModel
 from pipeline.stages.validate import parse_event
-from pipeline.stream import names
+from pipeline.stream import clients, names
 from pipeline.topic_specs import load_specs
 
 OUTPUT_TOPICS = (names.SINK_TOPICS["feed"], names.ESCALATION_TOPIC, names.DEADLETTER_TOPIC)  # of every bench worker
@@ -130,18 +131,18 @@ class NaiveWorker:
 
 
 @contextlib.asynccontextmanager
-async def naive_worker(bootstrap: str, prefix: str, model: MiniModel) -> AsyncIterator[NaiveWorker]:
+async def naive_worker(kafka: KafkaSettings, prefix: str, model: MiniModel) -> AsyncIterator[NaiveWorker]:
     """A NaiveWorker on fresh topics `<prefix>naive.*`; the caller's cleanup deletes every topic under `prefix`."""
     mine = prefix + NAIVE_PREFIX
-    await apply(bootstrap, mine, [s for s in load_specs() if s.name in (names.INPUT_TOPICS["feed"], *OUTPUT_TOPICS)])
-    consumer = AIOKafkaConsumer(
+    await apply(kafka, mine, [s for s in load_specs() if s.name in (names.INPUT_TOPICS["feed"], *OUTPUT_TOPICS)])
+    consumer = clients.consumer(
+        kafka,
         mine + names.INPUT_TOPICS["feed"],
-        bootstrap_servers=bootstrap,
         group_id=mine + "worker",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    producer = clients.producer(kafka, acks="all", enable_idempotence=True)
     engine = AsyncMiniModel(model)
     try:
         await consumer.start()

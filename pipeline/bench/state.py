@@ -15,11 +15,12 @@ import time
 import uuid
 
 import orjson
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 
 from pipeline.ops import devkafka
+from pipeline.settings import KafkaSettings, load_settings
 from pipeline.stages.devices import DeviceState, MetricAggregate, MetricStats, OpenWindow
+from pipeline.stream import clients
 from pipeline.stream.state import ChangelogStore
 
 
@@ -42,13 +43,13 @@ def device_state(n: int) -> bytes:
     return state.model_dump_json().encode()
 
 
-async def measure(bootstrap: str, keys: int) -> dict[str, float]:
+async def measure(kafka: KafkaSettings, keys: int) -> dict[str, float]:
     topic = f"bench-state-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = clients.admin(kafka)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20)
+        producer = clients.producer(kafka, linger_ms=20, max_batch_size=1 << 20)
         await producer.start()
         try:
             value_bytes = 0
@@ -60,7 +61,7 @@ async def measure(bootstrap: str, keys: int) -> dict[str, float]:
             await asyncio.gather(*pending)
         finally:
             await producer.stop()
-        store = ChangelogStore(bootstrap, topic)
+        store = ChangelogStore(kafka, topic)
         started = time.perf_counter()
         store.assign([0])
         await store.ready([0])
@@ -81,16 +82,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=int, default=50_000, help="device states to write and replay")
     args = parser.parse_args(argv)
-    bootstrap = os.environ.get("MINNOW_KAFKA__BOOTSTRAP_SERVERS")
+    kafka = load_settings().kafka  # the configured cluster and its security
     started = None
-    if not bootstrap:
+    if "MINNOW_KAFKA__BOOTSTRAP_SERVERS" not in os.environ:
         cache = devkafka.default_cache_dir()
         running = devkafka.status(cache)
         if running is None:
             running = started = devkafka.start(cache)
-        bootstrap = running.bootstrap_servers
+        kafka = KafkaSettings(bootstrap_servers=running.bootstrap_servers)
     try:
-        report = asyncio.run(measure(bootstrap, args.keys))
+        report = asyncio.run(measure(kafka, args.keys))
     finally:
         if started is not None:
             devkafka.stop(devkafka.default_cache_dir())

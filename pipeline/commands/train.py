@@ -11,7 +11,7 @@ from pathlib import Path
 from pipeline.engine import load_encoder
 from pipeline.errors import ConfigError
 from pipeline.review.verdicts import latest_verdicts
-from pipeline.settings import Settings
+from pipeline.settings import KafkaSettings, Settings
 from pipeline.tasks.heads import describe
 from pipeline.tasks.labels import load_label_sets
 from pipeline.training import LabeledRow, fit_heads, read_labeled, rows_from_verdicts
@@ -22,11 +22,11 @@ def run(settings: Settings, data: Path, out: Path) -> int:
     return train_and_save(settings, rows, out, origin=str(data))
 
 
-def run_from_topic(settings: Settings, bootstrap_servers: str, topic: str, data: Path | None, out: Path) -> int:
+def run_from_topic(settings: Settings, kafka: KafkaSettings, topic: str, data: Path | None, out: Path) -> int:
     """`minnow train --from-topic labels [--data more.jsonl]`: the latest classify verdicts, plus a file if given."""
     from pipeline.stream.labels import read_labels  # aiokafka: only when a topic is read
 
-    read = asyncio.run(read_labels(bootstrap_servers, topic))
+    read = asyncio.run(read_labels(kafka, topic))
     verdicts = list(latest_verdicts(read.entries).values())
     rows = rows_from_verdicts(verdicts)
     print(

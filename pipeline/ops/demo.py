@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from pipeline.errors import DeliveryError
 from pipeline.models import FAMILIES
@@ -24,8 +24,8 @@ from pipeline.ops import devkafka
 from pipeline.ops.tools import produce
 from pipeline.ops.topics import apply
 from pipeline.present import describe
-from pipeline.settings import Settings
-from pipeline.stream import names
+from pipeline.settings import KafkaSettings, Settings
+from pipeline.stream import clients, names
 from pipeline.stream.clients import partitions
 from pipeline.topic_specs import load_specs
 
@@ -85,11 +85,11 @@ def segment_conversations(path: Path) -> tuple[set[str], set[str]]:
     return seen, finished
 
 
-def start_worker(settings: Settings, bootstrap: str, prefix: str, log: Path) -> subprocess.Popen[bytes]:
+def start_worker(settings: Settings, kafka: KafkaSettings, prefix: str, log: Path) -> subprocess.Popen[bytes]:
     """`minnow worker` as a subprocess on `prefix`'s topics, with its own group, logging to `log`."""
     env = {
         **os.environ,
-        "MINNOW_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        **kafka.environment(),  # the cluster and its security, as this process connects
         "MINNOW_KAFKA__TOPIC_PREFIX": prefix,
         "MINNOW_KAFKA__GROUP_ID": f"{prefix}worker",
         "MINNOW_WORKER__METRICS_PORT": "0",
@@ -103,15 +103,14 @@ def start_worker(settings: Settings, bootstrap: str, prefix: str, log: Path) -> 
         )
 
 
-async def _collect(bootstrap: str, prefix: str, families: dict[str, Tally], proc: Any) -> None:
+async def _collect(kafka: KafkaSettings, prefix: str, families: dict[str, Tally], proc: Any) -> None:
     """Read sinks, escalations and dead letters from the start until every sent record is accounted for."""
     topics = sorted(
         {*names.SINK_TOPICS.values(), names.ESCALATION_TOPIC, names.DEADLETTER_TOPIC, names.IOT_WINDOWS_TOPIC}
     )
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
+    consumer = await clients.started(clients.consumer(kafka, enable_auto_commit=False), kafka)
     try:
-        parts = [TopicPartition(prefix + t, p) for t in topics for p in await partitions(bootstrap, prefix + t)]
+        parts = [TopicPartition(prefix + t, p) for t in topics for p in await partitions(kafka, prefix + t)]
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         deadline = time.monotonic() + OUTPUT_WAIT_S
@@ -182,13 +181,13 @@ def report(families: dict[str, Tally]) -> str:
     return "\n".join(lines)
 
 
-async def _run(settings: Settings, bootstrap: str, workdir: Path) -> dict[str, Tally]:
+async def _run(settings: Settings, kafka: KafkaSettings, workdir: Path) -> dict[str, Tally]:
     prefix = f"demo{int(time.time())}."
     print(f"applying topics with prefix {prefix!r} …", file=sys.stderr)
-    await apply(bootstrap, prefix, load_specs())
+    await apply(kafka, prefix, load_specs())
     log = workdir / "worker.log"
     print(f"starting a worker (log: {log}) …", file=sys.stderr)
-    proc = start_worker(settings, bootstrap, prefix, log)
+    proc = start_worker(settings, kafka, prefix, log)
     try:
         families: dict[str, Tally] = defaultdict(Tally)
         for family, name in SAMPLES:
@@ -198,10 +197,10 @@ async def _run(settings: Settings, bootstrap: str, workdir: Path) -> dict[str, T
                 conversations, finished = segment_conversations(path)
                 families[family].conversations = conversations
                 families[family].expected_assembled = len(finished)
-            await produce(bootstrap, prefix + names.INPUT_TOPICS[family], str(path), show_progress=False)
+            await produce(kafka, prefix + names.INPUT_TOPICS[family], str(path), show_progress=False)
         total = sum(t.sent for t in families.values())
         print(f"sent {total} records; waiting for the worker …", file=sys.stderr)
-        await _collect(bootstrap, prefix, families, proc)
+        await _collect(kafka, prefix, families, proc)
         return dict(families)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -218,7 +217,7 @@ def run(settings: Settings) -> int:
     workdir = Path(settings.engine.cache_dir) / "demo"
     workdir.mkdir(parents=True, exist_ok=True)
     started = False
-    bootstrap = settings.kafka.bootstrap_servers
+    kafka = settings.kafka
     if "MINNOW_KAFKA__BOOTSTRAP_SERVERS" not in os.environ:
         cache = devkafka.default_cache_dir()
         running = devkafka.status(cache)
@@ -226,9 +225,9 @@ def run(settings: Settings) -> int:
             print("starting a local Kafka (minnow dev kafka) …", file=sys.stderr)
             running = devkafka.start(cache)
             started = True
-        bootstrap = running.bootstrap_servers
+        kafka = kafka.model_copy(update={"bootstrap_servers": running.bootstrap_servers})
     try:
-        families = asyncio.run(_run(settings, bootstrap, workdir))
+        families = asyncio.run(_run(settings, kafka, workdir))
     finally:
         if started:
             devkafka.stop(devkafka.default_cache_dir())

@@ -42,6 +42,16 @@ _children: dict[int, subprocess.Popen[bytes]] = {}
 
 
 @dataclass(frozen=True)
+class SecureListeners:
+    """Two more listeners for a broker that tests security: SASL_SSL (SCRAM-SHA-512 users created at format time,
+    and OAUTHBEARER with unsigned test tokens) and SSL with client authentication required (mTLS). PEM files."""
+
+    keystore: Path  # the broker's private key (PKCS#8, not encrypted) followed by its certificate chain
+    truststore: Path  # the CA certificate(s) that client certificates must chain to
+    scram_users: tuple[tuple[str, str], ...]  # (name, password) of each SCRAM-SHA-512 user
+
+
+@dataclass(frozen=True)
 class BrokerInfo:
     """Where a running local broker listens and keeps its files."""
 
@@ -53,10 +63,24 @@ class BrokerInfo:
     run_dir: Path
     data_dir: Path
     log_file: Path
+    sasl_ssl_port: int | None = None  # with SecureListeners only
+    ssl_port: int | None = None
 
     @property
     def bootstrap_servers(self) -> str:
         return f"{HOST}:{self.port}"
+
+    @property
+    def sasl_ssl_bootstrap_servers(self) -> str:
+        if self.sasl_ssl_port is None:
+            raise DevKafkaError("this broker was started without secure listeners")
+        return f"{HOST}:{self.sasl_ssl_port}"
+
+    @property
+    def ssl_bootstrap_servers(self) -> str:
+        if self.ssl_port is None:
+            raise DevKafkaError("this broker was started without secure listeners")
+        return f"{HOST}:{self.ssl_port}"
 
     def to_json(self) -> str:
         fields = {key: str(value) if isinstance(value, Path) else value for key, value in asdict(self).items()}
@@ -74,6 +98,8 @@ class BrokerInfo:
             run_dir=Path(raw["run_dir"]),
             data_dir=Path(raw["data_dir"]),
             log_file=Path(raw["log_file"]),
+            sasl_ssl_port=None if raw.get("sasl_ssl_port") is None else int(raw["sasl_ssl_port"]),
+            ssl_port=None if raw.get("ssl_port") is None else int(raw["ssl_port"]),
         )
 
 
@@ -121,51 +147,72 @@ def _resolve(cache_dir: Path) -> Path:
     return lib
 
 
-def start(cache_dir: Path, port: int | None = None, *, timeout_s: float = 120.0) -> BrokerInfo:
-    """Start a fresh broker (new cluster id, empty data) unless one from cache_dir already runs; wait till ready."""
+def start(
+    cache_dir: Path,
+    port: int | None = None,
+    *,
+    timeout_s: float = 120.0,
+    secure: SecureListeners | None = None,
+    instance: str = "",
+) -> BrokerInfo:
+    """Start a fresh broker (new cluster id, empty data) unless one from cache_dir already runs; wait till ready.
+
+    `instance` names a second broker sharing the jars but with its own run folder, state and ports (the secured
+    test broker runs beside the plain one); `secure` adds the SASL_SSL and mTLS listeners.
+    """
     cache_dir.mkdir(parents=True, exist_ok=True)
     with _locked(cache_dir):
-        running = _read_live_state(cache_dir)
+        running = _read_live_state(cache_dir, instance)
         if running is not None:
             if port is not None and port != running.port:
                 raise DevKafkaError(f"a local broker already runs on port {running.port}; stop it first")
+            if secure is not None and running.ssl_port is None:
+                raise DevKafkaError("a local broker without secure listeners runs here; stop it first")
             return running
         java = _find_java()
         lib = _resolve(cache_dir)
-        info = _launch(cache_dir, java, lib, port)
-        (cache_dir / _STATE).write_text(info.to_json())
+        info = _launch(cache_dir, java, lib, port, secure=secure, instance=instance)
+        _state_file(cache_dir, instance).write_text(info.to_json())
         try:
             _wait_ready(info, timeout_s)
         except DevKafkaError:
             _terminate(info.pid, timeout_s=10.0)
-            (cache_dir / _STATE).unlink(missing_ok=True)
+            _state_file(cache_dir, instance).unlink(missing_ok=True)
             raise
         return info
 
 
-def stop(cache_dir: Path, *, timeout_s: float = 30.0) -> bool:
+def stop(cache_dir: Path, *, timeout_s: float = 30.0, instance: str = "") -> bool:
     """SIGTERM the broker, SIGKILL it after timeout_s; forget its state. True when a broker was running."""
     if not cache_dir.is_dir():
         return False
     with _locked(cache_dir):
-        info = _read_live_state(cache_dir)
-        (cache_dir / _STATE).unlink(missing_ok=True)
+        info = _read_live_state(cache_dir, instance)
+        _state_file(cache_dir, instance).unlink(missing_ok=True)
         if info is None:
             return False
         _terminate(info.pid, timeout_s=timeout_s)
         return True
 
 
-def status(cache_dir: Path) -> BrokerInfo | None:
+def status(cache_dir: Path, *, instance: str = "") -> BrokerInfo | None:
     """The broker started from cache_dir if its process still runs; a stale state file is removed."""
     if not cache_dir.is_dir():
         return None
     with _locked(cache_dir):
-        return _read_live_state(cache_dir)
+        return _read_live_state(cache_dir, instance)
 
 
-def _read_live_state(cache_dir: Path) -> BrokerInfo | None:
-    state = cache_dir / _STATE
+def _state_file(cache_dir: Path, instance: str) -> Path:
+    return cache_dir / (f"broker-{instance}.json" if instance else _STATE)
+
+
+def _run_dir(cache_dir: Path, instance: str) -> Path:
+    return cache_dir / (f"run-{instance}" if instance else "run")
+
+
+def _read_live_state(cache_dir: Path, instance: str = "") -> BrokerInfo | None:
+    state = _state_file(cache_dir, instance)
     try:
         info = BrokerInfo.from_json(state.read_text())
     except FileNotFoundError:
@@ -179,20 +226,32 @@ def _read_live_state(cache_dir: Path) -> BrokerInfo | None:
     return None
 
 
-def _launch(cache_dir: Path, java: str, lib: Path, port: int | None) -> BrokerInfo:
-    run_dir = cache_dir / "run"
+def _launch(
+    cache_dir: Path, java: str, lib: Path, port: int | None, *, secure: SecureListeners | None, instance: str
+) -> BrokerInfo:
+    run_dir = _run_dir(cache_dir, instance)
     shutil.rmtree(run_dir, ignore_errors=True)
     data_dir, logs_dir = run_dir / "data", run_dir / "logs"
     data_dir.mkdir(parents=True)
     logs_dir.mkdir()
     broker_port = _check_port(port) if port is not None else _free_port()
     controller_port = _free_port(avoid=broker_port)
+    secure_ports: tuple[int, int] | None = None
+    if secure is not None:
+        sasl_ssl_port = _free_port(avoid=broker_port, also=controller_port)
+        secure_ports = (sasl_ssl_port, _free_port(avoid=broker_port, also=controller_port, besides=sasl_ssl_port))
     cluster_id = _new_cluster_id()
     properties = run_dir / "server.properties"
-    properties.write_text(_server_properties(broker_port, controller_port, data_dir))
+    text = _server_properties(broker_port, controller_port, data_dir)
+    if secure is not None and secure_ports is not None:
+        text = _with_secure_listeners(text, secure, *secure_ports)
+    properties.write_text(text)
     jvm = [java, *JVM_OPTIONS, f"-Dlog4j2.configurationFile={LOG_CONFIG}", f"-Dkafka.logs.dir={logs_dir}"]
     classpath = ["-cp", str(lib / "*")]
     fmt = [*jvm, *classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties)]
+    for name, password in secure.scram_users if secure is not None else ():
+        # SCRAM credentials live in the cluster metadata; a KRaft cluster takes its first ones at format time.
+        fmt += ["--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]"]
     done = subprocess.run(fmt, capture_output=True, text=True, timeout=120, check=False)
     if done.returncode != 0:
         output = _tail(done.stdout + done.stderr)
@@ -218,7 +277,37 @@ def _launch(cache_dir: Path, java: str, lib: Path, port: int | None) -> BrokerIn
         run_dir=run_dir,
         data_dir=data_dir,
         log_file=logs_dir / "server.log",
+        sasl_ssl_port=secure_ports[0] if secure_ports else None,
+        ssl_port=secure_ports[1] if secure_ports else None,
     )
+
+
+_SCRAM_LOGIN = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+# Unsigned test tokens ({"alg":"none"}), checked by Kafka's default OAUTHBEARER validator; a real cluster validates
+# signed tokens against its identity provider.
+_OAUTH_LOGIN = (
+    "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required "
+    'unsecuredLoginStringClaim_sub="broker";'
+)
+
+
+def _with_secure_listeners(text: str, secure: SecureListeners, sasl_ssl_port: int, ssl_port: int) -> str:
+    """server.properties with a SASL_SSL and an mTLS listener beside PLAINTEXT (which stays the broker's own)."""
+    lines = dict(line.split("=", 1) for line in text.splitlines())
+    lines["listeners"] += f",SASL_SSL://{HOST}:{sasl_ssl_port},SSL://{HOST}:{ssl_port}"
+    lines["advertised.listeners"] += f",SASL_SSL://{HOST}:{sasl_ssl_port},SSL://{HOST}:{ssl_port}"
+    lines["listener.security.protocol.map"] += ",SASL_SSL:SASL_SSL,SSL:SSL"
+    lines |= {
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": str(secure.keystore),
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(secure.truststore),
+        "listener.name.ssl.ssl.client.auth": "required",
+        "sasl.enabled.mechanisms": "SCRAM-SHA-512,OAUTHBEARER",
+        "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": _SCRAM_LOGIN,
+        "listener.name.sasl_ssl.oauthbearer.sasl.jaas.config": _OAUTH_LOGIN,
+    }
+    return "".join(f"{key}={value}\n" for key, value in lines.items())
 
 
 def _server_properties(port: int, controller_port: int, data_dir: Path) -> str:
@@ -397,12 +486,12 @@ def _new_cluster_id() -> str:
             return cluster_id
 
 
-def _free_port(avoid: int | None = None) -> int:
+def _free_port(avoid: int | None = None, also: int | None = None, besides: int | None = None) -> int:
     while True:
         with socket.socket() as probe:
             probe.bind((HOST, 0))
             port = int(probe.getsockname()[1])
-        if port != avoid:
+        if port not in (avoid, also, besides):
             return port
 
 

@@ -16,6 +16,8 @@ from aiokafka.errors import KafkaError
 from pipeline.errors import DeliveryError
 from pipeline.jsonl import numbered_lines, open_input, progress
 from pipeline.models import FAMILIES
+from pipeline.settings import KafkaSettings
+from pipeline.stream import clients
 from pipeline.stream.clients import KafkaRecord, partitions, started
 from pipeline.stream.names import topic as prefixed
 
@@ -82,7 +84,7 @@ def _lines(stream: IO[bytes], key_field: str | None) -> Iterator[_Line]:
 
 
 async def produce(
-    bootstrap_servers: str,
+    kafka: KafkaSettings,
     topic: str,
     path: str | None,
     *,
@@ -95,10 +97,8 @@ async def produce(
     Lines that are not JSON are sent as they are, without a key, so the dead-letter path can be exercised;
     `skip_invalid` drops them instead.
     """
-    await partitions(bootstrap_servers, topic)
-    producer = await started(
-        AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True), bootstrap_servers
-    )
+    await partitions(kafka, topic)
+    producer = await started(clients.producer(kafka, acks="all", enable_idempotence=True), kafka)
     sent = invalid_sent = invalid_skipped = 0
     pending: list[tuple[int, asyncio.Future[Any]]] = []
     try:
@@ -188,7 +188,7 @@ def format_record(record: KafkaRecord) -> str:
 
 
 async def tail(
-    bootstrap_servers: str,
+    kafka: KafkaSettings,
     topic: str,
     out: TextIO,
     *,
@@ -202,11 +202,8 @@ async def tail(
     Starts at the end (only new records) unless `from_beginning`; stops after `max_records` or `timeout_s`
     seconds, else runs until cancelled (Ctrl-C). Joins no consumer group and commits nothing.
     """
-    assigned = [TopicPartition(topic, number) for number in await partitions(bootstrap_servers, topic)]
-    consumer = await started(
-        AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False),
-        bootstrap_servers,
-    )
+    assigned = [TopicPartition(topic, number) for number in await partitions(kafka, topic)]
+    consumer = await started(clients.consumer(kafka, group_id=None, enable_auto_commit=False), kafka)
     try:
         consumer.assign(assigned)
         await (consumer.seek_to_beginning if from_beginning else consumer.seek_to_end)(*assigned)
@@ -242,7 +239,7 @@ async def _print_records(
 
 
 def run_produce(
-    bootstrap_servers: str,
+    kafka: KafkaSettings,
     topic: str,
     path: str | None,
     *,
@@ -251,7 +248,7 @@ def run_produce(
 ) -> int:
     report = asyncio.run(
         produce(
-            bootstrap_servers,
+            kafka,
             topic,
             path,
             key_field=key_field,
@@ -265,7 +262,7 @@ def run_produce(
 
 
 def run_tail(
-    bootstrap_servers: str,
+    kafka: KafkaSettings,
     topic: str,
     *,
     from_beginning: bool = False,
@@ -275,7 +272,7 @@ def run_tail(
 ) -> int:
     asyncio.run(
         tail(
-            bootstrap_servers,
+            kafka,
             topic,
             sys.stdout,
             from_beginning=from_beginning,

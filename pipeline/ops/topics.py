@@ -13,6 +13,8 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, for_code
 
 from pipeline.errors import ConfigError, DeliveryError, MinnowError
+from pipeline.settings import KafkaSettings
+from pipeline.stream import clients
 from pipeline.topic_specs import TopicSpec
 
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]*$")
@@ -75,7 +77,7 @@ class _Current:
 
 
 async def apply(
-    bootstrap_servers: str,
+    kafka: KafkaSettings,
     prefix: str,
     specs: Sequence[TopicSpec],
     *,
@@ -89,10 +91,11 @@ async def apply(
     bad = [n for n in names if len(n) > _MAX_TOPIC_NAME or not _TOPIC_NAME.fullmatch(n)]
     if bad:
         raise ConfigError(f"topic prefix {prefix!r} makes invalid Kafka topic names ({bad[0]!r}); use [A-Za-z0-9._-]")
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="minnow-topics")
+    # A cluster that cannot be reached, or refuses these credentials, is a StreamToolError naming the cause.
+    admin = await clients.started(clients.admin(kafka, client_id="minnow-topics"), kafka)
+    bootstrap_servers = kafka.bootstrap_servers
     try:
         async with asyncio.timeout(timeout_s):
-            await admin.start()
             changes = await _apply(admin, dict(zip(names, specs, strict=True)), replication)
     except TimeoutError as exc:
         raise DeliveryError(

@@ -14,7 +14,7 @@ import faust
 from pipeline.metrics import PARTITIONS_ASSIGNED
 from pipeline.settings import Settings
 from pipeline.stream import names
-from pipeline.stream.clients import PRODUCER_MAX_REQUEST_BYTES
+from pipeline.stream.clients import PRODUCER_MAX_REQUEST_BYTES, faust_app
 from pipeline.stream.conversations import Conversations
 from pipeline.stream.devices import Devices
 from pipeline.stream.state import ChangelogStore
@@ -39,17 +39,11 @@ class FaustSender:
         return await producer.send(record.topic, record.key, record.value, record.partition, None, headers)
 
 
-def broker_urls(bootstrap_servers: str) -> list[str]:
-    """`host:port,host:port` as faust's broker URLs."""
-    return [f"kafka://{server.strip()}" for server in bootstrap_servers.split(",") if server.strip()]
-
-
 def create_app(settings: Settings, engine: Engine, *, datadir: Path) -> faust.App:
     """The configured app with its agents registered; `minnow worker` runs it in a faust Worker."""
     kafka = settings.kafka
-    app = faust.App(
-        kafka.group_id,  # faust's app id is its consumer group id
-        broker=broker_urls(kafka.bootstrap_servers),
+    app = faust_app(
+        kafka,  # faust's app id is its consumer group id; broker and credentials come from the settings
         processing_guarantee=kafka.processing_guarantee,
         datadir=str(datadir),
         autodiscover=False,
@@ -119,7 +113,7 @@ def create_app(settings: Settings, engine: Engine, *, datadir: Path) -> faust.Ap
             # A taken port crashes the app: a worker asked to expose metrics must not run blind.
             server = await start_health_server(port)
             try:
-                await track_lag(kafka.bootstrap_servers, kafka.group_id, list(inputs))
+                await track_lag(kafka, kafka.group_id, list(inputs))
             finally:  # faust cancels app tasks once the final commit is done, so probes answer while draining
                 await server.close()
 
@@ -142,9 +136,7 @@ def _state(settings: Settings, family: str) -> _State | None:
         return None
     kafka = settings.kafka
     changelog = names.topic(kafka.topic_prefix, names.STATE_TOPICS[owner])
-    store = ChangelogStore(
-        kafka.bootstrap_servers, changelog, read_committed=kafka.processing_guarantee == "exactly_once"
-    )
+    store = ChangelogStore(kafka, changelog, read_committed=kafka.processing_guarantee == "exactly_once")
     if owner == "conversation":
         interval = max(0.5, min(5.0, settings.worker.conversation_idle_s / 4))
         return _State(owner, Conversations(settings, store), store, interval)
@@ -228,9 +220,15 @@ def _dump_tasks_on_sigusr1() -> None:
 
 
 def run(settings: Settings, *, verbose: bool = False) -> int:
-    """Load the model, then run the worker until SIGTERM/SIGINT; returns the process exit code."""
+    """Check the cluster answers, load the model, then run the worker until SIGTERM/SIGINT; returns the exit code."""
+    import asyncio
+
     from pipeline.stages.infer import MiniModel
     from pipeline.stages.runtime import AsyncMiniModel
+    from pipeline.stream.preflight import preflight
+
+    # Before faust: wrong credentials or an untrusted certificate are one line and an exit, not endless retries.
+    asyncio.run(preflight(settings.kafka))
 
     # The model loads before the consumer joins the group, so partitions are never assigned to a worker
     # that cannot process them yet.

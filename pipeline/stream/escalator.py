@@ -29,7 +29,7 @@ from pipeline.escalation.escalator import Escalator, Outcome
 from pipeline.models import EVENT_ADAPTER, AnyEvent, EscalationRecord, ToSink
 from pipeline.review.verdicts import label_key
 from pipeline.settings import Settings
-from pipeline.stream import names
+from pipeline.stream import clients, names
 from pipeline.stream.clients import PRODUCER_MAX_REQUEST_BYTES
 from pipeline.stream.deadletter import Headers, dead_letter_headers
 from pipeline.stream.offsets import OffsetLedger
@@ -280,8 +280,8 @@ class EscalatorRunner:
 
 def consumer_for(settings: Settings) -> AIOKafkaConsumer:
     kafka = settings.kafka
-    return AIOKafkaConsumer(
-        bootstrap_servers=kafka.bootstrap_servers,
+    return clients.consumer(
+        kafka,
         group_id=kafka.group_id + ESCALATOR_GROUP_SUFFIX,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -295,8 +295,8 @@ def consumer_for(settings: Settings) -> AIOKafkaConsumer:
 
 
 def producer_for(settings: Settings) -> AIOKafkaProducer:
-    return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
+    return clients.producer(
+        settings.kafka,
         acks="all",
         enable_idempotence=True,
         max_request_size=PRODUCER_MAX_REQUEST_BYTES,
@@ -330,7 +330,10 @@ async def serve(settings: Settings, escalator: Escalator, stop: asyncio.Event) -
 async def _main(settings: Settings) -> int:
     from pipeline.escalation.cache_file import open_cache
     from pipeline.escalation.client import client_for
+    from pipeline.stream.preflight import preflight
 
+    # Wrong credentials or an untrusted certificate: one line and an exit, before any client retries.
+    await preflight(settings.kafka)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -355,7 +358,7 @@ async def _endpoints(settings: Settings) -> None:
     server = await start_health_server(settings.escalation.metrics_port)
     try:
         topic = names.topic(settings.kafka.topic_prefix, names.ESCALATION_TOPIC)
-        await track_lag(settings.kafka.bootstrap_servers, settings.kafka.group_id + ESCALATOR_GROUP_SUFFIX, [topic])
+        await track_lag(settings.kafka, settings.kafka.group_id + ESCALATOR_GROUP_SUFFIX, [topic])
     finally:
         await server.close()
 

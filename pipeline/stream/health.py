@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
 
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -18,6 +17,9 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 from pipeline.metrics import CONSUMER_LAG, PARTITIONS_ASSIGNED
+from pipeline.settings import KafkaSettings
+from pipeline.stream import clients
+from pipeline.stream.clients import topic_partitions
 
 log = logging.getLogger(__name__)
 
@@ -169,18 +171,6 @@ def publish_lag(lags: Mapping[Partition, int]) -> None:
         CONSUMER_LAG.labels(topic=topic, partition=str(partition)).set(lag)
 
 
-async def topic_partitions(admin: AIOKafkaAdminClient, topics: Collection[str]) -> dict[str, list[int]]:
-    """The partition numbers of each of `topics` that exists; missing topics are left out."""
-    # Metadata for all topics, not for the named ones: naming a missing topic can make the broker create it.
-    described = await admin.describe_topics()
-    wanted = set(topics)
-    return {
-        str(entry["topic"]): sorted(int(part["partition"]) for part in entry["partitions"])
-        for entry in described
-        if entry["topic"] in wanted and entry["error_code"] == 0
-    }
-
-
 async def measure_lag(
     consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient, group_id: str, topics: Collection[str]
 ) -> dict[Partition, int]:
@@ -206,12 +196,10 @@ async def measure_lag(
 
 
 @asynccontextmanager
-async def _lag_clients(
-    bootstrap_servers: str, options: Mapping[str, Any]
-) -> AsyncIterator[tuple[AIOKafkaConsumer, AIOKafkaAdminClient]]:
+async def _lag_clients(kafka: KafkaSettings) -> AsyncIterator[tuple[AIOKafkaConsumer, AIOKafkaAdminClient]]:
     # No group on the consumer: it must never join (and so never rebalance) the group it measures.
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False, **options)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **options)
+    consumer = clients.consumer(kafka, group_id=None, enable_auto_commit=False)
+    admin = clients.admin(kafka)
     try:
         await consumer.start()
         await admin.start()
@@ -221,25 +209,17 @@ async def _lag_clients(
         await consumer.stop()
 
 
-async def track_lag(
-    bootstrap_servers: str,
-    group_id: str,
-    topics: Collection[str],
-    interval_s: float = 15.0,
-    *,
-    client_options: Mapping[str, Any] | None = None,
-) -> None:
+async def track_lag(kafka: KafkaSettings, group_id: str, topics: Collection[str], interval_s: float = 15.0) -> None:
     """Set minnow_consumer_lag{topic,partition} for `group_id` every `interval_s` seconds, until cancelled.
 
     A failed round (broker away, timeout) is logged and retried with fresh clients after `interval_s`,
-    so lag tracking never takes the worker down with it. `client_options` go to both aiokafka clients
-    (security_protocol, sasl_*, ssl_context, ...).
+    so lag tracking never takes the worker down with it. Its clients come from the one factory (clients.py), with
+    the cluster's security settings.
     """
-    options = dict(client_options or {})
     round_timeout = max(interval_s, _MIN_ROUND_TIMEOUT_S)
     while True:
         try:
-            async with _lag_clients(bootstrap_servers, options) as (consumer, admin):
+            async with _lag_clients(kafka) as (consumer, admin):
                 while True:
                     async with asyncio.timeout(round_timeout):
                         lags = await measure_lag(consumer, admin, group_id, topics)

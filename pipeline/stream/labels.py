@@ -12,6 +12,8 @@ from pydantic import ValidationError
 from pipeline.errors import StreamToolError
 from pipeline.models import LabelRecord
 from pipeline.review.verdicts import KeyedLabel
+from pipeline.settings import KafkaSettings
+from pipeline.stream import clients
 from pipeline.stream.clients import partitions, started
 
 log = logging.getLogger(__name__)
@@ -33,16 +35,13 @@ class LabelsRead:
         return len(self.entries) + self.unreadable
 
 
-async def read_labels(bootstrap_servers: str, topic: str, *, timeout_s: float = READ_TIMEOUT_S) -> LabelsRead:
+async def read_labels(kafka: KafkaSettings, topic: str, *, timeout_s: float = READ_TIMEOUT_S) -> LabelsRead:
     """Every record from the beginning up to the end offsets taken at start; joins no group, commits nothing."""
-    assigned = [TopicPartition(topic, number) for number in await partitions(bootstrap_servers, topic)]
+    assigned = [TopicPartition(topic, number) for number in await partitions(kafka, topic)]
     # "earliest" as well as the seek: with the default "latest", the reset that assign() starts can land after
     # seek_to_beginning and leave every partition at its end (seen with aiokafka 0.14).
     consumer = await started(
-        AIOKafkaConsumer(
-            bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
-        ),
-        bootstrap_servers,
+        clients.consumer(kafka, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"), kafka
     )
     try:
         consumer.assign(assigned)

@@ -21,6 +21,8 @@ from pipeline.errors import DeliveryError, StreamToolError
 from pipeline.models import ReviewRecord
 from pipeline.review.prompt import Accept, ScriptedAnswer, ask, decide
 from pipeline.review.verdicts import Decision, Quit, Skip, Verdict, label_key, label_records
+from pipeline.settings import KafkaSettings
+from pipeline.stream import clients
 from pipeline.stream.clients import KafkaRecord, partitions, started
 from pipeline.stream.names import REVIEW_SKIPS
 
@@ -72,18 +74,18 @@ class ReviewTally:
         return text
 
 
-async def review(bootstrap_servers: str, options: ReviewOptions, decider: Decider, out: TextIO) -> ReviewTally:
+async def review(kafka: KafkaSettings, options: ReviewOptions, decider: Decider, out: TextIO) -> ReviewTally:
     """Take review records from the group's position until caught up (or `max_items`; or for ever with `follow`).
 
     Per item: the decision; for a verdict its label records go to the labels topic, for a skip the record goes back
     to the end of the review topic; once the broker has acknowledged that, the item's offset is committed. Quit
     commits nothing more, so an unfinished item is shown again next time.
     """
-    own = await partitions(bootstrap_servers, options.review_topic)
-    await partitions(bootstrap_servers, options.labels_topic)
-    consumer = AIOKafkaConsumer(
+    own = await partitions(kafka, options.review_topic)
+    await partitions(kafka, options.labels_topic)
+    consumer = clients.consumer(
+        kafka,
         options.review_topic,
-        bootstrap_servers=bootstrap_servers,
         group_id=options.group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -91,12 +93,9 @@ async def review(bootstrap_servers: str, options: ReviewOptions, decider: Decide
         session_timeout_ms=options.session_timeout_ms,
         heartbeat_interval_ms=options.heartbeat_interval_ms,
     )
-    await started(consumer, bootstrap_servers)
+    await started(consumer, kafka)
     try:
-        producer = await started(
-            AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True),
-            bootstrap_servers,
-        )
+        producer = await started(clients.producer(kafka, acks="all", enable_idempotence=True), kafka)
     except StreamToolError:
         await consumer.stop()
         raise
@@ -290,9 +289,9 @@ async def _in_daemon_thread(work: Callable[[], T]) -> T:
     return await future
 
 
-def run(bootstrap_servers: str, options: ReviewOptions, decider: Decider | None = None) -> int:
+def run(kafka: KafkaSettings, options: ReviewOptions, decider: Decider | None = None) -> int:
     out = sys.stdout
-    tally = asyncio.run(review(bootstrap_servers, options, decider or person_at_terminal(out), out))
+    tally = asyncio.run(review(kafka, options, decider or person_at_terminal(out), out))
     for note in tally.notes:
         print(f"note: {note}", file=sys.stderr)
     print(tally.summary() + ("; nothing left to review" if tally.caught_up else ""), file=out)

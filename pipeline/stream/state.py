@@ -8,9 +8,11 @@ import time
 from collections.abc import Collection, Iterator, MutableMapping, Sequence
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from pipeline.errors import DeliveryError
+from pipeline.settings import KafkaSettings
+from pipeline.stream import clients
 from pipeline.stream.worker import InputRecord, OutputRecord
 
 log = logging.getLogger(__name__)
@@ -50,8 +52,8 @@ class ChangelogStore(MutableMapping[bytes, bytes]):
     graceful restarts in the e2e test).
     """
 
-    def __init__(self, bootstrap_servers: str, topic: str, *, read_committed: bool = False) -> None:
-        self._bootstrap = bootstrap_servers
+    def __init__(self, kafka: KafkaSettings, topic: str, *, read_committed: bool = False) -> None:
+        self._kafka = kafka
         self._topic = topic
         self._isolation = "read_committed" if read_committed else "read_uncommitted"
         self._data: dict[bytes, bytes] = {}
@@ -110,8 +112,8 @@ class ChangelogStore(MutableMapping[bytes, bytes]):
         done = self._ready[partition]
         started = time.monotonic()
         tp = TopicPartition(self._topic, partition)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap,
+        consumer = clients.consumer(
+            self._kafka,
             enable_auto_commit=False,
             isolation_level=self._isolation,
             auto_offset_reset="earliest",

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from pipeline.ops import devkafka
+from tests.integration.secure import SecureBroker, start_secure_broker
 
 BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
 # Confluent images are what testcontainers' KafkaContainer drives (it edits their start scripts);
@@ -29,6 +30,13 @@ def kafka_bootstrap() -> Iterator[str]:
         yield from _container_broker()
     else:
         yield from _local_broker()
+
+
+@pytest.fixture(scope="session")
+def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
+    """A second local broker with SASL_SSL (SCRAM-SHA-512, OAUTHBEARER) and mTLS listeners and a throwaway CA; the
+    plain broker the other tests use is not touched. Always the local Maven broker: its listeners are ours to set."""
+    yield from start_secure_broker(tmp_path_factory.mktemp("secure-kafka"))
 
 
 @pytest.fixture

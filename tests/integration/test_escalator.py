@@ -16,18 +16,17 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from pipeline.escalation.client import client_for
 from pipeline.escalation.escalator import Escalator
 from pipeline.models import EscalationRecord
-from pipeline.settings import EscalationSettings, KafkaSettings, Settings
-from pipeline.stream import names
+from pipeline.settings import EscalationSettings, Settings
+from pipeline.stream import clients, names
 from pipeline.stream.escalator import ESCALATOR_GROUP_SUFFIX, serve
 from tests.escalation_support import conversation_event, escalation, feed_event, iot_event, ticket_event
-from tests.integration.helpers import create_topic
+from tests.integration.helpers import Cluster, as_kafka, create_topic
 from tests.openai_server import HELD, MALFORMED, WRONG_SCHEMA, OpenAIServer, status
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -90,9 +89,9 @@ def plan(wave: str) -> Planned:
     return planned
 
 
-def settings(bootstrap: str, prefix: str, group: str, base_url: str) -> Settings:
+def settings(bootstrap: Cluster, prefix: str, group: str, base_url: str) -> Settings:
     return Settings(
-        kafka=KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix, group_id=group),
+        kafka=as_kafka(bootstrap).model_copy(update={"topic_prefix": prefix, "group_id": group}),
         escalation=EscalationSettings(
             base_url=base_url,
             max_inflight=8,
@@ -106,8 +105,8 @@ def settings(bootstrap: str, prefix: str, group: str, base_url: str) -> Settings
     )
 
 
-async def produce(bootstrap: str, topic: str, values: list[tuple[bytes | None, bytes | None]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+async def produce(bootstrap: Cluster, topic: str, values: list[tuple[bytes | None, bytes | None]]) -> None:
+    producer = clients.producer(as_kafka(bootstrap), acks="all")
     await producer.start()
     try:
         await asyncio.gather(*[await producer.send(topic, value, key=key) for key, value in values])
@@ -116,11 +115,11 @@ async def produce(bootstrap: str, topic: str, values: list[tuple[bytes | None, b
 
 
 async def wait_committed(
-    bootstrap: str, group: str, topic: str, timeout_s: float, *, partition_count: int = PARTITIONS
+    bootstrap: Cluster, group: str, topic: str, timeout_s: float, *, partition_count: int = PARTITIONS
 ) -> bool:
     """Until the group has committed every partition of `topic` up to its end."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = clients.consumer(as_kafka(bootstrap), enable_auto_commit=False)
+    admin = clients.admin(as_kafka(bootstrap))
     await consumer.start()
     await admin.start()
     try:
@@ -142,9 +141,9 @@ async def wait_committed(
         await consumer.stop()
 
 
-async def read_all(bootstrap: str, topics: list[str]) -> dict[str, list[ConsumerRecord[bytes, bytes]]]:
+async def read_all(bootstrap: Cluster, topics: list[str]) -> dict[str, list[ConsumerRecord[bytes, bytes]]]:
     """Every record of `topics`, from the beginning to the current end, outside any group."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = clients.consumer(as_kafka(bootstrap), enable_auto_commit=False)
     await consumer.start()
     try:
         partitions = [TopicPartition(t, p) for t in topics for p in range(PARTITIONS)]
@@ -185,7 +184,7 @@ def test_every_escalation_ends_in_the_sink_or_review_exactly_once(
     asyncio.run(scenario(kafka_bootstrap, random_name))
 
 
-async def scenario(bootstrap: str, random_name: Callable[[str], str]) -> None:
+async def scenario(bootstrap: Cluster, random_name: Callable[[str], str]) -> None:
     prefix = random_name("esc") + "."
     group = random_name("group")
     escalations = prefix + names.ESCALATION_TOPIC
@@ -226,7 +225,9 @@ async def scenario(bootstrap: str, random_name: Callable[[str], str]) -> None:
             assert message.key == expected[result["id"]]
             assert result["decided_by"] == "large-model" and result["route"] == "sink"
             assert result["large_model"]["name"] == "test-large-1"
-            assert all(value not in result.get("summary", {}).get("text", "") for value in ("[EMAIL_1]", "[PHONE_1]"))
+            assert all(
+                value not in (result.get("summary") or {}).get("text", "") for value in ("[EMAIL_1]", "[PHONE_1]")
+            )
     review_records = [orjson.loads(m.value) for m in outputs[prefix + names.REVIEW_TOPIC]]
     review_ids = [r["id"] for r in review_records]
 
@@ -338,8 +339,8 @@ async def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, pr
         await asyncio.sleep(0.5)
 
 
-async def committed_offsets(bootstrap: str, group: str) -> dict[TopicPartition, int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def committed_offsets(bootstrap: Cluster, group: str) -> dict[TopicPartition, int]:
+    admin = clients.admin(as_kafka(bootstrap))
     await admin.start()
     try:
         return {tp: meta.offset for tp, meta in (await admin.list_consumer_group_offsets(group)).items()}

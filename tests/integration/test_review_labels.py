@@ -25,7 +25,7 @@ from pipeline.tasks.classify import ClassifyTask
 from pipeline.tasks.heads import HeadFile
 from pipeline.tasks.labels import load_label_sets
 from pipeline.training import LabeledRow, fit_heads, read_labeled, rows_from_verdicts
-from tests.integration.helpers import create_topic
+from tests.integration.helpers import as_kafka, create_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -140,7 +140,7 @@ def test_review_sends_one_verdict_per_item_and_train_reads_them_back(
     assert "settled 18 (18 label records), skipped 2; nothing left to review" in out
 
     # Exactly one verdict per answered id, keyed task:id, with the reviewer's label; the two left went back in line.
-    first = asyncio.run(read_labels(kafka_bootstrap, labels_topic))
+    first = asyncio.run(read_labels(as_kafka(kafka_bootstrap), labels_topic))
     assert sorted(e.key or "" for e in first.entries) == sorted(f"classify:{i}" for i in answered)
     assert all(
         e.record is not None and e.record.decided_by == "alice" and e.record.source == "human" for e in first.entries
@@ -156,7 +156,7 @@ def test_review_sends_one_verdict_per_item_and_train_reads_them_back(
     assert "settled 2 (2 label records), skipped 0; nothing left to review" in capsys.readouterr().out
     ends, committed, _ = asyncio.run(review_topic_state(kafka_bootstrap, review_topic, group))
     assert committed == ends
-    second = asyncio.run(read_labels(kafka_bootstrap, labels_topic))
+    second = asyncio.run(read_labels(as_kafka(kafka_bootstrap), labels_topic))
     by_key: dict[str, int] = {}
     for e in second.entries:
         by_key[e.key or ""] = by_key.get(e.key or "", 0) + 1
@@ -173,7 +173,7 @@ def test_review_sends_one_verdict_per_item_and_train_reads_them_back(
         (f"classify:{withdrawn}".encode(), None),
     ]
     asyncio.run(produce(kafka_bootstrap, labels_topic, later))
-    latest = latest_verdicts(asyncio.run(read_labels(kafka_bootstrap, labels_topic)).entries)
+    latest = latest_verdicts(asyncio.run(read_labels(as_kafka(kafka_bootstrap), labels_topic)).entries)
     assert len(latest) == 19 and latest[f"classify:{replaced}"].decided_by == "carol"
 
     heads_path = tmp_path / "heads.json"

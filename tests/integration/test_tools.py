@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 
 from pipeline.cli import main
 from pipeline.stream.health import measure_lag, track_lag
-from tests.integration.helpers import create_topic
+from tests.integration.helpers import as_kafka, create_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -196,7 +196,7 @@ def test_track_lag_keeps_the_gauge_current(kafka_bootstrap: str, random_name: Ca
         ]
 
     async def run_tracker() -> list[float | None]:
-        tracker = asyncio.create_task(track_lag(kafka_bootstrap, group, [topic], interval_s=0.2))
+        tracker = asyncio.create_task(track_lag(as_kafka(kafka_bootstrap), group, [topic], interval_s=0.2))
         deadline = time.monotonic() + 60
         while None in gauge() and time.monotonic() < deadline and not tracker.done():
             await asyncio.sleep(0.1)

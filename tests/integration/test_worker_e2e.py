@@ -19,11 +19,12 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.admin import NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.stream import names
+from pipeline.stream import clients, names
+from tests.integration.helpers import Cluster, as_kafka
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -169,8 +170,8 @@ def interleave(*groups: list[Planned]) -> list[Planned]:
 
 
 # ----------------------------------------------------------------------------------------- the broker
-async def create_topics(bootstrap: str, prefix: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def create_topics(bootstrap: Cluster, prefix: str) -> None:
+    admin = clients.admin(as_kafka(bootstrap))
     await admin.start()
     try:
         # The state changelogs too: a worker declares no topics itself, and they must match the inputs' partitions.
@@ -182,8 +183,8 @@ async def create_topics(bootstrap: str, prefix: str) -> None:
         await admin.close()
 
 
-async def produce(bootstrap: str, prefix: str, planned: list[Planned]) -> list[Sent]:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=4 * MAX_EVENT_BYTES)
+async def produce(bootstrap: Cluster, prefix: str, planned: list[Planned]) -> list[Sent]:
+    producer = clients.producer(as_kafka(bootstrap), acks="all", max_request_size=4 * MAX_EVENT_BYTES)
     await producer.start()
     try:
         futures = [await producer.send(prefix + p.topic, p.value, key=p.key) for p in planned]
@@ -193,8 +194,8 @@ async def produce(bootstrap: str, prefix: str, planned: list[Planned]) -> list[S
     return [Sent(p, m.topic, m.partition, m.offset) for p, m in zip(planned, metadata, strict=True)]
 
 
-async def committed_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def committed_offsets(bootstrap: Cluster, group: str) -> dict[tuple[str, int], int]:
+    admin = clients.admin(as_kafka(bootstrap))
     await admin.start()
     try:
         offsets = await admin.list_consumer_group_offsets(group)
@@ -209,15 +210,15 @@ class OutputReader:
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: Cluster,
         prefix: str,
         *,
         isolation_level: str = "read_uncommitted",
         topics: Sequence[str] = OUTPUT_TOPICS,
     ) -> None:
         self.records: list[ConsumerRecord[bytes, bytes]] = []
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level=isolation_level
+        self._consumer = clients.consumer(
+            as_kafka(bootstrap), enable_auto_commit=False, isolation_level=isolation_level
         )
         self._partitions = [TopicPartition(prefix + t, p) for t in topics for p in range(PARTITIONS)]
 
@@ -634,7 +635,7 @@ def _assert_windows(windows: list[ConsumerRecord[bytes, bytes]], sent: list[Sent
     assert {device: sorted(ts) for device, ts in got.items()} == expected, "every closed window exactly once"
 
 
-async def _create_and_produce(bootstrap: str, prefix: str, planned: list[Planned]) -> list[Sent]:
+async def _create_and_produce(bootstrap: Cluster, prefix: str, planned: list[Planned]) -> list[Sent]:
     await create_topics(bootstrap, prefix)
     return await produce(bootstrap, prefix, planned)
 
@@ -665,7 +666,7 @@ def _scrape(port: int) -> dict[str, float]:
     return totals
 
 
-async def _wait_for_commit(bootstrap: str, group: str, timeout_s: float) -> dict[tuple[str, int], int]:
+async def _wait_for_commit(bootstrap: Cluster, group: str, timeout_s: float) -> dict[tuple[str, int], int]:
     deadline = time.monotonic() + timeout_s
     while not (committed := await committed_offsets(bootstrap, group)) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)

@@ -359,7 +359,8 @@ def test_faust_commits_past_an_unacked_offset_when_acks_arrive_out_of_order() ->
 
 # ------------------------------------------------------------------------------------------ app and cli
 def test_the_app_has_one_single_actor_agent_per_input_topic_and_no_web_server(tmp_path: Path) -> None:
-    from pipeline.stream.app import broker_urls, create_app
+    from pipeline.stream.app import create_app
+    from pipeline.stream.clients import broker_urls
 
     app = create_app(SETTINGS, FakeEngine(), datadir=tmp_path)
     agents = {agent.name: agent for agent in app.agents.values()}

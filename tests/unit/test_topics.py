@@ -13,13 +13,15 @@ import pytest
 
 from pipeline import topic_specs
 from pipeline.cli import main
-from pipeline.errors import ConfigError, DeliveryError
+from pipeline.errors import ConfigError, StreamToolError
 from pipeline.models import AnyEvent, Conversation, FeedEvent, IoTMessage, SupportTicket, TranscriptSegment
 from pipeline.ops import topics
+from pipeline.settings import KafkaSettings
 from pipeline.stream import names
 
 DAY_MS = 24 * 60 * 60 * 1000
 SEGMENT = TranscriptSegment(id="s-1", conversation_id="c-1", seq=0, speaker="agent", text="hello")
+UNREACHABLE = KafkaSettings(bootstrap_servers="127.0.0.1:1")
 SAMPLES: dict[str, AnyEvent] = {
     "feed": FeedEvent(id="f-1", source="news", text="a post", created_at=datetime(2025, 1, 1, tzinfo=UTC)),
     "transcript": SEGMENT,
@@ -235,13 +237,14 @@ def test_config_numbers_and_booleans_become_kafka_strings(specs: dict[str, topic
     }
 
 
-def test_apply_to_an_unreachable_broker_is_a_delivery_error_saying_what_to_do(
+def test_apply_to_an_unreachable_broker_is_a_stream_tool_error_saying_what_to_do(
     specs: dict[str, topic_specs.TopicSpec],
 ) -> None:
-    with pytest.raises(DeliveryError) as caught:
-        asyncio.run(topics.apply("127.0.0.1:1", "minnow.", list(specs.values()), timeout_s=10))
+    """Nothing listening: the first connection fails at once with a line naming the address and what to check."""
+    with pytest.raises(StreamToolError) as caught:
+        asyncio.run(topics.apply(UNREACHABLE, "minnow.", list(specs.values()), timeout_s=10))
     message = str(caught.value)
-    assert "cannot manage topics on Kafka at 127.0.0.1:1" in message
+    assert "cannot connect to Kafka at 127.0.0.1:1" in message and "connection refused" in message
     assert "--bootstrap-servers" in message and "minnow dev kafka start" in message
 
 
@@ -254,7 +257,7 @@ def test_apply_rejects_bad_names_and_replication_before_connecting(
 ) -> None:
     # The address is unreachable on purpose: a ConfigError proves nothing was attempted.
     with pytest.raises(ConfigError, match=expected):
-        asyncio.run(topics.apply("127.0.0.1:1", prefix, list(specs.values()), replication=replication))
+        asyncio.run(topics.apply(UNREACHABLE, prefix, list(specs.values()), replication=replication))
 
 
 def test_topics_schemas_check_exits_0_when_current_and_1_listing_drifted_files(
