@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.errors import MinnowError
-from pipeline.settings import KafkaSettings, Settings
+from pipeline.settings import KafkaSettings, Settings, WorkerSettings
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -81,7 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return train.run_from_topic(
         settings,
         _kafka(args, kafka),
-        tools.resolve_topic(args.from_topic, kafka.topic_prefix, raw=args.raw_topic),
+        tools.resolve_topic(args.from_topic, settings, raw=args.raw_topic),
         Path(args.data) if args.data else None,
         Path(args.out),
     )
@@ -104,13 +104,14 @@ def cmd_review(args: argparse.Namespace) -> int:
     from pipeline.review.prompt import read_answers
     from pipeline.stream import review
 
-    kafka = _settings(args).kafka
+    settings = _settings(args)
+    kafka = settings.kafka
     reviewer = args.reviewer or os.environ.get("USER") or os.environ.get("LOGNAME")
     if not reviewer:
         raise ConfigError("say who is reviewing: --reviewer NAME (or set $USER)")
     options = review.ReviewOptions(
-        review_topic=tools.resolve_topic(args.topic, kafka.topic_prefix, raw=args.raw_topic),
-        labels_topic=tools.resolve_topic(args.labels_topic, kafka.topic_prefix, raw=args.raw_topic),
+        review_topic=tools.resolve_topic(args.topic, settings, raw=args.raw_topic),
+        labels_topic=tools.resolve_topic(args.labels_topic, settings, raw=args.raw_topic),
         group_id=args.group or f"{kafka.group_id}-review",
         reviewer=reviewer,
         follow=args.follow,
@@ -172,6 +173,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     settings = settings.model_copy(update={"kafka": _kafka(args, settings.kafka)})
+    if args.families:
+        worker = WorkerSettings.model_validate(settings.worker.model_dump() | {"families": args.families})
+        settings = settings.model_copy(update={"worker": worker})
     return app.run(settings, verbose=args.verbose)
 
 
@@ -187,10 +191,10 @@ def cmd_produce(args: argparse.Namespace) -> int:
     from pipeline.ops import tools
     from pipeline.settings import load_settings
 
-    kafka = load_settings().kafka
+    settings = load_settings()
     return tools.run_produce(
-        _kafka(args, kafka),
-        tools.resolve_topic(args.topic, kafka.topic_prefix, raw=args.raw_topic),
+        _kafka(args, settings.kafka),
+        tools.resolve_topic(args.topic, settings, raw=args.raw_topic),
         args.input,
         key_field=args.key_field,
         skip_invalid=args.skip_invalid,
@@ -201,10 +205,10 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from pipeline.ops import tools
     from pipeline.settings import load_settings
 
-    kafka = load_settings().kafka
+    settings = load_settings()
     return tools.run_tail(
-        _kafka(args, kafka),
-        tools.resolve_topic(args.topic, kafka.topic_prefix, raw=args.raw_topic),
+        _kafka(args, settings.kafka),
+        tools.resolve_topic(args.topic, settings, raw=args.raw_topic),
         from_beginning=args.from_beginning,
         max_records=args.max,
         timeout_s=args.timeout,
@@ -219,10 +223,15 @@ def cmd_topics_apply(args: argparse.Namespace) -> int:
     from pipeline.ops import topics
     from pipeline.settings import load_settings
 
-    kafka = load_settings().kafka
+    settings = load_settings()
+    kafka = _kafka(args, settings.kafka)
+    if args.prefix is not None:
+        kafka = kafka.model_copy(update={"topic_prefix": args.prefix})
+    settings = settings.model_copy(update={"kafka": kafka})
     specs = topic_specs.load_specs(Path(args.specs) if args.specs else topic_specs.SPEC_DIR)
-    prefix = kafka.topic_prefix if args.prefix is None else args.prefix
-    print(asyncio.run(topics.apply(_kafka(args, kafka), prefix, specs, replication=args.replication)))
+    if settings.worker.inputs_file is not None:  # the workers read your own input topics: not Minnow's to create
+        specs = tuple(spec for spec in specs if spec.role != "input")
+    print(asyncio.run(topics.apply(kafka, specs, name_of=settings.topic, replication=args.replication)))
     return 0
 
 
@@ -404,6 +413,9 @@ def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     """`minnow worker`: the stream worker (pipeline/stream/app.py, docs/architecture-stream.md)."""
     w = sub.add_parser("worker", help="run the stream worker: input topics in, sink/escalation/dead-letter out")
     w.add_argument("--bootstrap-servers", help="host:port list (default MINNOW_KAFKA__BOOTSTRAP_SERVERS)")
+    w.add_argument(
+        "--families", metavar="LIST", help="families to consume, e.g. feed,iot (default MINNOW_WORKER__FAMILIES: all)"
+    )
     w.set_defaults(func=cmd_worker)
 
 

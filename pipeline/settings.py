@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 log = logging.getLogger(__name__)
 
@@ -308,10 +309,32 @@ def _sasl_problems(kafka: KafkaSettings) -> list[str]:
     return problems
 
 
+InputFamily = Literal["feed", "transcript", "iot", "ticket"]  # the families with an input topic
+
+
 class WorkerSettings(_Frozen):
     """How a stream worker gathers micro-batches and reports on itself."""
 
+    families: Annotated[tuple[InputFamily, ...], NoDecode] = Field(
+        default=("feed", "transcript", "iot", "ticket"),
+        min_length=1,
+        description="the families this worker consumes (`minnow worker --families feed,iot`); comma-separated",
+    )
+    inputs_file: Path | None = Field(
+        default=None,
+        description="YAML list of input topics of your own (topic, field mapping or kind; docs/mapping.md); "
+        "unset: each family's input topic",
+    )
     batch_max_events: int = Field(default=32, ge=1, description="events gathered into one engine batch at most")
+
+    @field_validator("families", mode="before")
+    @classmethod
+    def _comma_separated(cls, raw: Any) -> Any:
+        if isinstance(raw, str):  # `feed,iot` as on the command line; a JSON list is read as one too
+            raw = raw.strip().strip("[]").replace('"', "")
+            return tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
+        return raw
+
     batch_max_wait_ms: int = Field(default=50, ge=1, description="how long a partial batch waits for more events")
     delivery_timeout_s: float = Field(
         default=120.0, gt=0, description="a batch whose outputs are not acknowledged by then stops the worker (exit 75)"
@@ -435,6 +458,44 @@ class EscalationSettings(_Frozen):
         return self
 
 
+class TopicsSettings(_Frozen):
+    """Topic names, for a cluster whose topics are not named `MINNOW_KAFKA__TOPIC_PREFIX` + the logical name.
+
+    Each variable names one topic outright (no prefix is added), e.g. `MINNOW_TOPICS__FEEDS_ENRICHED=posts.scored`;
+    unset, the topic is the prefix plus its logical name (`minnow.feeds.enriched`). docs/topics.md.
+    """
+
+    feeds_in: str | None = Field(default=None, description="the feed input topic (logical feeds.in)")
+    feeds_enriched: str | None = Field(default=None, description="the feed sink (feeds.enriched)")
+    transcripts_in: str | None = Field(default=None, description="the transcript input topic (transcripts.in)")
+    transcripts_enriched: str | None = Field(default=None, description="the transcript sink (transcripts.enriched)")
+    iot_in: str | None = Field(default=None, description="the IoT input topic (iot.in)")
+    iot_enriched: str | None = Field(default=None, description="the IoT sink (iot.enriched)")
+    iot_windows: str | None = Field(default=None, description="per-device window summaries (iot.windows)")
+    tickets_in: str | None = Field(default=None, description="the ticket input topic (tickets.in)")
+    tickets_enriched: str | None = Field(default=None, description="the ticket sink (tickets.enriched)")
+    escalations: str | None = Field(default=None, description="items for the large model (escalations)")
+    review: str | None = Field(default=None, description="items for people (review)")
+    deadletter: str | None = Field(default=None, description="records that could not be processed (deadletter)")
+    labels: str | None = Field(default=None, description="verdicts of the large model and people (labels)")
+    conversations_changelog: str | None = Field(
+        default=None, description="the worker's conversation state (conversations.changelog)"
+    )
+    iot_devices_changelog: str | None = Field(
+        default=None, description="the worker's per-device state (iot.devices.changelog)"
+    )
+
+    @field_validator("*")
+    @classmethod
+    def _kafka_name(cls, value: str | None) -> str | None:
+        if value is not None and not _TOPIC_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not a Kafka topic name: 1-249 characters of A-Z a-z 0-9 . _ -")
+        return value
+
+
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
 class Settings(BaseSettings):
     """Everything Minnow reads from the environment. Nested fields use `__`: MINNOW_ENGINE__PRECISION=fp32."""
 
@@ -446,6 +507,7 @@ class Settings(BaseSettings):
     language: LanguageSettings = Field(default_factory=LanguageSettings)
     families: FamiliesSettings = Field(default_factory=FamiliesSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: TopicsSettings = Field(default_factory=TopicsSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     escalation: EscalationSettings = Field(default_factory=EscalationSettings)
     labels_file: Path | None = Field(default=None, description="YAML label sets; the bundled ones when unset")
@@ -454,6 +516,11 @@ class Settings(BaseSettings):
     moderation_file: Path | None = Field(
         default=None, description="YAML moderation thresholds and uncertain band; bundled when unset"
     )
+
+    def topic(self, logical: str) -> str:
+        """A topic's real name: `MINNOW_TOPICS__<NAME>` when set, else the prefix plus the logical name."""
+        explicit: str | None = getattr(self.topics, logical.replace(".", "_"))
+        return explicit or f"{self.kafka.topic_prefix}{logical}"
 
 
 def load_settings() -> Settings:

@@ -253,7 +253,7 @@ async def _through_broker(
     """Warm-ups, the measured rounds and a paced phase through one worker subprocess (stopped before returning)
     and the naive worker in this process."""
     prefix = f"bench-e2e-{uuid.uuid4().hex[:10]}."  # fresh: the cleanup deletes every topic under it
-    await apply(kafka, prefix, load_specs())
+    await apply(kafka, name_of=lambda n: prefix + n, specs=load_specs())
     report: dict[str, Any] = {"topic_prefix": prefix}
     consumer = clients.consumer(kafka, enable_auto_commit=False)
     producer = clients.producer(kafka, acks="all", enable_idempotence=True)

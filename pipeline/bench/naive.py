@@ -134,7 +134,11 @@ class NaiveWorker:
 async def naive_worker(kafka: KafkaSettings, prefix: str, model: MiniModel) -> AsyncIterator[NaiveWorker]:
     """A NaiveWorker on fresh topics `<prefix>naive.*`; the caller's cleanup deletes every topic under `prefix`."""
     mine = prefix + NAIVE_PREFIX
-    await apply(kafka, mine, [s for s in load_specs() if s.name in (names.INPUT_TOPICS["feed"], *OUTPUT_TOPICS)])
+    await apply(
+        kafka,
+        name_of=lambda n: mine + n,
+        specs=[s for s in load_specs() if s.name in (names.INPUT_TOPICS["feed"], *OUTPUT_TOPICS)],
+    )
     consumer = clients.consumer(
         kafka,
         mine + names.INPUT_TOPICS["feed"],

@@ -184,7 +184,7 @@ def report(families: dict[str, Tally]) -> str:
 async def _run(settings: Settings, kafka: KafkaSettings, workdir: Path) -> dict[str, Tally]:
     prefix = f"demo{int(time.time())}."
     print(f"applying topics with prefix {prefix!r} …", file=sys.stderr)
-    await apply(kafka, prefix, load_specs())
+    await apply(kafka, name_of=lambda n: prefix + n, specs=load_specs())
     log = workdir / "worker.log"
     print(f"starting a worker (log: {log}) …", file=sys.stderr)
     proc = start_worker(settings, kafka, prefix, log)

@@ -16,10 +16,9 @@ from aiokafka.errors import KafkaError
 from pipeline.errors import DeliveryError
 from pipeline.jsonl import numbered_lines, open_input, progress
 from pipeline.models import FAMILIES
-from pipeline.settings import KafkaSettings
+from pipeline.settings import KafkaSettings, Settings, TopicsSettings
 from pipeline.stream import clients
 from pipeline.stream.clients import KafkaRecord, partitions, started
-from pipeline.stream.names import topic as prefixed
 
 # The fields the event families key by (`key_field` in pipeline/models.py), the event id last: outputs and
 # hand-produced inputs land on the same partitions (a line that is no valid event is sent all the same).
@@ -45,11 +44,15 @@ class ProduceReport:
         return text
 
 
-def resolve_topic(name: str, prefix: str, *, raw: bool = False) -> str:
-    """A logical name (feeds.in) gets the configured prefix; a name that already has it, or `raw`, is kept."""
-    if raw or not prefix or name.startswith(prefix):
+def resolve_topic(name: str, settings: Settings, *, raw: bool = False) -> str:
+    """A logical name (feeds.in) is its configured topic (MINNOW_TOPICS__*, else the prefix + name); another name
+    gets the prefix unless it has it already; `raw` keeps the name as given."""
+    if raw:
         return name
-    return prefixed(prefix, name)
+    if name.replace(".", "_") in TopicsSettings.model_fields:
+        return settings.topic(name)
+    prefix = settings.kafka.topic_prefix
+    return name if not prefix or name.startswith(prefix) else f"{prefix}{name}"
 
 
 def key_for(value: object, key_field: str | None = None) -> bytes | None:

@@ -78,19 +78,27 @@ class _Current:
 
 async def apply(
     kafka: KafkaSettings,
-    prefix: str,
     specs: Sequence[TopicSpec],
     *,
+    name_of: Callable[[str], str] | None = None,
     replication: int | None = None,
     timeout_s: float = 60.0,
 ) -> ApplyReport:
-    """Create missing topics, bring configs and partition counts of existing ones to the specs; idempotent."""
+    """Create missing topics, bring configs and partition counts of existing ones to the specs; idempotent.
+
+    `name_of` gives each spec's real topic name (`Settings.topic`: MINNOW_TOPICS__*, else the prefix); by default
+    the configured prefix plus the spec's logical name.
+    """
     if replication is not None and replication < 1:
         raise ConfigError(f"replication must be at least 1, got {replication}")
-    names = [prefix + spec.name for spec in specs]
+    name_of = name_of or (lambda logical: f"{kafka.topic_prefix}{logical}")
+    names = [name_of(spec.name) for spec in specs]
     bad = [n for n in names if len(n) > _MAX_TOPIC_NAME or not _TOPIC_NAME.fullmatch(n)]
     if bad:
-        raise ConfigError(f"topic prefix {prefix!r} makes invalid Kafka topic names ({bad[0]!r}); use [A-Za-z0-9._-]")
+        raise ConfigError(
+            f"topic name {bad[0]!r} is not a Kafka topic name: use [A-Za-z0-9._-] in MINNOW_KAFKA__TOPIC_PREFIX "
+            "(--prefix) and MINNOW_TOPICS__*"
+        )
     # A cluster that cannot be reached, or refuses these credentials, is a StreamToolError naming the cause.
     admin = await clients.started(clients.admin(kafka, client_id="minnow-topics"), kafka)
     bootstrap_servers = kafka.bootstrap_servers

@@ -24,13 +24,18 @@ def _schema_message(exc: ValidationError) -> str:
 
 
 def parse_event(
-    raw: bytes, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES, mapping: FieldMapping | None = None
+    raw: bytes,
+    *,
+    max_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    mapping: FieldMapping | None = None,
+    kind: str | None = None,
 ) -> AnyEvent:
     """Return the validated event, or raise an InputError subclass saying what is wrong.
 
     With a field mapping the producer's object is read through it (pipeline/stages/mapping.py). The event keeps
     the object as produced (`original`) when it was mapped or carries fields the contract does not know, so its
-    result can carry them on.
+    result can carry them on. `kind` is what an event without one is (an input declared with a kind); without it
+    the kind is guessed from the fields.
     """
     if len(raw) > max_bytes:
         raise DecodeError(f"event is {len(raw)} bytes, over the {max_bytes}-byte limit")
@@ -49,7 +54,7 @@ def parse_event(
     if mapping is not None:
         obj = mapping.apply(obj)
     elif "kind" not in obj:
-        obj = {**obj, "kind": guess_kind(obj)}
+        obj = {**obj, "kind": kind or guess_kind(obj)}
     try:
         event = EVENT_ADAPTER.validate_python(obj)
     except ValidationError as exc:

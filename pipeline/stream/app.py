@@ -13,6 +13,7 @@ import faust
 
 from pipeline.metrics import PARTITIONS_ASSIGNED
 from pipeline.settings import Settings
+from pipeline.stages.inputs import worker_inputs
 from pipeline.stream import names
 from pipeline.stream.clients import PRODUCER_MAX_REQUEST_BYTES, faust_app
 from pipeline.stream.conversations import Conversations
@@ -61,27 +62,29 @@ def create_app(settings: Settings, engine: Engine, *, datadir: Path) -> faust.Ap
     )
     transactions = Transactions(app)
     send = FaustSender(app, transactions)
-    inputs = {names.topic(kafka.topic_prefix, logical): family for family, logical in names.INPUT_TOPICS.items()}
-    for name, family in inputs.items():
+    inputs = {item.topic: item for item in worker_inputs(settings)}
+    for name, item in inputs.items():
+        family = item.family
         source = app.topic(
             name,
             key_serializer="raw",
             value_serializer="raw",
             allow_empty=True,  # a null value is a dead letter, not a crash
         )
-        state = _state(settings, family)
+        state = _state(settings, family, input_topic=name)
         processor = BatchProcessor(
             settings,
             engine,
             send,
             delivery_timeout_s=settings.worker.delivery_timeout_s,
             stateful=state.step if state is not None else None,
+            reading=item,
         )
         if state is not None:
             _keep_state(app, state, processor, transactions, input_topic=name)
         # One actor per topic: take_events acks in offset order only within one actor, and faust's commit
         # logic can skip an unacked offset when acks arrive out of order.
-        app.agent(source, name=f"minnow.{family}", concurrency=1)(batch_agent(processor, settings, transactions))
+        app.agent(source, name=f"minnow.{family}.{name}", concurrency=1)(batch_agent(processor, settings, transactions))
 
     def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         assigned: set[Any] = args[0]  # faust sends the whole new assignment
@@ -129,19 +132,19 @@ class _State:
     sweep_interval_s: float
 
 
-def _state(settings: Settings, family: str) -> _State | None:
+def _state(settings: Settings, family: str, *, input_topic: str) -> _State | None:
     """The state a family's agent keeps across batches (conversations, devices), if any."""
     owner = {"transcript": "conversation", "iot": "device"}.get(family)
     if owner is None:
         return None
     kafka = settings.kafka
-    changelog = names.topic(kafka.topic_prefix, names.STATE_TOPICS[owner])
+    changelog = settings.topic(names.STATE_TOPICS[owner])
     store = ChangelogStore(kafka, changelog, read_committed=kafka.processing_guarantee == "exactly_once")
     if owner == "conversation":
         interval = max(0.5, min(5.0, settings.worker.conversation_idle_s / 4))
-        return _State(owner, Conversations(settings, store), store, interval)
+        return _State(owner, Conversations(settings, store, input_topic=input_topic), store, interval)
     interval = max(0.5, min(5.0, settings.worker.iot_window_grace_s / 4))
-    return _State(owner, Devices(settings, store), store, interval)
+    return _State(owner, Devices(settings, store, input_topic=input_topic), store, interval)
 
 
 def _keep_state(

@@ -36,14 +36,14 @@ class Conversations:
         store: StateStore,
         *,
         clock: Callable[[], float] = time.time,
+        input_topic: str | None = None,
     ) -> None:
-        prefix = settings.kafka.topic_prefix
         self._store = store
         self._clock = clock
         self._idle_s = settings.worker.conversation_idle_s
         self._keep_closed_s = settings.worker.conversation_keep_closed_s
-        self._input_topic = names.topic(prefix, names.INPUT_TOPICS["transcript"])
-        self._changelog_topic = names.topic(prefix, names.STATE_TOPICS["conversation"])
+        self._input_topic = input_topic or settings.topic(names.INPUT_TOPICS["transcript"])
+        self._changelog_topic = settings.topic(names.STATE_TOPICS["conversation"])
         # The agent's batches and the idle sweep both change the store; they take turns.
         self._lock = asyncio.Lock()
 

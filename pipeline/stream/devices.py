@@ -25,14 +25,20 @@ StateStore = MutableMapping[bytes, bytes]  # device id -> DeviceState JSON
 class Devices:
     """Folds every valid IoT message into its device's state before routing; emits windows as they close."""
 
-    def __init__(self, settings: Settings, store: StateStore, *, clock: Callable[[], float] = time.time) -> None:
-        prefix = settings.kafka.topic_prefix
+    def __init__(
+        self,
+        settings: Settings,
+        store: StateStore,
+        *,
+        clock: Callable[[], float] = time.time,
+        input_topic: str | None = None,
+    ) -> None:
         self._settings = settings
         self._store = store
         self._clock = clock
-        self._input_topic = names.topic(prefix, names.INPUT_TOPICS["iot"])
-        self._changelog_topic = names.topic(prefix, names.STATE_TOPICS["device"])
-        self._windows_topic = names.topic(prefix, names.IOT_WINDOWS_TOPIC)
+        self._input_topic = input_topic or settings.topic(names.INPUT_TOPICS["iot"])
+        self._changelog_topic = settings.topic(names.STATE_TOPICS["device"])
+        self._windows_topic = settings.topic(names.IOT_WINDOWS_TOPIC)
         self._lock = asyncio.Lock()
 
     async def ready(self, records: Sequence[InputRecord]) -> None:

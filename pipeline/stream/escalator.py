@@ -89,12 +89,11 @@ class EscalationHandler:
     """One escalation record in, its deliveries out. No Kafka in it: testable with plain records."""
 
     def __init__(self, settings: Settings, escalator: Escalator) -> None:
-        prefix = settings.kafka.topic_prefix
         self._escalator = escalator
-        self._sinks = {kind: names.topic(prefix, logical) for kind, logical in names.SINK_TOPICS.items()}
-        self._labels = names.topic(prefix, names.LABELS_TOPIC)
-        self._review = names.topic(prefix, names.REVIEW_TOPIC)
-        self._deadletter = names.topic(prefix, names.DEADLETTER_TOPIC)
+        self._sinks = {kind: settings.topic(logical) for kind, logical in names.SINK_TOPICS.items()}
+        self._labels = settings.topic(names.LABELS_TOPIC)
+        self._review = settings.topic(names.REVIEW_TOPIC)
+        self._deadletter = settings.topic(names.DEADLETTER_TOPIC)
 
     async def plan(self, record: InputRecord) -> Plan:
         try:
@@ -161,7 +160,7 @@ class EscalatorRunner:
         self._stop_grace_s = stop_grace_s
         # Revocation must finish well inside the rebalance timeout (aiokafka: the session timeout).
         self._revoke_grace_s = settings.kafka.session_timeout_s * 0.6
-        self.topic = names.topic(settings.kafka.topic_prefix, names.ESCALATION_TOPIC)
+        self.topic = settings.topic(names.ESCALATION_TOPIC)
         self._ledger = OffsetLedger()
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self._failure: BaseException | None = None
@@ -357,7 +356,7 @@ async def _endpoints(settings: Settings) -> None:
 
     server = await start_health_server(settings.escalation.metrics_port)
     try:
-        topic = names.topic(settings.kafka.topic_prefix, names.ESCALATION_TOPIC)
+        topic = settings.topic(names.ESCALATION_TOPIC)
         await track_lag(settings.kafka, settings.kafka.group_id + ESCALATOR_GROUP_SUFFIX, [topic])
     finally:
         await server.close()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pipeline.models import FAMILIES
 
-# Logical topic names; the real name is MINNOW_KAFKA__TOPIC_PREFIX + logical name (see topics/). The families'
+# Logical topic names; the real name is `Settings.topic(logical)`: MINNOW_TOPICS__<NAME>, else
+# MINNOW_KAFKA__TOPIC_PREFIX + the logical name (see topics/). The families'
 # own topics are declared on their event models (pipeline/models.py); these are views of that one table.
 INPUT_TOPICS = {kind: family.input_topic for kind, family in FAMILIES.items() if family.input_topic is not None}
 SINK_TOPICS = {kind: family.sink_topic for kind, family in FAMILIES.items()}
@@ -27,7 +28,3 @@ DLQ_ATTEMPT = "minnow.attempt"
 
 # On a review record that `minnow review` put back at the end of the queue: how many times it was skipped.
 REVIEW_SKIPS = "minnow.review.skips"
-
-
-def topic(prefix: str, logical: str) -> str:
-    return f"{prefix}{logical}"

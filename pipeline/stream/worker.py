@@ -19,6 +19,7 @@ from pipeline.codec import encode
 from pipeline.errors import DeliveryError, InferenceError, InputError
 from pipeline.models import FAMILIES, AnyEvent, ErrorRecord, Scores, ToDeadLetter, ToSink
 from pipeline.settings import Settings
+from pipeline.stages.inputs import Input
 from pipeline.stages.route import Router
 from pipeline.stages.validate import parse_event
 from pipeline.stream import names
@@ -144,6 +145,7 @@ class BatchProcessor:
         *,
         delivery_timeout_s: float = DELIVERY_TIMEOUT_S,
         stateful: StatefulStep | None = None,
+        reading: Input | None = None,
     ) -> None:
         self._settings = settings
         self._engine = engine
@@ -152,10 +154,10 @@ class BatchProcessor:
         self._stateful = stateful
         self._router = Router.configure(settings)
         self.progress = Progress()
-        prefix = settings.kafka.topic_prefix
-        self._sink_topics = {kind: names.topic(prefix, family.sink_topic) for kind, family in FAMILIES.items()}
-        self._escalation_topic = names.topic(prefix, names.ESCALATION_TOPIC)
-        self._deadletter_topic = names.topic(prefix, names.DEADLETTER_TOPIC)
+        self._sink_topics = {kind: settings.topic(family.sink_topic) for kind, family in FAMILIES.items()}
+        self._escalation_topic = settings.topic(names.ESCALATION_TOPIC)
+        self._deadletter_topic = settings.topic(names.DEADLETTER_TOPIC)
+        self._reading = reading or Input(topic="", family="feed")
 
     async def handle(self, records: Sequence[InputRecord]) -> list[OutputRecord]:
         """Plan and deliver one batch; returns only once every output is acknowledged by the broker."""
@@ -177,7 +179,14 @@ class BatchProcessor:
         parsed: list[AnyEvent | InputError] = []
         for record in records:
             try:
-                parsed.append(parse_event(record.value or b"", max_bytes=self._settings.kafka.max_event_bytes))
+                parsed.append(
+                    parse_event(
+                        record.value or b"",
+                        max_bytes=self._settings.kafka.max_event_bytes,
+                        mapping=self._reading.mapping,
+                        kind=self._reading.kind,
+                    )
+                )
             except InputError as exc:
                 parsed.append(exc)
         valid = [

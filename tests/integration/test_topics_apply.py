@@ -75,16 +75,16 @@ def _with(name: str, **changes: Any) -> list[TopicSpec]:
 
 
 def test_apply_creates_every_topic_with_its_partitions_and_configs(kafka_bootstrap: str, prefix: str) -> None:
-    report = asyncio.run(topics.apply(as_kafka(kafka_bootstrap), prefix, SPECS))
+    report = asyncio.run(topics.apply(as_kafka(kafka_bootstrap), name_of=lambda n: prefix + n, specs=SPECS))
     assert [(c.topic, c.action) for c in report.changes] == [(prefix + s.name, "created") for s in SPECS]
     assert _observe(kafka_bootstrap, prefix) == {spec.name: (spec.partitions, spec.config) for spec in SPECS}
     assert report.count("created") == N_TOPICS and report.changed
 
 
 def test_a_second_apply_changes_nothing_and_says_so(kafka_bootstrap: str, prefix: str) -> None:
-    asyncio.run(topics.apply(as_kafka(kafka_bootstrap), prefix, SPECS))
+    asyncio.run(topics.apply(as_kafka(kafka_bootstrap), name_of=lambda n: prefix + n, specs=SPECS))
     before = _observe(kafka_bootstrap, prefix)
-    again = asyncio.run(topics.apply(as_kafka(kafka_bootstrap), prefix, SPECS))
+    again = asyncio.run(topics.apply(as_kafka(kafka_bootstrap), name_of=lambda n: prefix + n, specs=SPECS))
     assert {c.action for c in again.changes} == {"unchanged"}
     assert not again.changed
     assert all(c.details == () and c.notes == () for c in again.changes)
@@ -94,7 +94,7 @@ def test_a_second_apply_changes_nothing_and_says_so(kafka_bootstrap: str, prefix
 
 def test_a_changed_retention_is_updated_and_other_overrides_are_kept(kafka_bootstrap: str, prefix: str) -> None:
     """Only the changed topic is touched; an override set outside the spec survives the update."""
-    asyncio.run(topics.apply(as_kafka(kafka_bootstrap), prefix, SPECS))
+    asyncio.run(topics.apply(as_kafka(kafka_bootstrap), name_of=lambda n: prefix + n, specs=SPECS))
     review = next(spec for spec in SPECS if spec.name == "review")
 
     async def operator_override(admin: AIOKafkaAdminClient) -> None:
@@ -110,7 +110,7 @@ def test_a_changed_retention_is_updated_and_other_overrides_are_kept(kafka_boots
         time.sleep(0.05)
     one_day = str(24 * 60 * 60 * 1000)
     changed = _with("review", config=review.config | {"retention.ms": one_day})
-    report = asyncio.run(topics.apply(as_kafka(kafka_bootstrap), prefix, changed))
+    report = asyncio.run(topics.apply(as_kafka(kafka_bootstrap), name_of=lambda n: prefix + n, specs=changed))
     updated = {c.topic: c.details for c in report.changes if c.action == "updated"}
     assert updated == {prefix + "review": (f"retention.ms 2592000000 -> {one_day}",)}
     assert report.count("unchanged") == N_TOPICS - 1
@@ -120,14 +120,18 @@ def test_a_changed_retention_is_updated_and_other_overrides_are_kept(kafka_boots
 
 
 def test_partitions_grow_when_the_spec_grows_and_never_shrink(kafka_bootstrap: str, prefix: str) -> None:
-    asyncio.run(topics.apply(as_kafka(kafka_bootstrap), prefix, SPECS))
-    grown = asyncio.run(topics.apply(as_kafka(kafka_bootstrap), prefix, _with("escalations", partitions=5)))
+    asyncio.run(topics.apply(as_kafka(kafka_bootstrap), name_of=lambda n: prefix + n, specs=SPECS))
+    grown = asyncio.run(
+        topics.apply(as_kafka(kafka_bootstrap), name_of=lambda n: prefix + n, specs=_with("escalations", partitions=5))
+    )
     change = next(c for c in grown.changes if c.topic == prefix + "escalations")
     assert (change.action, change.details) == ("updated", ("partitions 3 -> 5",))
     assert "per-key order" in change.notes[0]
     assert _observe(kafka_bootstrap, prefix)["escalations"][0] == 5
 
-    shrunk = asyncio.run(topics.apply(as_kafka(kafka_bootstrap), prefix, _with("escalations", partitions=2)))
+    shrunk = asyncio.run(
+        topics.apply(as_kafka(kafka_bootstrap), name_of=lambda n: prefix + n, specs=_with("escalations", partitions=2))
+    )
     change = next(c for c in shrunk.changes if c.topic == prefix + "escalations")
     assert (change.action, change.notes) == (
         "unchanged",
@@ -141,7 +145,7 @@ def test_a_replication_factor_above_the_broker_count_is_a_config_error_saying_wh
     kafka_bootstrap: str, prefix: str
 ) -> None:
     with pytest.raises(ConfigError) as caught:
-        asyncio.run(topics.apply(as_kafka(kafka_bootstrap), prefix, SPECS, replication=3))
+        asyncio.run(topics.apply(as_kafka(kafka_bootstrap), name_of=lambda n: prefix + n, specs=SPECS, replication=3))
     message = str(caught.value)
     assert message.startswith(f"could not create {N_TOPICS} topic(s): ")
     assert "INVALID_REPLICATION_FACTOR" in message

@@ -242,7 +242,7 @@ def test_apply_to_an_unreachable_broker_is_a_stream_tool_error_saying_what_to_do
 ) -> None:
     """Nothing listening: the first connection fails at once with a line naming the address and what to check."""
     with pytest.raises(StreamToolError) as caught:
-        asyncio.run(topics.apply(UNREACHABLE, "minnow.", list(specs.values()), timeout_s=10))
+        asyncio.run(topics.apply(UNREACHABLE, list(specs.values()), timeout_s=10))
     message = str(caught.value)
     assert "cannot connect to Kafka at 127.0.0.1:1" in message and "connection refused" in message
     assert "--bootstrap-servers" in message and "minnow dev kafka start" in message
@@ -250,14 +250,15 @@ def test_apply_to_an_unreachable_broker_is_a_stream_tool_error_saying_what_to_do
 
 @pytest.mark.parametrize(
     ("prefix", "replication", "expected"),
-    [("bad prefix/", None, "makes invalid Kafka topic names"), ("minnow.", 0, "replication must be at least 1")],
+    [("bad prefix/", None, "is not a Kafka topic name"), ("minnow.", 0, "replication must be at least 1")],
 )
 def test_apply_rejects_bad_names_and_replication_before_connecting(
     specs: dict[str, topic_specs.TopicSpec], prefix: str, replication: int | None, expected: str
 ) -> None:
     # The address is unreachable on purpose: a ConfigError proves nothing was attempted.
+    apply = topics.apply(UNREACHABLE, list(specs.values()), name_of=lambda n: prefix + n, replication=replication)
     with pytest.raises(ConfigError, match=expected):
-        asyncio.run(topics.apply(UNREACHABLE, prefix, list(specs.values()), replication=replication))
+        asyncio.run(apply)
 
 
 def test_topics_schemas_check_exits_0_when_current_and_1_listing_drifted_files(

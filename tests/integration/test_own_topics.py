@@ -1,0 +1,136 @@
+"""A worker on topics and event shapes of your own, on the real broker: two feed topics of different shapes read
+through field mappings, explicitly named outputs, one family per worker; every id accounted for exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka.admin import NewTopic
+
+from pipeline.stream import clients, names
+from tests.integration.helpers import as_kafka
+from tests.integration.test_worker_e2e import PARTITIONS, OutputReader, WorkerProcess
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+SOCIAL_MAP = """kind: feed
+fields:
+  id: $.uuid
+  source: social
+  text: [$.body.message, $.body.caption]
+  created_at: $.posted_at
+"""
+PARTNER_MAP = """kind: feed
+fields:
+  id: $.meta.ref
+  source: $.meta.site
+  text: $.content
+  created_at: $.meta.published_ms
+"""
+TEXTS = (
+    "Stocks rallied after the central bank held interest rates steady.",
+    "The home side scored twice in stoppage time to win the cup final.",
+    "A new open-source compiler release cuts build times in half.",
+)
+
+
+def _social(n: int) -> dict[str, Any]:
+    return {"uuid": 9000 + n, "body": {"message": TEXTS[n % 3]}, "posted_at": 1764806400 + n, "user": {"id": n}}
+
+
+def _partner(n: int) -> dict[str, Any]:
+    meta = {"ref": f"partner-{n}", "site": "partner.example", "published_ms": 1764806400000 + n}
+    return {"meta": meta, "content": TEXTS[(n + 1) % 3], "tags": ["x"]}
+
+
+def test_a_worker_reads_your_topics_through_mappings_and_writes_your_topic_names(
+    kafka_bootstrap: str,
+    random_name: Callable[[str], str],
+    model_cache: Path,
+    tmp_path: Path,
+    workers_env: dict[str, str],
+) -> None:
+    """Six mapped posts from two topics reach the explicitly named sink (or the escalations) once each, with the
+    producer's event in `original`; a post missing its text is a `mapping_error` dead letter on the explicitly named
+    dead-letter topic with its bytes; the IoT message on the IoT topic is not read by this feed-only worker."""
+    base = random_name("own")
+    social, partner, iot_in = f"{base}.social.posts", f"{base}.partner.posts", f"{base}.iot.in"
+    sink, deadletter, escalations = f"{base}.posts.scored", f"{base}.dlq", f"{base}.escalations"
+    (tmp_path / "social.map.yaml").write_text(SOCIAL_MAP)
+    (tmp_path / "partner.map.yaml").write_text(PARTNER_MAP)
+    inputs = tmp_path / "inputs.yaml"
+    inputs.write_text(
+        f"inputs:\n  - topic: {social}\n    map: social.map.yaml\n  - topic: {partner}\n    map: partner.map.yaml\n"
+    )
+    env = {
+        **workers_env,
+        "MINNOW_WORKER__INPUTS_FILE": str(inputs),
+        "MINNOW_WORKER__FAMILIES": "feed",
+        "MINNOW_TOPICS__FEEDS_ENRICHED": sink,
+        "MINNOW_TOPICS__DEADLETTER": deadletter,
+        "MINNOW_TOPICS__ESCALATIONS": escalations,
+        "MINNOW_TOPICS__IOT_IN": iot_in,
+    }
+    unmapped = orjson.dumps({"uuid": 9999, "body": {}, "posted_at": 1764806400})
+    sends = [(social, orjson.dumps(_social(n))) for n in range(3)]
+    sends += [(partner, orjson.dumps(_partner(n))) for n in range(3)]
+    sends += [(social, unmapped), (iot_in, orjson.dumps({"id": "m-1", "device_id": "d", "ts": 1, "readings": {}}))]
+
+    async def run() -> list[Any]:
+        admin = clients.admin(as_kafka(kafka_bootstrap))
+        await admin.start()
+        try:
+            topics = [social, partner, iot_in, sink, deadletter, escalations]
+            await admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in topics])
+        finally:
+            await admin.close()
+        producer = clients.producer(as_kafka(kafka_bootstrap), acks="all")
+        await producer.start()
+        try:
+            await asyncio.gather(*[await producer.send(topic, value) for topic, value in sends])
+        finally:
+            await producer.stop()
+        worker = WorkerProcess(env, tmp_path / "worker.log")
+        worker.start()
+        try:
+            async with OutputReader(kafka_bootstrap, "", topics=(sink, deadletter, escalations)) as reader:
+                done = await reader.read_until(lambda records: len(records) >= 7, timeout_s=180)
+                assert done, f"only {len(reader.records)} outputs; worker log:\n{worker.tail()}"
+                await asyncio.sleep(3)  # anything more (a duplicate, the IoT message) would show up by now
+                await reader.read_to_end()
+            assert worker.stop() == 0, worker.tail()
+            return reader.records
+        finally:
+            worker.kill()
+
+    records = asyncio.run(run())
+    results = [orjson.loads(r.value) for r in records if r.topic != deadletter]
+    ids = Counter(r["id"] if "id" in r else r["result"]["id"] for r in results)
+    assert ids == Counter([*(str(9000 + n) for n in range(3)), *(f"partner-{n}" for n in range(3))])
+    originals = {(r.get("result") or r)["id"]: (r.get("result") or r)["original"] for r in results}
+    assert originals["9001"] == _social(1) and originals["partner-2"] == _partner(2)
+    (dead,) = [r for r in records if r.topic == deadletter]
+    headers = dict(dead.headers)
+    assert dead.value == unmapped and headers[names.DLQ_ERROR_CLASS] == b"mapping_error"
+    assert headers[names.DLQ_SOURCE_TOPIC].decode() == social
+
+
+@pytest.fixture
+def workers_env(kafka_bootstrap: str, random_name: Callable[[str], str], model_cache: Path) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MINNOW_")}
+    env.update(
+        MINNOW_KAFKA__BOOTSTRAP_SERVERS=kafka_bootstrap,
+        MINNOW_KAFKA__TOPIC_PREFIX=random_name("unused") + ".",
+        MINNOW_KAFKA__GROUP_ID=random_name("group"),
+        MINNOW_ENGINE__CACHE_DIR=str(model_cache),
+        MINNOW_WORKER__METRICS_PORT="0",
+    )
+    return env
