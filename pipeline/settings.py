@@ -237,7 +237,7 @@ class DetectorSettings(_Frozen):
         default=14,
         ge=0,
         le=62,
-        description="a spike must also beat record_ratio x the largest |z| of this many past days; 0 = no record gate",
+        description="a spike must also beat record_ratio x the largest z of this many past days; 0 = no record gate",
     )
     record_ratio: float = Field(default=1.2, gt=0, description="how far a spike must beat the recent record")
     warmup_days: int = Field(

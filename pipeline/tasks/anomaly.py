@@ -130,8 +130,8 @@ class AnomalyTask(NotAskedOfLargeModel):
         if anomaly is None or anomaly.score <= self._escalate_above:
             return []
         fresh = [m for m in anomaly.metrics.values() if m.score > self._escalate_above and not m.repeat]
-        if not fresh:
-            return []
+        if anomaly.metrics and not fresh:
+            return []  # every metric over the line is a repeat (an anomaly without metrics keeps its score's word)
         reasons = ["anomaly.high_score"]
         if any(m.detector in ("recent", "season") for m in fresh):
             reasons.append("anomaly.deviation")
