@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.models import Anomaly, AnyEvent, ErrorRecord, IoTMessage, IoTWindow, MetricWindow, Scores
 from pipeline.settings import DetectorSettings, IoTSettings, Settings
-from pipeline.stages.history import MetricHistory, Signal, fold, judge
+from pipeline.stages.history import MetricHistory, Signal, step
 
 Placement = Literal["window", "late", "future"]
 # A device that invents metric names must not grow its state (rewritten to the changelog on every batch) without
@@ -178,10 +178,10 @@ def observe(
     old = state.history if state is not None else {}
     tracked = _tracked(old, readings)
     ts = _epoch(message.ts)
-    signals = {name: judge(old.get(name), readings[name], ts, detectors(name), escalate_above) for name in tracked}
+    signals: dict[str, Signal] = {}
     history = dict(old)
     for name in tracked:
-        history[name] = fold(old.get(name), readings[name], ts, detectors(name))
+        signals[name], history[name] = step(old.get(name), readings[name], ts, detectors(name), escalate_above)
 
     window = state.window if state is not None else None
     emitted_until = state.emitted_until if state is not None else None

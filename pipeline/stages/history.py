@@ -10,18 +10,22 @@ path (`minnow infer`) fold readings the same way:
 - **season**: the median and MAD of the last `season_readings` readings that fell in the same hour of the day (or
   of the week). A reading counts as a spike only when it is far from *both* its recent level and what this hour
   usually reads: the daily rise of a cycle is far from the recent level but usual for the hour.
+- **record gate**: a spike must also beat `record_ratio` x the largest |z| of the last `record_days` UTC days
+  (`peaks`, one number a day), so a series with a big burst every day escalates only a burst bigger than those.
 - **level shifts and trend changes**: a two-sided CUSUM of the reading's distance from the recent median, in
   robust standard deviations, each step less a slack `cusum_slack`; it trips past `cusum_limit`, then restarts.
   A shift too small to be a spike adds up reading after reading until it trips, long before the median follows.
 
-A history score is `1 - (1 - e) ** ((x / limit) ** 2)` for the spike's z (limit `threshold`) and for the CUSUM
-(limit `cusum_limit`): 0 at the baseline, exactly the escalation score e at the limit, towards 1 beyond — the same
-curve the bounds scores are read on, so routing compares one number (pipeline/stages/devices.py `rescore`).
+A history score is `1 - (1 - e) ** ((x / limit) ** 2)` for the spike's z (limit: `threshold`, or the record gate's
+bar when higher) and for the CUSUM (limit `cusum_limit`): 0 at the baseline, exactly the escalation score e at the
+limit, towards 1 beyond, so routing compares one number with the bounds score (pipeline/stages/devices.py
+`rescore`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -88,28 +92,40 @@ def history_score(x: float, limit: float, escalate_above: float) -> float:
     return round(1.0 - float((1.0 - escalate_above) ** ((x / limit) ** 2)), 6)
 
 
+@dataclass(frozen=True)
+class _Measured:
+    """What one reading is against the history before it, computed once for the signal and for the fold."""
+
+    level: float
+    z: float
+    expected: float
+    detector: Detector
+    up: float
+    down: float
+
+
+def step(
+    history: MetricHistory | None, value: float, ts: float, cfg: DetectorSettings, escalate_above: float
+) -> tuple[Signal, MetricHistory]:
+    """The signal of one finite reading against the history before it, and the history with the reading in."""
+    measured = _measure(history, value, ts, cfg)
+    return _signal(history, measured, ts, cfg, escalate_above), _fold(history, value, ts, cfg, measured)
+
+
 def judge(
     history: MetricHistory | None, value: float, ts: float, cfg: DetectorSettings, escalate_above: float
 ) -> Signal:
     """The signal of one finite reading against the history before it."""
-    seen = history.readings if history is not None else 0
-    if history is None or warming_up(history, ts, cfg):
-        return Signal(warming_up=True, readings=seen)
-    z, expected, detector = _spike(history, value, ts, cfg)
-    limit = max(cfg.threshold, cfg.record_ratio * _record(history, ts, cfg))
-    spike = history_score(z, limit, escalate_above)
-    level, spread = robust(history.recent)
-    up, down = _cusum(history, value, level, spread, cfg)
-    shift = history_score(max(up, down), cfg.cusum_limit, escalate_above) if cfg.cusum_limit > 0 else 0.0
-    if shift > spike:
-        return Signal(
-            warming_up=False, readings=seen, score=shift, z=round(z, 3), expected=level, detector="level_shift"
-        )
-    return Signal(warming_up=False, readings=seen, score=spike, z=round(z, 3), expected=expected, detector=detector)
+    return _signal(history, _measure(history, value, ts, cfg), ts, cfg, escalate_above)
+
+
+def fold(history: MetricHistory | None, value: float, ts: float, cfg: DetectorSettings) -> MetricHistory:
+    """The history with one finite reading folded in (the CUSUM restarts once it has tripped)."""
+    return _fold(history, value, ts, cfg, _measure(history, value, ts, cfg))
 
 
 def warming_up(history: MetricHistory, ts: float, cfg: DetectorSettings) -> bool:
-    """Too few readings, or (when the record gate is on) too few days of them, to judge a reading."""
+    """Too few readings, or (when the record gate is on) too few days of record, to judge a reading."""
     if history.readings < cfg.warmup_readings or not history.recent:
         return True
     if cfg.record_days == 0:
@@ -118,22 +134,60 @@ def warming_up(history: MetricHistory, ts: float, cfg: DetectorSettings) -> bool
     return sum(1 for day in history.peaks if int(day) < today) < cfg.warmup_days
 
 
-def fold(history: MetricHistory | None, value: float, ts: float, cfg: DetectorSettings) -> MetricHistory:
-    """The history with one finite reading folded in (the CUSUM restarts once it has tripped)."""
+def _measure(history: MetricHistory | None, value: float, ts: float, cfg: DetectorSettings) -> _Measured | None:
+    """None until the metric has `warmup_readings`: nothing is measured (nor recorded) before."""
+    if history is None or history.readings < cfg.warmup_readings or not history.recent:
+        return None
+    level, spread = robust(history.recent)
+    detector: Detector = "recent"
+    z, expected = _z(value, level, spread), level
+    bin_key = season_bin(ts, cfg.season)
+    past = history.season.get(bin_key) if bin_key is not None else None
+    if past is not None and len(past) >= cfg.season_min_readings:
+        s_level, s_spread = robust(past)
+        s_z = _z(value, s_level, max(s_spread, spread * cfg.season_spread_floor))
+        if abs(s_z) < abs(z):  # far from both, or not a spike: the nearer baseline speaks
+            z, expected, detector = s_z, s_level, "season"
+    # A CUSUM step is clipped at the spike threshold: one spike is the spike detector's business, not a level shift.
+    step_z = max(-cfg.threshold, min(cfg.threshold, (value - level) / spread))
+    up = max(0.0, history.cusum_up + step_z - cfg.cusum_slack)
+    down = max(0.0, history.cusum_down - step_z - cfg.cusum_slack)
+    return _Measured(level=level, z=z, expected=expected, detector=detector, up=up, down=down)
+
+
+def _signal(
+    history: MetricHistory | None, m: _Measured | None, ts: float, cfg: DetectorSettings, escalate_above: float
+) -> Signal:
+    seen = history.readings if history is not None else 0
+    if history is None or m is None or warming_up(history, ts, cfg):
+        return Signal(warming_up=True, readings=seen)
+    limit = max(cfg.threshold, cfg.record_ratio * _record(history, ts, cfg))
+    spike = history_score(m.z, limit, escalate_above)
+    shift = history_score(max(m.up, m.down), cfg.cusum_limit, escalate_above) if cfg.cusum_limit > 0 else 0.0
+    if shift > spike:
+        return Signal(
+            warming_up=False, readings=seen, score=shift, z=round(m.z, 3), expected=m.level, detector="level_shift"
+        )
+    return Signal(
+        warming_up=False, readings=seen, score=spike, z=round(m.z, 3), expected=m.expected, detector=m.detector
+    )
+
+
+def _fold(
+    history: MetricHistory | None, value: float, ts: float, cfg: DetectorSettings, m: _Measured | None
+) -> MetricHistory:
     if history is None:
         history = MetricHistory()
     up, down = history.cusum_up, history.cusum_down
     peaks = history.peaks
-    if history.readings >= cfg.warmup_readings and history.recent:
-        level, spread = robust(history.recent)
-        up, down = _cusum(history, value, level, spread, cfg)
+    if m is not None:
+        up, down = m.up, m.down
         if cfg.cusum_limit > 0 and max(up, down) > cfg.cusum_limit:
             up = down = 0.0
         if cfg.record_days > 0:
-            z = abs(_spike(history, value, ts, cfg)[0])
             today = _day(ts)
             peaks = {day: peak for day, peak in peaks.items() if today - int(day) <= cfg.record_days}
-            peaks[str(today)] = max(peaks.get(str(today), 0.0), z)
+            peaks[str(today)] = max(peaks.get(str(today), 0.0), abs(m.z))
     recent = [*history.recent[-(cfg.recent_readings - 1) :], value] if cfg.recent_readings > 1 else [value]
     season = history.season
     bin_key = season_bin(ts, cfg.season)
@@ -150,20 +204,6 @@ def fold(history: MetricHistory | None, value: float, ts: float, cfg: DetectorSe
         cusum_down=down,
         last_alert=history.last_alert,
     )
-
-
-def _spike(history: MetricHistory, value: float, ts: float, cfg: DetectorSettings) -> tuple[float, float, Detector]:
-    """The reading's robust z against its recent level, or against its hour's usual when that one is nearer."""
-    level, spread = robust(history.recent)
-    z = _z(value, level, spread)
-    bin_key = season_bin(ts, cfg.season)
-    past = history.season.get(bin_key) if bin_key is not None else None
-    if past is not None and len(past) >= cfg.season_min_readings:
-        s_level, s_spread = robust(past)
-        s_z = _z(value, s_level, max(s_spread, spread * cfg.season_spread_floor))
-        if abs(s_z) < abs(z):  # far from both, or not a spike: the nearer baseline speaks
-            return s_z, s_level, "season"
-    return z, level, "recent"
 
 
 def _record(history: MetricHistory, ts: float, cfg: DetectorSettings) -> float:
@@ -190,14 +230,6 @@ def robust(values: Sequence[float]) -> tuple[float, float]:
         SPREAD_FLOOR_ABS,
     )
     return level, spread
-
-
-def _cusum(
-    history: MetricHistory, value: float, level: float, spread: float, cfg: DetectorSettings
-) -> tuple[float, float]:
-    # A step is clipped at the spike threshold: one spike is the spike detector's business, not a level shift.
-    step = max(-cfg.threshold, min(cfg.threshold, (value - level) / spread))
-    return max(0.0, history.cusum_up + step - cfg.cusum_slack), max(0.0, history.cusum_down - step - cfg.cusum_slack)
 
 
 def _z(value: float, level: float, spread: float) -> float:
