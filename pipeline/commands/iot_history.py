@@ -1,6 +1,7 @@
 """Measure what a device's own history adds to bounds-only IoT anomaly scores, on a seeded synthetic stream.
 
     python -m pipeline.commands.iot_history [--seed 7] [--devices 6] [--days 14] [--thresholds 4,5,6,8]
+        [--record-days 14]
 
 Each device reports a temperature every minute: a daily cycle, sensor noise and a slow drift, with spikes
 injected at random (most inside the bounds, some outside). Every message is scored as the mini model scores it
@@ -90,7 +91,7 @@ def stream(seed: int, devices: int, days: float) -> Iterator[Reading]:
             yield Reading(message, spike)
 
 
-def measure(readings: Sequence[Reading], thresholds: Sequence[float]) -> list[dict[str, object]]:
+def measure(readings: Sequence[Reading], thresholds: Sequence[float], record_days: int) -> list[dict[str, object]]:
     bounds = load_bounds()
     base = Settings()
     # What the mini model returns for a message without text: the bounds-scored anomaly.
@@ -100,7 +101,8 @@ def measure(readings: Sequence[Reading], thresholds: Sequence[float]) -> list[di
         bounds_only.add(r.spike, bool(AnomalyTask.configure(base).reasons(anomaly)))
     rows: list[dict[str, object]] = [{"scoring": "bounds only", **_row(bounds_only)}]
     for threshold in thresholds:
-        settings = base.model_copy(update={"iot": IoTSettings(threshold=threshold, cooldown_s=0)})
+        iot = IoTSettings(threshold=threshold, cooldown_s=0, record_days=record_days)
+        settings = base.model_copy(update={"iot": iot})
         detectors = Detectors(settings.iot)
         states: dict[str, DeviceState] = {}
         tally = Tally(detected={"in_bounds": 0, "out_of_bounds": 0})
@@ -137,10 +139,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=6)
     parser.add_argument("--days", type=float, default=14.0)
     parser.add_argument("--thresholds", default="4,5,6,8", help="comma-separated robust z spike thresholds")
+    parser.add_argument(
+        "--record-days", type=int, default=IoTSettings().record_days, help="the record gate's days; 0 = gate off"
+    )
     args = parser.parse_args(argv)
     readings = list(stream(args.seed, args.devices, args.days))
-    rows = measure(readings, [float(t) for t in args.thresholds.split(",")])
-    print(f"{len(readings)} messages, {args.devices} devices, {args.days:g} days, seed {args.seed}")
+    rows = measure(readings, [float(t) for t in args.thresholds.split(",")], args.record_days)
+    print(f"{len(readings)} messages, {args.devices} devices, {args.days:g} days, seed {args.seed}, ", end="")
+    print(f"record gate {args.record_days} days")
     print("| scoring | in-bounds spikes escalated | out-of-bounds spikes escalated | false escalations |")
     print("|---|---|---|---|")
     for row in rows:
