@@ -295,14 +295,24 @@ class MetricAnomaly(_Contract):
     score: float = Field(ge=0, le=1)
     out_of_bounds: bool
     zscore: float | None = Field(
-        default=None, description="distance from the device's own rolling mean, in its standard deviations"
+        default=None,
+        description="robust z-score against the device's own history (recent median and MAD, or the same hour's)",
+    )
+    expected: float | None = Field(default=None, description="what the device's history expected (the baseline)")
+    detector: Literal["recent", "season", "level_shift"] | None = Field(
+        default=None, description="the history detector that set the score (None: bounds did, or no history yet)"
+    )
+    warming_up: bool = Field(default=False, description="the metric's history is too short to judge it yet")
+    repeat: bool = Field(
+        default=False, description="anomalous, but within the cooldown of this device+metric's last escalation"
     )
 
 
 class Anomaly(_Contract):
     score: float = Field(ge=0, le=1)
-    metrics: dict[str, MetricAnomaly]
+    metrics: dict[str, MetricAnomaly] = Field(description="the most anomalous metrics, at most 16 (docs/iot.md)")
     reasons: list[str] = Field(default_factory=list)
+    omitted: int = Field(default=0, ge=0, description="metrics scored but left out of `metrics` (the least anomalous)")
 
 
 class ModelInfo(_Contract):

@@ -354,17 +354,122 @@ class WorkerSettings(_Frozen):
         ge=0,
         description="a silent device's open window is emitted this long after its end, once nothing arrived as long",
     )
-    iot_half_life: float = Field(
-        default=50.0, gt=0, description="readings after which one's weight in a device's rolling mean has halved"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_names(cls, data: Any) -> Any:
+        # The rolling mean these tuned was replaced by the detectors of MINNOW_IOT__* (docs/iot.md); a deployment that
+        # still sets them starts, with a warning, instead of failing on an unknown variable.
+        if isinstance(data, dict) and any(name in data for name in _MOVED_WORKER_NAMES):
+            data = dict(data)
+            for name, replacement in _MOVED_WORKER_NAMES.items():
+                if name in data:
+                    data.pop(name)
+                    log.warning("MINNOW_WORKER__%s is no longer read: see %s", name.upper(), replacement)
+        return data
+
+
+_MOVED_WORKER_NAMES = {
+    "iot_half_life": "MINNOW_IOT__RECENT_READINGS",
+    "iot_min_samples": "MINNOW_IOT__WARMUP_READINGS",
+    "iot_zscore_threshold": "MINNOW_IOT__THRESHOLD",
+}
+
+Season = Literal["none", "day", "week"]
+
+
+class DetectorSettings(_Frozen):
+    """How one metric's own history scores its readings (pipeline/stages/history.py, docs/iot.md)."""
+
+    warmup_readings: int = Field(
+        default=288, ge=2, description="readings of a metric before its history counts (before: anomaly.warming_up)"
     )
-    iot_min_samples: int = Field(
-        default=30, ge=2, description="readings of a metric before its device's history counts (before: bounds only)"
+    recent_readings: int = Field(
+        default=96, ge=3, le=1024, description="readings in the robust recent level (median and MAD)"
     )
-    iot_zscore_threshold: float = Field(
-        default=4.0,
-        gt=0,
-        description="above this many of its device's standard deviations from the mean, a reading escalates",
+    threshold: float = Field(
+        default=5.0, gt=0, description="robust z beyond which a reading is a spike (escalates above it)"
     )
+    season: Season = Field(
+        default="day", description="seasonal profile: none, day (hour of day) or week (hour of week), in UTC"
+    )
+    season_readings: int = Field(default=24, ge=1, le=256, description="readings kept per seasonal bin")
+    season_min_readings: int = Field(
+        default=8, ge=1, description="readings a seasonal bin needs before it is used as a baseline"
+    )
+    season_spread_floor: float = Field(
+        default=0.5, ge=0, description="a bin's spread is at least this fraction of the recent spread"
+    )
+    record_days: int = Field(
+        default=14,
+        ge=0,
+        le=62,
+        description="a spike must also beat record_ratio x the largest z of this many past days; 0 = no record gate",
+    )
+    record_ratio: float = Field(default=1.2, gt=0, description="how far a spike must beat the recent record")
+    warmup_days: int = Field(
+        default=3, ge=0, description="with the record gate on, days of history before a reading is judged"
+    )
+    cusum_slack: float = Field(default=1.0, ge=0, description="CUSUM slack per reading, in robust standard deviations")
+    cusum_limit: float = Field(
+        default=0.0, ge=0, description="CUSUM sum past which a level shift escalates; 0 = level shifts off"
+    )
+    cooldown_s: float = Field(
+        default=86_400.0,
+        ge=0,
+        description="after a metric escalates, its device's further anomalies within this many seconds (event time) "
+        "are marked repeat and not escalated; 0 = every anomalous reading escalates",
+    )
+
+    @model_validator(mode="after")
+    def _bins_can_fill(self) -> DetectorSettings:
+        if self.season_min_readings > self.season_readings:
+            raise ValueError(
+                f"season_min_readings ({self.season_min_readings}) must not exceed season_readings "
+                f"({self.season_readings}), or no bin is ever used"
+            )
+        return self
+
+
+class MetricDetectorSettings(_Frozen):
+    """One metric's overrides of the detector defaults; unset fields take the defaults."""
+
+    warmup_readings: int | None = Field(default=None, ge=2)
+    recent_readings: int | None = Field(default=None, ge=3, le=1024)
+    threshold: float | None = Field(default=None, gt=0)
+    season: Season | None = None
+    season_readings: int | None = Field(default=None, ge=1, le=256)
+    season_min_readings: int | None = Field(default=None, ge=1)
+    season_spread_floor: float | None = Field(default=None, ge=0)
+    record_days: int | None = Field(default=None, ge=0, le=62)
+    record_ratio: float | None = Field(default=None, gt=0)
+    warmup_days: int | None = Field(default=None, ge=0)
+    cusum_slack: float | None = Field(default=None, ge=0)
+    cusum_limit: float | None = Field(default=None, ge=0)
+    cooldown_s: float | None = Field(default=None, ge=0)
+
+
+class IoTSettings(DetectorSettings):
+    """The detectors' defaults (MINNOW_IOT__<FIELD>) and per-metric overrides (MINNOW_IOT__METRICS, JSON)."""
+
+    metrics: dict[str, MetricDetectorSettings] = Field(
+        default_factory=dict,
+        description='per-metric overrides, JSON: {"temperature_c": {"season": "week", "threshold": 5}}',
+    )
+
+    @model_validator(mode="after")
+    def _overrides_valid(self) -> IoTSettings:
+        for name in self.metrics:
+            self.detector(name)  # an override that breaks a rule of DetectorSettings fails at start-up
+        return self
+
+    def detector(self, metric: str) -> DetectorSettings:
+        """The settings of one metric: its overrides over the defaults."""
+        base = {name: getattr(self, name) for name in DetectorSettings.model_fields}
+        override = self.metrics.get(metric)
+        if override is not None:
+            base |= override.model_dump(exclude_none=True)
+        return DetectorSettings(**base)
 
 
 class ModelPrice(_Frozen):
@@ -509,6 +614,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     topics: TopicsSettings = Field(default_factory=TopicsSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    iot: IoTSettings = Field(default_factory=IoTSettings)
     escalation: EscalationSettings = Field(default_factory=EscalationSettings)
     labels_file: Path | None = Field(default=None, description="YAML label sets; the bundled ones when unset")
     head_file: Path | None = Field(default=None, description="a trained classification head from `minnow train`")

@@ -1,6 +1,7 @@
 """How long a worker takes to rebuild its state from a changelog partition (`python -m pipeline.bench.state`).
 
-Writes N device states of realistic size (three metrics with statistics and an open window) to a fresh
+Writes N device states of realistic size (three metrics with full histories at the default sizes — 96 recent
+readings, 24 hourly bins of 24 — and an open window) to a fresh
 one-partition topic on the local broker (or `MINNOW_KAFKA__BOOTSTRAP_SERVERS`), then times `ChangelogStore`
 replaying it, as a worker does on assignment. Prints one JSON object.
 """
@@ -18,8 +19,9 @@ import orjson
 from aiokafka.admin import NewTopic
 
 from pipeline.ops import devkafka
-from pipeline.settings import KafkaSettings, load_settings
-from pipeline.stages.devices import DeviceState, MetricAggregate, MetricStats, OpenWindow
+from pipeline.settings import DetectorSettings, KafkaSettings, load_settings
+from pipeline.stages.devices import DeviceState, MetricAggregate, OpenWindow
+from pipeline.stages.history import MetricHistory
 from pipeline.stream import clients
 from pipeline.stream.state import ChangelogStore
 
@@ -29,7 +31,7 @@ def device_state(n: int) -> bytes:
     state = DeviceState(
         device_id=f"device-{n:07d}",
         partition=0,
-        stats={m: MetricStats(n=500, mean=20.0 + n % 7, var=1.5) for m in metrics},
+        history={m: full_history(20.0 + n % 7) for m in metrics},
         window=OpenWindow(
             start=1_800_000_000.0,
             end=1_800_000_060.0,
@@ -41,6 +43,18 @@ def device_state(n: int) -> bytes:
         offset=n,
     )
     return state.model_dump_json().encode()
+
+
+def full_history(level: float) -> MetricHistory:
+    """A metric's history as large as the default detector settings let it grow."""
+    cfg = DetectorSettings()
+    ring = [level + 0.01 * i for i in range(cfg.season_readings)]
+    return MetricHistory(
+        readings=10_000,
+        recent=[level + 0.01 * i for i in range(cfg.recent_readings)],
+        season={str(hour): ring for hour in range(24)},
+        last_alert=1_799_990_000.0,
+    )
 
 
 async def measure(kafka: KafkaSettings, keys: int) -> dict[str, float]:

@@ -1,12 +1,13 @@
 """Measure what a device's own history adds to bounds-only IoT anomaly scores, on a seeded synthetic stream.
 
-    python -m pipeline.commands.iot_history [--seed 7] [--devices 6] [--days 14] [--half-lives 25,50,100,200]
+    python -m pipeline.commands.iot_history [--seed 7] [--devices 6] [--days 14] [--thresholds 4,5,6,8]
+        [--record-days 14]
 
 Each device reports a temperature every minute: a daily cycle, sensor noise and a slow drift, with spikes
 injected at random (most inside the bounds, some outside). Every message is scored as the mini model scores it
-(bounds, then the anomaly task's reasons), then rescored with `observe` + `rescore`; the table counts injected
-spikes escalated and other messages escalated (false escalations), for bounds only and for each half-life. The
-data is synthetic.
+(bounds, then the anomaly task's reasons), then tracked through its device's history (`track`, as the worker and
+`minnow infer` do, cooldown off so every spike counts); the table counts injected spikes escalated and other
+messages escalated (false escalations), for bounds only and for each spike threshold. The data is synthetic.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from pipeline.models import IoTMessage
-from pipeline.settings import Settings, WorkerSettings
-from pipeline.stages.devices import DeviceState, observe, rescore
+from pipeline.settings import IoTSettings, Settings
+from pipeline.stages.devices import Detectors, DeviceState, track
 from pipeline.tasks.anomaly import AnomalyTask, load_bounds, score_readings
 
 START = datetime(2025, 3, 1, tzinfo=UTC).timestamp()
@@ -90,7 +91,7 @@ def stream(seed: int, devices: int, days: float) -> Iterator[Reading]:
             yield Reading(message, spike)
 
 
-def measure(readings: Sequence[Reading], half_lives: Sequence[float]) -> list[dict[str, object]]:
+def measure(readings: Sequence[Reading], thresholds: Sequence[float], record_days: int) -> list[dict[str, object]]:
     bounds = load_bounds()
     base = Settings()
     # What the mini model returns for a message without text: the bounds-scored anomaly.
@@ -99,26 +100,27 @@ def measure(readings: Sequence[Reading], half_lives: Sequence[float]) -> list[di
     for r, anomaly in zip(readings, engine, strict=True):
         bounds_only.add(r.spike, bool(AnomalyTask.configure(base).reasons(anomaly)))
     rows: list[dict[str, object]] = [{"scoring": "bounds only", **_row(bounds_only)}]
-    for half_life in half_lives:
-        settings = base.model_copy(update={"worker": WorkerSettings(iot_half_life=half_life)})
-        w = settings.worker
+    for threshold in thresholds:
+        iot = IoTSettings(threshold=threshold, cooldown_s=0, record_days=record_days)
+        settings = base.model_copy(update={"iot": iot})
+        detectors = Detectors(settings.iot)
         states: dict[str, DeviceState] = {}
         tally = Tally(detected={"in_bounds": 0, "out_of_bounds": 0})
         task = AnomalyTask.configure(settings)
         for r, anomaly in zip(readings, engine, strict=True):
             now = r.message.ts.timestamp() + 1.0
-            seen = observe(
+            seen = track(
                 states.get(r.message.device_id),
                 r.message,
+                anomaly,
                 partition=0,
                 now=now,
-                window_s=w.iot_window_s,
-                half_life=w.iot_half_life,
-                min_samples=w.iot_min_samples,
+                settings=settings,
+                detectors=detectors,
             )
             states[r.message.device_id] = seen.state
-            tally.add(r.spike, bool(task.reasons(rescore(anomaly, seen.zscores, settings))))
-        rows.append({"scoring": f"bounds + history, half-life {half_life:g}", **_row(tally)})
+            tally.add(r.spike, bool(task.reasons(seen.anomaly)))
+        rows.append({"scoring": f"bounds + history, threshold {threshold:g}", **_row(tally)})
     counts = {"in_bounds": 0, "out_of_bounds": 0}
     for r in readings:
         if r.spike:
@@ -136,11 +138,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--devices", type=int, default=6)
     parser.add_argument("--days", type=float, default=14.0)
-    parser.add_argument("--half-lives", default="25,50,100,200", help="comma-separated, in messages")
+    parser.add_argument("--thresholds", default="4,5,6,8", help="comma-separated robust z spike thresholds")
+    parser.add_argument(
+        "--record-days", type=int, default=IoTSettings().record_days, help="the record gate's days; 0 = gate off"
+    )
     args = parser.parse_args(argv)
     readings = list(stream(args.seed, args.devices, args.days))
-    rows = measure(readings, [float(h) for h in args.half_lives.split(",")])
-    print(f"{len(readings)} messages, {args.devices} devices, {args.days:g} days, seed {args.seed}")
+    rows = measure(readings, [float(t) for t in args.thresholds.split(",")], args.record_days)
+    print(f"{len(readings)} messages, {args.devices} devices, {args.days:g} days, seed {args.seed}, ", end="")
+    print(f"record gate {args.record_days} days")
     print("| scoring | in-bounds spikes escalated | out-of-bounds spikes escalated | false escalations |")
     print("|---|---|---|---|")
     for row in rows:

@@ -1,67 +1,56 @@
-"""Per-device IoT state: rolling statistics that score a reading against the device's own history, and windows.
+"""Per-device IoT state: each metric's own history (pipeline/stages/history.py), alert cooldowns, and windows.
 
-Plain functions over frozen models, so the streaming layer only has to keep one `DeviceState` per device id (in a
-table with a compacted changelog) and act on what these functions return (docs/iot.md):
+Plain functions over frozen models, so the stream worker (pipeline/stream/devices.py) and the file path
+(`minnow infer`, pipeline/commands/infer.py) keep one `DeviceState` per device id and fold a device's messages, in
+input order, through the same `track` (docs/iot.md):
 
-- `observe` folds one message into the state: per metric, an exponentially weighted mean and variance (the
-  z-score of the message is taken against the statistics *before* it is folded in), and the aggregates of the
-  open tumbling window, aligned to the epoch and driven by event time (`message.ts`).
+- `observe` folds one message into the state: per metric, the history detectors' signal for the reading (taken
+  against the history *before* it), then the reading folded into the history, and into the open tumbling window,
+  aligned to the epoch and driven by event time (`message.ts`).
 - A message for a later window closes the open one. A *late* message (event time before the open window, or
-  before the end of the last window emitted) still updates the statistics and is scored, but joins no window:
+  before the end of the last window emitted) still updates the history and is scored, but joins no window:
   that window has been emitted, and a second, corrected record for it would be counted twice downstream. A
   message dated more than `max_ahead_s` past the wall clock is treated the same way, so one device with a wrong
   clock cannot close the real window early and make every later message late.
+- `rescore` lifts an anomaly's bounds-based scores with the history scores; `cooldown` then marks the anomalies of a
+  device+metric that escalated within `cooldown_s` as repeats (one escalation per episode); `bounded` keeps the
+  detail small. Routing decides once, after this step (pipeline/stages/route.py).
 - `close_idle` emits the open window of a device that went silent: once the wall clock is `grace_s` past the
   window's end *and* no message has arrived for `grace_s` (a worker catching up on a backlog is not silence).
-- `rescore` lifts an anomaly's bounds-based scores with the z-scores; routing decides on the new anomaly once,
-  after this step (pipeline/stages/route.py).
-- Non-finite (and absurdly large) readings never touch the statistics or the windows; the bounds scorer already
+- Non-finite (and absurdly large) readings never touch the history or the windows; the bounds scorer already
   scores a non-finite reading 1.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipeline.models import Anomaly, IoTMessage, IoTWindow, MetricWindow
-from pipeline.settings import Settings
+from pipeline.models import Anomaly, AnyEvent, ErrorRecord, IoTMessage, IoTWindow, MetricWindow, Scores
+from pipeline.settings import DetectorSettings, IoTSettings, Settings
+from pipeline.stages.history import MetricHistory, Signal, step
 
 Placement = Literal["window", "late", "future"]
-# A device that invents metric names must not grow its state (rewritten to the changelog on every message)
-# without limit: metrics past this many are still bounds-scored, but get no statistics and no window.
+# A device that invents metric names must not grow its state (rewritten to the changelog on every batch) without
+# limit: metrics past this many are still bounds-scored, but get no history and no window.
 MAX_METRICS = 32
-# A metric that has been constant has no spread; the standard deviation is floored at this fraction of its mean
-# (or at STD_FLOOR_ABS), so a move of a tenth of a percent from a long-constant reading is not a 10^9 sigma event.
-STD_FLOOR_REL = 1e-3
-STD_FLOOR_ABS = 1e-9
-Z_LIMIT = 1e6  # z-scores are clamped so a result always serialises as a finite JSON number
-# Once a metric has `min_samples`, a reading is folded into its statistics clipped to mean +- FOLD_CLIP_Z
-# standard deviations: a single spike then moves the baseline like a 4-sigma reading instead of inflating the
-# variance for the next few half-lives and hiding the spikes that follow it. A real level shift still gets
-# through, a few half-lives later (each clipped reading widens the variance, which widens the clip).
-FOLD_CLIP_Z = 4.0
+# What a result says about its readings stays small whatever a message carries: the most anomalous metrics
+# (ties in input order) and a count of the rest; reasons past MAX_REASONS are counted in one last line.
+MAX_DETAIL_METRICS = 16
+MAX_REASONS = 16
 # An event time more than this past the wall clock is a wrong device clock, not a network delay.
 MAX_AHEAD_S = 3600.0
 # Readings beyond this magnitude are left out like NaN: squared or summed, they could overflow to infinity, and an
-# infinite mean or window sum would be written to the changelog as null and fail to load back.
+# infinite value would be written to the changelog as null and fail to load back.
 MAX_ABS_READING = 1e150
 
 
 class _State(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class MetricStats(_State):
-    """Exponentially weighted mean and (population) variance of one metric's finite readings."""
-
-    n: int = Field(ge=1, description="finite readings folded in")
-    mean: float
-    var: float = Field(ge=0)
 
 
 class MetricAggregate(_State):
@@ -81,11 +70,11 @@ class OpenWindow(_State):
 
 
 class DeviceState(_State):
-    """One device as the IoT worker holds it between messages."""
+    """One device as the IoT worker (or `minnow infer`) holds it between messages."""
 
     device_id: str
     partition: int = Field(ge=0, description="the iot.in partition the device's messages arrive on")
-    stats: dict[str, MetricStats] = Field(default_factory=dict, description="rolling statistics per metric")
+    history: dict[str, MetricHistory] = Field(default_factory=dict, description="each metric's history")
     window: OpenWindow | None = None
     emitted_until: float | None = Field(
         default=None, description="end of the last window emitted (Unix seconds); earlier event times are late"
@@ -98,25 +87,79 @@ class DeviceState(_State):
         "message at or below it is scored but not folded in again",
     )
 
-
-class Deviation(_State):
-    """How far one reading is from its device's statistics before the reading was folded in."""
-
-    z: float
-    mean: float
-    std: float
-    samples: int = Field(description="readings the statistics rest on")
+    @model_validator(mode="before")
+    @classmethod
+    def _old_statistics(cls, data: Any) -> Any:
+        # States written before the history detectors kept a rolling mean per metric (`stats`): such a state still
+        # loads, and its metrics warm up again.
+        if isinstance(data, dict) and "stats" in data:
+            data = {k: v for k, v in data.items() if k != "stats"}
+        return data
 
 
 class Observed(BaseModel):
-    """What observing one message did: the new state, its z-scores, and the window it closed, if any."""
+    """What observing one message did: the new state, its metrics' signals, and the window it closed, if any."""
 
     model_config = ConfigDict(frozen=True)
 
     state: DeviceState
-    zscores: dict[str, Deviation] = Field(default_factory=dict)
+    signals: dict[str, Signal] = Field(default_factory=dict)
     closed: IoTWindow | None = None
     placement: Placement = "window"
+
+
+class Tracked(BaseModel):
+    """One message through its device's state: the new state, the anomaly as routing should see it, the window."""
+
+    model_config = ConfigDict(frozen=True)
+
+    state: DeviceState
+    anomaly: Anomaly | None
+    closed: IoTWindow | None = None
+    placement: Placement = "window"
+
+
+class Detectors:
+    """Each metric's detector settings, resolved once per metric name (the overrides over the defaults)."""
+
+    def __init__(self, settings: IoTSettings) -> None:
+        self._settings = settings
+        self._resolved: dict[str, DetectorSettings] = {}
+
+    def __call__(self, metric: str) -> DetectorSettings:
+        cfg = self._resolved.get(metric)
+        if cfg is None:
+            cfg = self._resolved[metric] = self._settings.detector(metric)
+        return cfg
+
+
+def track(
+    state: DeviceState | None,
+    message: IoTMessage,
+    anomaly: Anomaly | None,
+    *,
+    partition: int,
+    now: float,
+    settings: Settings,
+    detectors: Detectors | None = None,
+) -> Tracked:
+    """The one step both paths run per IoT message: observe, rescore with history, cooldown, bound the detail."""
+    detectors = detectors or Detectors(settings.iot)
+    escalate_above = settings.routing.anomaly_escalate_above
+    seen = observe(
+        state,
+        message,
+        partition=partition,
+        now=now,
+        window_s=settings.worker.iot_window_s,
+        detectors=detectors,
+        escalate_above=escalate_above,
+    )
+    if anomaly is None:
+        return Tracked(state=seen.state, anomaly=None, closed=seen.closed, placement=seen.placement)
+    lifted = rescore(anomaly, seen.signals, escalate_above, detectors)
+    new_state, routed = cooldown(seen.state, message, lifted, escalate_above, detectors)
+    return Tracked(state=new_state, anomaly=bounded(routed), closed=seen.closed, placement=seen.placement)
 
 
 def observe(
@@ -126,22 +169,20 @@ def observe(
     partition: int,
     now: float,
     window_s: float,
-    half_life: float,
-    min_samples: int,
+    detectors: Detectors,
+    escalate_above: float,
     max_ahead_s: float = MAX_AHEAD_S,
 ) -> Observed:
     """Fold one message into its device's state (None: the first message seen from the device)."""
     readings = {k: v for k, v in message.readings.items() if abs(v) <= MAX_ABS_READING}  # False for NaN
-    old_stats = state.stats if state is not None else {}
-    tracked = _tracked(old_stats, readings)
-    zscores = {name: _deviation(old_stats[name], readings[name]) for name in tracked if name in old_stats}
-    alpha = 1 - 2 ** (-1 / half_life)
-    stats = dict(old_stats)
-    for name in tracked:
-        prior = old_stats.get(name)
-        stats[name] = fold(prior, readings[name], alpha, clip=prior is not None and prior.n >= min_samples)
-
+    old = state.history if state is not None else {}
+    tracked = _tracked(old, readings)
     ts = _epoch(message.ts)
+    signals: dict[str, Signal] = {}
+    history = dict(old)
+    for name in tracked:
+        signals[name], history[name] = step(old.get(name), readings[name], ts, detectors(name), escalate_above)
+
     window = state.window if state is not None else None
     emitted_until = state.emitted_until if state is not None else None
     start = math.floor(ts / window_s) * window_s
@@ -162,13 +203,13 @@ def observe(
     new = DeviceState(
         device_id=message.device_id,
         partition=partition,
-        stats=stats,
+        history=history,
         window=window,
         emitted_until=emitted_until,
         last_seen=now,
         late=late + (placement != "window"),
     )
-    return Observed(state=new, zscores=zscores, closed=closed, placement=placement)
+    return Observed(state=new, signals=signals, closed=closed, placement=placement)
 
 
 def close_idle(state: DeviceState, *, now: float, grace_s: float) -> tuple[DeviceState, IoTWindow | None]:
@@ -193,79 +234,98 @@ def to_window(device_id: str, window: OpenWindow) -> IoTWindow:
     )
 
 
-def fold(stats: MetricStats | None, value: float, alpha: float, *, clip: bool = False) -> MetricStats:
-    """The statistics with one finite reading folded in.
+def rescore(anomaly: Anomaly, signals: Mapping[str, Signal], escalate_above: float, detectors: Detectors) -> Anomaly:
+    """The anomaly with each metric's score raised by its history score (the same object when there is no signal).
 
-    The weight of the new reading is max(alpha, 1/n). While 1/n is larger (the first ~1.44 half-lives of
-    readings) this update *is* Welford's: exact mean and population variance of everything seen, so a young
-    baseline is not biased towards its first reading. After that it is the exponentially weighted mean and
-    variance (West 1979), whose weights halve every `half_life` readings, so the baseline follows drift.
-    The switch is seamless: the weights are equal where it happens.
+    A metric whose history is still warming up keeps its bounds score and says so (`warming_up`, and a reason
+    `anomaly.warming_up: ...` when it has no bounds either: it is not judged at all yet).
     """
-    if stats is None:
-        return MetricStats(n=1, mean=value, var=0.0)
-    n = stats.n + 1
-    weight = max(alpha, 1 / n)
-    diff = value - stats.mean
-    if clip:
-        bound = FOLD_CLIP_Z * _std(stats)
-        diff = min(max(diff, -bound), bound)
-    mean = stats.mean + weight * diff
-    var = (1 - weight) * (stats.var + weight * diff * diff)
-    return MetricStats(n=n, mean=mean, var=var)
-
-
-def rescore(anomaly: Anomaly, zscores: Mapping[str, Deviation], settings: Settings) -> Anomaly:
-    """The anomaly with each metric's score raised by its z-score (the same object when history does not count yet).
-
-    A metric's history score is `1 - (1 - e) ** ((z / T) ** 2)` with e = MINNOW_ROUTING__ANOMALY_ESCALATE_ABOVE
-    and T = MINNOW_WORKER__IOT_ZSCORE_THRESHOLD: 0 at the mean, exactly e at |z| = T (so only |z| > T
-    escalates), towards 1 beyond. It counts only once the metric has MINNOW_WORKER__IOT_MIN_SAMPLES readings.
-    """
-    if not anomaly.metrics:
+    if not anomaly.metrics or not signals.keys() & anomaly.metrics.keys():
         return anomaly
-    worker = settings.worker
-    escalate_above = settings.routing.anomaly_escalate_above
     metrics = dict(anomaly.metrics)
     reasons = list(anomaly.reasons)
-    known = {name: dev for name, dev in zscores.items() if dev.samples >= worker.iot_min_samples}
-    if not known.keys() & metrics.keys():
-        return anomaly  # cold start (or no numeric readings): bounds only
     for name, metric in anomaly.metrics.items():
-        dev = known.get(name)
-        if dev is None:
+        signal = signals.get(name)
+        if signal is None:
             continue
-        history = round(1 - (1 - escalate_above) ** ((dev.z / worker.iot_zscore_threshold) ** 2), 6)
-        metrics[name] = metric.model_copy(update={"zscore": round(dev.z, 3), "score": max(metric.score, history)})
-        if history > escalate_above:
-            reasons.append(
-                f"{name}={metric.value} is {dev.z:+.1f} standard deviations from this device's mean "
-                f"{dev.mean:.6g} (over {dev.samples} readings)"
-            )
+        if signal.warming_up:
+            metrics[name] = metric.model_copy(update={"warming_up": True})
+            if metric.lower is None and metric.upper is None:
+                reasons.append(
+                    f"anomaly.warming_up: {name} has {signal.readings} of {detectors(name).warmup_readings} "
+                    "readings; not judged until then"
+                )
+            continue
+        update: dict[str, Any] = {"zscore": signal.z, "expected": signal.expected}
+        if signal.score > metric.score:
+            update |= {"score": signal.score, "detector": signal.detector}
+            if signal.score > escalate_above:
+                reasons.append(_explain(name, metric.value, signal))
+        metrics[name] = metric.model_copy(update=update)
     return Anomaly(score=max(m.score for m in metrics.values()), metrics=metrics, reasons=reasons)
 
 
-def _tracked(stats: Mapping[str, MetricStats], readings: Mapping[str, float]) -> list[str]:
-    """The finite readings that get statistics and window aggregates: known metrics, then new ones up to the cap."""
-    room = MAX_METRICS - len(stats)
+def cooldown(
+    state: DeviceState, message: IoTMessage, anomaly: Anomaly, escalate_above: float, detectors: Detectors
+) -> tuple[DeviceState, Anomaly]:
+    """Mark anomalies within their device+metric's cooldown as repeats; start the cooldown of those that escalate.
+
+    Measured in event time (`ts`), so a replayed file escalates the same readings as the stream did. Only metrics
+    with a history have a cooldown (a device's first MAX_METRICS metrics).
+    """
+    ts = _epoch(message.ts)
+    history = dict(state.history)
+    metrics = dict(anomaly.metrics)
+    for name, metric in anomaly.metrics.items():
+        past = history.get(name)
+        if metric.score <= escalate_above or past is None:
+            continue
+        last = past.last_alert
+        if last is not None and abs(ts - last) < detectors(name).cooldown_s:
+            metrics[name] = metric.model_copy(update={"repeat": True})
+        else:
+            history[name] = past.model_copy(update={"last_alert": ts})
+    new_state = state.model_copy(update={"history": history}) if history != state.history else state
+    return new_state, anomaly.model_copy(update={"metrics": metrics}) if metrics != anomaly.metrics else anomaly
+
+
+def bounded(anomaly: Anomaly) -> Anomaly:
+    """At most MAX_DETAIL_METRICS metrics (the highest scores, ties in input order) and MAX_REASONS reasons."""
+    metrics, omitted = anomaly.metrics, anomaly.omitted
+    if len(metrics) > MAX_DETAIL_METRICS:
+        ranked = sorted(metrics, key=lambda name: -metrics[name].score)  # stable: ties keep input order
+        keep = set(ranked[:MAX_DETAIL_METRICS])
+        omitted += len(metrics) - len(keep)
+        metrics = {name: m for name, m in metrics.items() if name in keep}
+    reasons = anomaly.reasons
+    if len(reasons) > MAX_REASONS:
+        reasons = [*reasons[: MAX_REASONS - 1], f"... and {len(reasons) - MAX_REASONS + 1} more reasons"]
+    if metrics is anomaly.metrics and reasons is anomaly.reasons:
+        return anomaly
+    return anomaly.model_copy(update={"metrics": metrics, "reasons": reasons, "omitted": omitted})
+
+
+def _explain(name: str, value: float, signal: Signal) -> str:
+    if signal.detector == "level_shift":
+        return (
+            f"{name}={value} continues a level shift away from this device's median {signal.expected:.6g} "
+            f"(over {signal.readings} readings)"
+        )
+    baseline = "this hour's usual" if signal.detector == "season" else "this device's recent median"
+    return f"{name}={value} is {signal.z:+.1f} robust standard deviations from {baseline} {signal.expected:.6g}"
+
+
+def _tracked(history: Mapping[str, MetricHistory], readings: Mapping[str, float]) -> list[str]:
+    """The finite readings that get history and window aggregates: known metrics, then new ones up to the cap."""
+    room = MAX_METRICS - len(history)
     tracked = []
     for name in readings:
-        if name in stats:
+        if name in history:
             tracked.append(name)
         elif room > 0:
             tracked.append(name)
             room -= 1
     return tracked
-
-
-def _std(stats: MetricStats) -> float:
-    return max(math.sqrt(stats.var), STD_FLOOR_REL * abs(stats.mean), STD_FLOOR_ABS)
-
-
-def _deviation(stats: MetricStats, value: float) -> Deviation:
-    std = _std(stats)
-    z = min(max((value - stats.mean) / std, -Z_LIMIT), Z_LIMIT)
-    return Deviation(z=z, mean=stats.mean, std=std, samples=stats.n)
 
 
 def _add(window: OpenWindow | None, readings: Mapping[str, float], *, start: float, end: float) -> OpenWindow:
@@ -285,3 +345,48 @@ def _add(window: OpenWindow | None, readings: Mapping[str, float], *, start: flo
 def _epoch(ts: datetime) -> float:
     """Unix seconds of an event time; a time without a zone is taken as UTC (as the topic schema's examples are)."""
     return (ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)).timestamp()
+
+
+class DeviceBook:
+    """Every device's state in memory, for callers that read events from a file (`minnow infer`, evaluation).
+
+    Each IoT message goes through `track`, in input order, exactly as the stream worker's step sends it
+    (pipeline/stream/devices.py), so replaying a device's messages from a file escalates what streaming them did.
+    """
+
+    def __init__(self, settings: Settings, *, now: float) -> None:
+        self._settings = settings
+        self._detectors = Detectors(settings.iot)
+        self._now = now  # one wall clock for the run: it only tells a wrong device clock (far future) apart
+        self.states: dict[str, DeviceState] = {}
+        self.windows: list[IoTWindow] = []
+
+    def step(self, events: Sequence[AnyEvent], scores: Sequence[Scores | ErrorRecord]) -> list[Scores | ErrorRecord]:
+        """The batch's scores with every IoT anomaly rescored against its device's history; windows are collected."""
+        out: list[Scores | ErrorRecord] = []
+        for event, outcome in zip(events, scores, strict=True):
+            if not isinstance(event, IoTMessage):
+                out.append(outcome)
+                continue
+            anomaly = outcome.anomaly if isinstance(outcome, Scores) else None
+            seen = track(
+                self.states.get(event.device_id),
+                event,
+                anomaly,
+                partition=0,
+                now=self._now,
+                settings=self._settings,
+                detectors=self._detectors,
+            )
+            self.states[event.device_id] = seen.state
+            if seen.closed is not None:
+                self.windows.append(seen.closed)
+            out.append(with_anomaly(outcome, seen.anomaly))
+        return out
+
+
+def with_anomaly(outcome: Scores | ErrorRecord, anomaly: Anomaly | None) -> Scores | ErrorRecord:
+    """The scores with the tracked anomaly (the same object when tracking changed nothing)."""
+    if isinstance(outcome, ErrorRecord) or anomaly is outcome.anomaly:
+        return outcome
+    return outcome.model_copy(update={"anomaly": anomaly})

@@ -1,4 +1,4 @@
-"""Per-device state in the IoT worker: rolling statistics that rescore anomalies, and tumbling windows.
+"""Per-device state in the IoT worker: each metric's history rescores its anomalies; tumbling windows.
 
 One `DeviceState` per device id, kept like the conversations (pipeline/stream/conversations.py): in the faust
 table's store, every change written to the changelog partition of the input record as an output of the batch.
@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Collection, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Collection, MutableMapping, Sequence
 
 from pipeline import metrics
+from pipeline.codec import encode
 from pipeline.models import AnyEvent, ErrorRecord, IoTMessage, IoTWindow, Scores
 from pipeline.settings import Settings
-from pipeline.stages.devices import Deviation, DeviceState, close_idle, observe, rescore
+from pipeline.stages.devices import Detectors, DeviceState, close_idle, track, with_anomaly
 from pipeline.stream import names
 from pipeline.stream.state import changelog_record, wait_ready
 from pipeline.stream.worker import InputRecord, OutputRecord, Stepped
@@ -39,15 +40,16 @@ class Devices:
         self._input_topic = input_topic or settings.topic(names.INPUT_TOPICS["iot"])
         self._changelog_topic = settings.topic(names.STATE_TOPICS["device"])
         self._windows_topic = settings.topic(names.IOT_WINDOWS_TOPIC)
+        self._detectors = Detectors(settings.iot)
         self._lock = asyncio.Lock()
 
     async def ready(self, records: Sequence[InputRecord]) -> None:
         await wait_ready(self._store, records)
 
     async def step(self, valid: Sequence[tuple[AnyEvent, InputRecord]], scores: list[Scores | ErrorRecord]) -> Stepped:
-        """Observe each message in order: its anomaly is rescored against the device's history before it. Returns the
-        rescored batch, the windows it closed, then the changelog writes of every device it touched."""
-        worker = self._settings.worker
+        """Track each message in order (pipeline/stages/devices.py `track`, as `minnow infer` does): its anomaly is
+        rescored against the device's history before it. Returns the rescored batch, the windows it closed, then
+        the changelog writes of every device it touched."""
         async with self._lock:
             now = self._clock()
             folded_here: dict[str, DeviceState] = {}  # parsed once and written once per device per batch
@@ -59,18 +61,19 @@ class Devices:
                     rescored.append(outcome)
                     continue
                 state = folded_here.get(event.device_id) or self._load(event.device_id)
-                seen = observe(
+                anomaly = outcome.anomaly if isinstance(outcome, Scores) else None
+                seen = track(
                     state,
                     event,
+                    anomaly,
                     partition=record.source.partition,
                     now=now,
-                    window_s=worker.iot_window_s,
-                    half_life=worker.iot_half_life,
-                    min_samples=worker.iot_min_samples,
+                    settings=self._settings,
+                    detectors=self._detectors,
                 )
                 if _replayed(state, record):
                     # Already folded in before a crash or rebalance replayed it (at-least-once): score it,
-                    # but counting it again would skew the statistics and the window.
+                    # but counting it again would skew the history and the window.
                     metrics.IOT_LATE_MESSAGES.labels(placement="replayed").inc()
                 else:
                     folded_here[event.device_id] = seen.state.model_copy(update={"offset": record.source.offset})
@@ -79,9 +82,9 @@ class Devices:
                         closed.append(seen.closed)
                     if seen.placement != "window":
                         metrics.IOT_LATE_MESSAGES.labels(placement=seen.placement).inc()
-                rescored.append(self._rescored(outcome, seen.zscores))
+                rescored.append(with_anomaly(outcome, seen.anomaly))
             for device_id, folded in folded_here.items():
-                self._store[device_id.encode()] = folded.model_dump_json().encode()
+                self._store[device_id.encode()] = encode(folded)
             writes = [self._window(window, touched[window.device_id]) for window in closed]
             writes.extend(self._write(device_id, partition) for device_id, partition in touched.items())
             return Stepped(rescored, writes=writes)
@@ -99,17 +102,12 @@ class Devices:
                 closed_state, window = close_idle(state, now=now, grace_s=grace_s)
                 if window is None:
                     continue
-                self._store[state.device_id.encode()] = closed_state.model_dump_json().encode()
+                self._store[state.device_id.encode()] = encode(closed_state)
                 outputs.append(self._window(window, state.partition))
                 outputs.append(self._write(state.device_id, state.partition))
             return Stepped(writes=outputs)
 
     # ---------------------------------------------------------------------------------------- internals
-    def _rescored(self, outcome: Scores | ErrorRecord, zscores: Mapping[str, Deviation]) -> Scores | ErrorRecord:
-        if isinstance(outcome, ErrorRecord) or outcome.anomaly is None:
-            return outcome
-        return outcome.model_copy(update={"anomaly": rescore(outcome.anomaly, zscores, self._settings)})
-
     def _load(self, device_id: str) -> DeviceState | None:
         raw = self._store.get(device_id.encode())
         return DeviceState.model_validate_json(raw) if raw else None
@@ -125,7 +123,7 @@ class Devices:
         return OutputRecord(
             topic=self._windows_topic,
             key=window.device_id.encode(),
-            value=window.model_dump_json().encode(),
+            value=encode(window),
             headers=(),
             destination="sink",
             reasons=(),

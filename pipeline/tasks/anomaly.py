@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 # with the excess measured in tenths of the allowed range.
 EDGE_SCORE = 0.5
 EDGE_ZONE = 0.2  # the outer 20% of the half-range starts to count
+MAX_NAMED = 8  # metrics named in the "no bounds" reason; the rest are counted, so the reason stays short
 
 
 class Bounds(BaseModel):
@@ -88,22 +89,24 @@ def score_readings(readings: Mapping[str, float], bounds: Mapping[str, Bounds]) 
             reasons.append(f"{name}={value} is outside [{b.min}, {b.max}]{' ' + b.unit if b.unit else ''}")
     unbounded = sorted(n for n in readings if n not in bounds)
     if unbounded:
-        reasons.append(f"no bounds configured for: {', '.join(unbounded)}")
+        named = ", ".join(unbounded[:MAX_NAMED])
+        more = f" and {len(unbounded) - MAX_NAMED} more" if len(unbounded) > MAX_NAMED else ""
+        reasons.append(f"no bounds configured for: {named}{more} (scored from the device's history alone)")
     score = max((m.score for m in metrics.values()), default=0.0)
     return Anomaly(score=score, metrics=metrics, reasons=reasons)
 
 
 # ------------------------------------------------------------------------------------------------ the task
 class AnomalyTask(NotAskedOfLargeModel):
-    """Score an IoT message's readings against the configured bounds (the worker then rescores them against the
-    device's own history). A large model settles an anomaly by classifying the message's text (ClassifyTask)."""
+    """Score an IoT message's readings against the configured bounds (the device step then rescores them against
+    the device's own history: pipeline/stages/devices.py `track`, in the worker and in `minnow infer`). A large
+    model settles an anomaly by classifying the message's text (ClassifyTask)."""
 
     name: ClassVar[str] = "anomaly"
     field: ClassVar[str] = "anomaly"
 
     def __init__(self, settings: Settings, bounds: Mapping[str, Bounds] | None = None) -> None:
         self._escalate_above = settings.routing.anomaly_escalate_above
-        self._zscore_threshold = settings.worker.iot_zscore_threshold
         self._bounds = bounds if bounds is not None else {}
 
     @classmethod
@@ -121,11 +124,17 @@ class AnomalyTask(NotAskedOfLargeModel):
         ]
 
     def reasons(self, anomaly: Anomaly | None) -> list[str]:
+        """`anomaly.high_score` when a metric scores above the line and is not a repeat of an episode already
+        escalated; then `anomaly.deviation` (a spike against the device's history set that score) and
+        `anomaly.level_shift` (its CUSUM did), in that order, when they apply."""
         if anomaly is None or anomaly.score <= self._escalate_above:
             return []
-        # A z-score past the threshold is what lifted a metric's score over the line: the device's own history,
-        # not its bounds, says so (pipeline/stages/devices.py scores it that way).
-        deviated = any(
-            m.zscore is not None and abs(m.zscore) > self._zscore_threshold for m in anomaly.metrics.values()
-        )
-        return ["anomaly.high_score", "anomaly.deviation"] if deviated else ["anomaly.high_score"]
+        fresh = [m for m in anomaly.metrics.values() if m.score > self._escalate_above and not m.repeat]
+        if anomaly.metrics and not fresh:
+            return []  # every metric over the line is a repeat (an anomaly without metrics keeps its score's word)
+        reasons = ["anomaly.high_score"]
+        if any(m.detector in ("recent", "season") for m in fresh):
+            reasons.append("anomaly.deviation")
+        if any(m.detector == "level_shift" for m in fresh):
+            reasons.append("anomaly.level_shift")
+        return reasons

@@ -109,7 +109,7 @@ def test_each_minute_closes_the_previous_window_and_the_device_state_goes_to_its
     (changelog,) = [o for o in outputs if o.destination == "state"]
     assert (changelog.key, changelog.partition) == (b"d1", 2)
     state = DeviceState.model_validate_json(store[b"d1"])
-    assert (state.offset, state.stats["t"].n) == (2, 3)
+    assert (state.offset, state.history["t"].readings) == (2, 3)
 
 
 def test_a_replayed_reading_is_not_counted_twice_in_the_statistics_or_the_window() -> None:

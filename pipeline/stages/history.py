@@ -1,0 +1,242 @@
+"""Per-metric history detectors: what a device's own past says about its next reading (docs/iot.md, "Detectors").
+
+Plain functions over a small, bounded, frozen state per metric (`MetricHistory`), so the stream worker and the file
+path (`minnow infer`) fold readings the same way:
+
+- **warm-up**: until a metric has `warmup_readings` readings its history says nothing (`Signal.warming_up`); the
+  reading is scored on bounds only instead of being judged against a baseline too short to know it.
+- **recent level, robust**: the median and the MAD of the last `recent_readings` readings. One spike barely moves
+  a median, so it cannot hide the spikes that follow (an average and a standard deviation would).
+- **season**: the median and MAD of the last `season_readings` readings that fell in the same hour of the day (or
+  of the week). A reading counts as a spike only when it is far from *both* its recent level and what this hour
+  usually reads: the daily rise of a cycle is far from the recent level but usual for the hour.
+- **record gate**: a spike must also beat `record_ratio` x the largest |z| of the last `record_days` UTC days
+  (`peaks`, one number a day), so a series with a big burst every day escalates only a burst bigger than those.
+- **level shifts and trend changes**: a two-sided CUSUM of the reading's distance from the recent median, in
+  robust standard deviations, each step less a slack `cusum_slack`; it trips past `cusum_limit`, then restarts.
+  A shift too small to be a spike adds up reading after reading until it trips, long before the median follows.
+
+A history score is `1 - (1 - e) ** ((x / limit) ** 2)` for the spike's z (limit: `threshold`, or the record gate's
+bar when higher) and for the CUSUM (limit `cusum_limit`): 0 at the baseline, exactly the escalation score e at the
+limit, towards 1 beyond, so routing compares one number with the bounds score (pipeline/stages/devices.py
+`rescore`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.settings import DetectorSettings
+
+Detector = Literal["recent", "season", "level_shift"]
+# 1.4826 * MAD estimates the standard deviation of normal data; 1.2533 * mean absolute deviation does too, and is
+# not 0 when more than half of the readings are equal (a counter that is mostly 0), where the MAD is.
+MAD_TO_STD = 1.4826
+MEAN_ABS_TO_STD = 1.2533
+# The spread is floored at this fraction of the level (or at SPREAD_FLOOR_ABS): a metric that has been constant
+# has none, and a move of a tenth of a percent from it is not a 10^9-sigma event.
+SPREAD_FLOOR_REL = 1e-3
+SPREAD_FLOOR_ABS = 1e-9
+Z_LIMIT = 1e6  # z-scores are clamped so a result always serialises as a finite JSON number
+
+
+class MetricHistory(BaseModel):
+    """One metric's recent readings, its seasonal profile and its CUSUM, as the device state keeps them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    readings: int = Field(default=0, ge=0, description="finite readings folded in")
+    recent: list[float] = Field(default_factory=list, description="the last readings, oldest first (bounded)")
+    season: dict[str, list[float]] = Field(
+        default_factory=dict, description="seasonal bin (hour of day or of week) -> its last readings (bounded)"
+    )
+    peaks: dict[str, float] = Field(
+        default_factory=dict,
+        description="UTC day number -> the largest |z| of that day (the last `record_days` days): the surprise to beat",
+    )
+    cusum_up: float = Field(default=0.0, ge=0)
+    cusum_down: float = Field(default=0.0, ge=0)
+    last_alert: float | None = Field(
+        default=None, description="event time (Unix seconds) this metric last escalated: the start of its cooldown"
+    )
+
+
+class Signal(BaseModel):
+    """What one metric's history says about one reading, taken before the reading is folded in."""
+
+    model_config = ConfigDict(frozen=True)
+
+    warming_up: bool
+    readings: int = Field(description="readings the history rests on")
+    score: float = Field(default=0.0, ge=0, le=1, description="the history score (0 while warming up)")
+    z: float | None = Field(default=None, description="robust z of the reading: the smaller of recent and season")
+    expected: float | None = Field(default=None, description="the baseline the z is taken from")
+    detector: Detector | None = Field(default=None, description="the detector that gave the score")
+
+
+def season_bin(ts: float, season: str) -> str | None:
+    """The reading's seasonal bin: hour of the day (`day`) or of the week (`week`, Monday 0), in UTC."""
+    if season == "none":
+        return None
+    when = datetime.fromtimestamp(ts, UTC)
+    return str(when.hour if season == "day" else when.weekday() * 24 + when.hour)
+
+
+def history_score(x: float, limit: float, escalate_above: float) -> float:
+    """0 at 0, exactly `escalate_above` at |x| = limit, towards 1 beyond."""
+    return round(1.0 - float((1.0 - escalate_above) ** ((x / limit) ** 2)), 6)
+
+
+@dataclass(frozen=True)
+class _Measured:
+    """What one reading is against the history before it, computed once for the signal and for the fold."""
+
+    level: float
+    z: float
+    expected: float
+    detector: Detector
+    up: float
+    down: float
+
+
+def step(
+    history: MetricHistory | None, value: float, ts: float, cfg: DetectorSettings, escalate_above: float
+) -> tuple[Signal, MetricHistory]:
+    """The signal of one finite reading against the history before it, and the history with the reading in."""
+    measured = _measure(history, value, ts, cfg)
+    return _signal(history, measured, ts, cfg, escalate_above), _fold(history, value, ts, cfg, measured)
+
+
+def judge(
+    history: MetricHistory | None, value: float, ts: float, cfg: DetectorSettings, escalate_above: float
+) -> Signal:
+    """The signal of one finite reading against the history before it."""
+    return _signal(history, _measure(history, value, ts, cfg), ts, cfg, escalate_above)
+
+
+def fold(history: MetricHistory | None, value: float, ts: float, cfg: DetectorSettings) -> MetricHistory:
+    """The history with one finite reading folded in (the CUSUM restarts once it has tripped)."""
+    return _fold(history, value, ts, cfg, _measure(history, value, ts, cfg))
+
+
+def warming_up(history: MetricHistory, ts: float, cfg: DetectorSettings) -> bool:
+    """Too few readings, or (when the record gate is on) too few days of record, to judge a reading."""
+    if history.readings < cfg.warmup_readings or not history.recent:
+        return True
+    if cfg.record_days == 0:
+        return False
+    today = _day(ts)
+    return sum(1 for day in history.peaks if int(day) < today) < cfg.warmup_days
+
+
+def _measure(history: MetricHistory | None, value: float, ts: float, cfg: DetectorSettings) -> _Measured | None:
+    """None until the metric has `warmup_readings`: nothing is measured (nor recorded) before."""
+    if history is None or history.readings < cfg.warmup_readings or not history.recent:
+        return None
+    level, spread = robust(history.recent)
+    detector: Detector = "recent"
+    z, expected = _z(value, level, spread), level
+    bin_key = season_bin(ts, cfg.season)
+    past = history.season.get(bin_key) if bin_key is not None else None
+    if past is not None and len(past) >= cfg.season_min_readings:
+        s_level, s_spread = robust(past)
+        s_z = _z(value, s_level, max(s_spread, spread * cfg.season_spread_floor))
+        if abs(s_z) < abs(z):  # far from both, or not a spike: the nearer baseline speaks
+            z, expected, detector = s_z, s_level, "season"
+    # A CUSUM step is clipped at the spike threshold: one spike is the spike detector's business, not a level shift.
+    step_z = max(-cfg.threshold, min(cfg.threshold, (value - level) / spread))
+    up = max(0.0, history.cusum_up + step_z - cfg.cusum_slack)
+    down = max(0.0, history.cusum_down - step_z - cfg.cusum_slack)
+    return _Measured(level=level, z=z, expected=expected, detector=detector, up=up, down=down)
+
+
+def _signal(
+    history: MetricHistory | None, m: _Measured | None, ts: float, cfg: DetectorSettings, escalate_above: float
+) -> Signal:
+    seen = history.readings if history is not None else 0
+    if history is None or m is None or warming_up(history, ts, cfg):
+        return Signal(warming_up=True, readings=seen)
+    limit = max(cfg.threshold, cfg.record_ratio * _record(history, ts, cfg))
+    spike = history_score(m.z, limit, escalate_above)
+    shift = history_score(max(m.up, m.down), cfg.cusum_limit, escalate_above) if cfg.cusum_limit > 0 else 0.0
+    if shift > spike:
+        return Signal(
+            warming_up=False, readings=seen, score=shift, z=round(m.z, 3), expected=m.level, detector="level_shift"
+        )
+    return Signal(
+        warming_up=False, readings=seen, score=spike, z=round(m.z, 3), expected=m.expected, detector=m.detector
+    )
+
+
+def _fold(
+    history: MetricHistory | None, value: float, ts: float, cfg: DetectorSettings, m: _Measured | None
+) -> MetricHistory:
+    if history is None:
+        history = MetricHistory()
+    up, down = history.cusum_up, history.cusum_down
+    peaks = history.peaks
+    if m is not None:
+        up, down = m.up, m.down
+        if cfg.cusum_limit > 0 and max(up, down) > cfg.cusum_limit:
+            up = down = 0.0
+        if cfg.record_days > 0:
+            today = _day(ts)
+            peaks = {day: peak for day, peak in peaks.items() if today - int(day) <= cfg.record_days}
+            peaks[str(today)] = max(peaks.get(str(today), 0.0), abs(m.z))
+    recent = [*history.recent[-(cfg.recent_readings - 1) :], value] if cfg.recent_readings > 1 else [value]
+    season = history.season
+    bin_key = season_bin(ts, cfg.season)
+    if bin_key is not None:
+        season = dict(season)
+        season[bin_key] = [*season.get(bin_key, [])[-(cfg.season_readings - 1) :], value]
+    # Built without validation: every field comes from a validated history or from arithmetic on finite readings.
+    return MetricHistory.model_construct(
+        readings=history.readings + 1,
+        recent=recent,
+        season=season,
+        peaks=peaks,
+        cusum_up=up,
+        cusum_down=down,
+        last_alert=history.last_alert,
+    )
+
+
+def _record(history: MetricHistory, ts: float, cfg: DetectorSettings) -> float:
+    """The largest |z| of the last `record_days` days (today's so far included); 0 when the gate is off."""
+    if cfg.record_days == 0:
+        return 0.0
+    today = _day(ts)
+    return max((peak for day, peak in history.peaks.items() if today - int(day) <= cfg.record_days), default=0.0)
+
+
+def _day(ts: float) -> int:
+    return int(ts // 86_400)
+
+
+def robust(values: Sequence[float]) -> tuple[float, float]:
+    """Median and robust standard deviation (MAD-based, never below the mean-absolute-deviation estimate's floor)."""
+    ordered = sorted(values)
+    level = _median(ordered)
+    deviations = sorted(abs(v - level) for v in ordered)
+    spread = max(
+        MAD_TO_STD * _median(deviations),
+        MEAN_ABS_TO_STD * sum(deviations) / len(deviations),
+        SPREAD_FLOOR_REL * abs(level),
+        SPREAD_FLOOR_ABS,
+    )
+    return level, spread
+
+
+def _z(value: float, level: float, spread: float) -> float:
+    return min(max((value - level) / spread, -Z_LIMIT), Z_LIMIT)
+
+
+def _median(ordered: Sequence[float]) -> float:
+    n = len(ordered)
+    mid = n // 2
+    return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2

@@ -1,0 +1,156 @@
+"""Per-metric history detectors: robust level, seasonal profile, record gate, CUSUM level shifts, warm-up, bounds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.settings import DetectorSettings, IoTSettings, Settings
+from pipeline.stages.history import MetricHistory, Signal, fold, history_score, judge, robust, season_bin
+
+E = 0.8  # MINNOW_ROUTING__ANOMALY_ESCALATE_ABOVE
+HOUR = 3600.0
+DAY = 86_400.0
+T0 = 1_700_006_400.0  # 2023-11-15 00:00 UTC, a Wednesday
+PLAIN = DetectorSettings(warmup_readings=20, season="none", record_days=0, cusum_limit=0, threshold=4.0)
+
+
+def run(values: list[float], cfg: DetectorSettings, *, step: float = 60.0, start: float = T0) -> MetricHistory:
+    history: MetricHistory | None = None
+    for i, value in enumerate(values):
+        history = fold(history, value, start + i * step, cfg)
+    assert history is not None
+    return history
+
+
+def signal_after(values: list[float], value: float, cfg: DetectorSettings, *, step: float = 60.0) -> Signal:
+    history = run(values, cfg, step=step)
+    return judge(history, value, T0 + len(values) * step, cfg, E)
+
+
+def test_robust_level_and_spread_are_median_and_scaled_mad() -> None:
+    """On normal data the spread estimates the standard deviation; one wild value moves neither much."""
+    values = list(np.random.default_rng(1).normal(50, 2, 2000))
+    level, spread = robust(values)
+    assert level == pytest.approx(50, abs=0.2) and spread == pytest.approx(2, rel=0.1)
+    level2, spread2 = robust([*values, 1e9])
+    assert level2 == pytest.approx(level, abs=0.01) and spread2 < 1e6  # the mean-abs floor moves, the median not
+    assert robust([5.0] * 10) == pytest.approx((5.0, 5e-3))  # constant: floored at 0.1% of the level
+
+
+def test_the_history_score_is_the_escalation_score_exactly_at_the_limit() -> None:
+    """0 at the baseline, exactly e at the limit (still sink: only above escalates), above it beyond."""
+    assert history_score(0, 4, E) == 0.0
+    assert history_score(4, 4, E) == pytest.approx(E)
+    assert history_score(-4.2, 4, E) > E
+
+
+def test_a_spike_is_found_and_does_not_hide_the_next_one() -> None:
+    """Median and MAD barely move after one spike, so an equal spike right after it still scores above e."""
+    calm = list(np.random.default_rng(2).normal(10, 1, 100))
+    first = signal_after(calm, 30.0, PLAIN)
+    second = signal_after([*calm, 30.0], 30.0, PLAIN)
+    assert first.score > E and first.detector == "recent" and first.z is not None and first.z > 10
+    assert second.score > E
+
+
+def test_warm_up_says_so_instead_of_guessing() -> None:
+    """Before warmup_readings the signal is `warming_up`, with no score and no z."""
+    signal = signal_after([1.0] * 10, 100.0, PLAIN)
+    assert (signal.warming_up, signal.score, signal.z, signal.readings) == (True, 0.0, None, 10)
+
+
+def test_the_recent_ring_is_bounded() -> None:
+    """However many readings, the recent ring holds recent_readings and each season bin season_readings."""
+    cfg = DetectorSettings(recent_readings=10, season="day", season_readings=3, season_min_readings=2)
+    history = run([float(i) for i in range(500)], cfg, step=HOUR / 2)
+    assert history.recent == [float(i) for i in range(490, 500)]
+    assert len(history.season) == 24 and all(len(v) <= 3 for v in history.season.values())
+
+
+def test_season_bins_are_utc_hours_of_day_or_week() -> None:
+    assert season_bin(T0 + 5 * HOUR + 59, "day") == "5"
+    assert season_bin(T0 + 5 * HOUR, "week") == str(2 * 24 + 5)  # Wednesday
+    assert season_bin(T0, "none") is None
+
+
+def daily(days: int, step: float = 600.0, noise: float = 0.3) -> list[float]:
+    """A strong daily cycle: 10 at night, 30 between 12:00 and 14:00 UTC, small noise; one reading every 10 min."""
+    rng = np.random.default_rng(3)
+    out = []
+    for i in range(int(days * DAY / step)):
+        hour = ((T0 + i * step) % DAY) / HOUR
+        out.append((30.0 if 12 <= hour < 14 else 10.0) + float(rng.normal(0, noise)))
+    return out
+
+
+def test_the_seasonal_profile_knows_the_daily_rise_is_usual() -> None:
+    """At 12:00 the reading jumps to 30: far from the recent level, but what this hour always reads. With the
+    seasonal profile it is not a spike; without it, it is. A 60 at 03:00 is a spike either way."""
+    values = daily(6) + daily(1)[:72]  # six days, then up to 12:00 of the seventh
+    seasonal = DetectorSettings(warmup_readings=50, season="day", season_min_readings=4, record_days=0)
+    flat = seasonal.model_copy(update={"season": "none"})
+    at_noon = signal_after(values, 30.0, seasonal, step=600)
+    assert at_noon.detector == "season" and at_noon.score < 0.2
+    assert signal_after(values, 30.0, flat, step=600).score > E
+    night = values[:-54]  # 03:00
+    assert signal_after(night, 60.0, seasonal, step=600).score > E
+
+
+def test_the_record_gate_lets_only_the_largest_surprise_of_recent_days_escalate() -> None:
+    """A series with a 12-sigma spike every day: with the record gate on, today's usual spike is no news (below
+    e), a spike twice as large is; before warmup_days of history the signal is warming up."""
+    rng = np.random.default_rng(4)
+    values = list(rng.normal(100, 1, 24 * 10))
+    for day in range(10):
+        values[day * 24 + 12] = 112.0  # hourly readings: one 12-sigma spike at noon
+    cfg = DetectorSettings(warmup_readings=20, season="none", record_days=7, warmup_days=3, threshold=4.0)
+    assert signal_after(values, 112.0, PLAIN, step=HOUR).score > E  # no gate: every day's spike escalates
+    assert signal_after(values, 112.0, cfg, step=HOUR).score < E + 0.01
+    assert signal_after(values, 130.0, cfg, step=HOUR).score > E
+    assert signal_after(values[:48], 130.0, cfg, step=HOUR).warming_up  # two days: still warming up
+
+
+def test_cusum_finds_a_level_shift_too_small_to_be_a_spike() -> None:
+    """A shift of 2.5 sigma is never a 4-sigma spike, but the CUSUM trips on it within a few readings."""
+    rng = np.random.default_rng(5)
+    calm = list(rng.normal(0, 1, 200))
+    cfg = PLAIN.model_copy(update={"cusum_limit": 8.0, "cusum_slack": 0.5})
+    history = run(calm, cfg)
+    tripped_at = None
+    for i, value in enumerate(rng.normal(2.5, 1, 20)):
+        ts = T0 + (200 + i) * 60
+        signal = judge(history, float(value), ts, cfg, E)
+        if signal.score > E:
+            tripped_at = i
+            assert signal.detector == "level_shift"
+            break
+        history = fold(history, float(value), ts, cfg)
+    assert tripped_at is not None and tripped_at < 10
+    off = signal_after(calm, 2.5, PLAIN)
+    assert off.score < E  # the same reading, spike detector only
+
+
+def test_per_metric_overrides_take_the_defaults_for_what_they_leave_unset() -> None:
+    """MINNOW_IOT__METRICS overrides one metric; the others and its unset fields keep the defaults."""
+    iot = IoTSettings.model_validate({"threshold": 5.0, "metrics": {"rpm": {"season": "week", "threshold": 9.0}}})
+    assert iot.detector("rpm").threshold == 9.0 and iot.detector("rpm").season == "week"
+    assert iot.detector("rpm").recent_readings == iot.recent_readings
+    assert iot.detector("temperature_c").threshold == 5.0 and iot.detector("temperature_c").season == "day"
+
+
+def test_iot_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MINNOW_IOT__THRESHOLD and the JSON MINNOW_IOT__METRICS are read; an override breaking a rule is refused."""
+    monkeypatch.setenv("MINNOW_IOT__THRESHOLD", "7.5")
+    monkeypatch.setenv("MINNOW_IOT__METRICS", '{"rpm": {"cooldown_s": 0}}')
+    settings = Settings()
+    assert settings.iot.threshold == 7.5 and settings.iot.detector("rpm").cooldown_s == 0
+    with pytest.raises(ValueError, match="season_min_readings"):
+        IoTSettings.model_validate({"metrics": {"rpm": {"season_min_readings": 99}}})
+
+
+def test_the_old_worker_variables_still_start_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MINNOW_WORKER__IOT_HALF_LIFE (and its two siblings) are no longer read, but do not stop a deployment."""
+    monkeypatch.setenv("MINNOW_WORKER__IOT_HALF_LIFE", "50")
+    monkeypatch.setenv("MINNOW_WORKER__IOT_ZSCORE_THRESHOLD", "4")
+    assert Settings().worker.iot_window_s == 60.0
