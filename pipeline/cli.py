@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.errors import MinnowError
+from pipeline.errors import ConfigError, MinnowError
 from pipeline.settings import KafkaSettings, Settings, WorkerSettings
 
 
@@ -231,8 +231,26 @@ def cmd_topics_apply(args: argparse.Namespace) -> int:
     specs = topic_specs.load_specs(Path(args.specs) if args.specs else topic_specs.SPEC_DIR)
     if settings.worker.inputs_file is not None:  # the workers read your own input topics: not Minnow's to create
         specs = tuple(spec for spec in specs if spec.role != "input")
-    print(asyncio.run(topics.apply(kafka, specs, name_of=settings.topic, replication=args.replication)))
+    replication = args.replication or settings.topics.replication_factor
+
+    def run(dry_run: bool) -> topics.ApplyReport:
+        return asyncio.run(topics.apply(kafka, specs, name_of=settings.topic, replication=replication, dry_run=dry_run))
+
+    if args.dry_run or (not args.yes and not _is_local(kafka.bootstrap_servers)):
+        plan = run(dry_run=True)
+        print(plan)
+        if args.dry_run or not plan.changed:
+            return 0
+        # A shared cluster is changed only on purpose: the plan first, then a yes (or --yes in a pipeline).
+        if not (sys.stdin.isatty() and input("apply these changes? [y/N] ").strip().lower() in {"y", "yes"}):
+            raise ConfigError(f"{kafka.bootstrap_servers} is not a local broker: rerun with --yes to apply this plan")
+    print(run(dry_run=False))
     return 0
+
+
+def _is_local(bootstrap_servers: str) -> bool:
+    hosts = {server.strip().rsplit(":", 1)[0].strip("[]") for server in bootstrap_servers.split(",") if server.strip()}
+    return hosts <= {"127.0.0.1", "localhost", "::1"}
 
 
 def cmd_topics_schemas(args: argparse.Namespace) -> int:
@@ -477,7 +495,15 @@ def _add_topics(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     ap = tsub.add_parser("apply", help="create missing topics, update configs and partitions of existing ones")
     ap.add_argument("--bootstrap-servers", help="host:port list (default MINNOW_KAFKA__BOOTSTRAP_SERVERS)")
     ap.add_argument("--prefix", help="topic name prefix (default MINNOW_KAFKA__TOPIC_PREFIX)")
-    ap.add_argument("--replication", type=int, help="replication factor of new topics (default: the spec's, 1)")
+    ap.add_argument(
+        "--replication-factor",
+        "--replication",
+        dest="replication",
+        type=int,
+        help="replicas of new topics (default MINNOW_TOPICS__REPLICATION_FACTOR, else the cluster's default)",
+    )
+    ap.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
+    ap.add_argument("--yes", action="store_true", help="apply to a non-local cluster without asking")
     ap.add_argument("--specs", help=specs_help)
     ap.set_defaults(func=cmd_topics_apply)
     sc = tsub.add_parser("schemas", help="write topics/schemas/*.json from the pydantic models")

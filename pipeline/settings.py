@@ -589,11 +589,18 @@ class TopicsSettings(_Frozen):
     iot_devices_changelog: str | None = Field(
         default=None, description="the worker's per-device state (iot.devices.changelog)"
     )
+    replication_factor: int | None = Field(
+        default=None,
+        ge=1,
+        le=16,
+        description="replicas of the topics `minnow topics apply` creates (--replication-factor); unset: the "
+        "cluster's default.replication.factor",
+    )
 
-    @field_validator("*")
+    @field_validator("*", mode="after")
     @classmethod
-    def _kafka_name(cls, value: str | None) -> str | None:
-        if value is not None and not _TOPIC_NAME.fullmatch(value):
+    def _kafka_name(cls, value: object) -> object:
+        if isinstance(value, str) and not _TOPIC_NAME.fullmatch(value):
             raise ValueError(f"{value!r} is not a Kafka topic name: 1-249 characters of A-Z a-z 0-9 . _ -")
         return value
 

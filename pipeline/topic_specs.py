@@ -83,7 +83,8 @@ class TopicSpec(_Spec):
     description: str = Field(min_length=1)
     role: Role
     partitions: int = Field(ge=1, le=10_000)
-    replication_factor: int = Field(default=1, ge=1, le=16)
+    # None: the cluster's default.replication.factor (a local broker: 1; a production cluster: usually 3).
+    replication_factor: int | None = Field(default=None, ge=1, le=16)
     config: dict[str, str]
     key: KeySpec
     value: ValueSpec

@@ -48,6 +48,7 @@ class TopicChange:
 class ApplyReport:
     bootstrap_servers: str
     changes: tuple[TopicChange, ...]
+    dry_run: bool = False
 
     @property
     def changed(self) -> bool:
@@ -60,13 +61,20 @@ class ApplyReport:
         width = max((len(change.topic) for change in self.changes), default=0)
         lines = []
         for change in self.changes:
-            lines.append(f"{change.action:9} {change.topic:{width}}  {'; '.join(change.details)}".rstrip())
-            lines.extend(f"{'':9} {'':{width}}  note: {note}" for note in change.notes)
+            action = _PLANNED[change.action] if self.dry_run else change.action
+            lines.append(f"{action:15} {change.topic:{width}}  {'; '.join(change.details)}".rstrip())
+            lines.extend(f"{'':15} {'':{width}}  note: {note}" for note in change.notes)
         total = f"{len(self.changes)} topics on {self.bootstrap_servers}"
         if not self.changed:
             return "\n".join([*lines, f"{total}: all up to date, nothing changed"])
         counts = ", ".join(f"{self.count(action)} {action}" for action in ("created", "updated", "unchanged"))
+        if self.dry_run:
+            counts = ", ".join(f"{self.count(a)} {_PLANNED[a]}" for a in ("created", "updated", "unchanged"))
+            return "\n".join([*lines, f"{total}: {counts} (a plan: nothing was changed)"])
         return "\n".join([*lines, f"{total}: {counts}"])
+
+
+_PLANNED = {"created": "would create", "updated": "would update", "unchanged": "unchanged"}
 
 
 @dataclass(frozen=True)
@@ -82,12 +90,16 @@ async def apply(
     *,
     name_of: Callable[[str], str] | None = None,
     replication: int | None = None,
+    dry_run: bool = False,
     timeout_s: float = 60.0,
 ) -> ApplyReport:
     """Create missing topics, bring configs and partition counts of existing ones to the specs; idempotent.
 
     `name_of` gives each spec's real topic name (`Settings.topic`: MINNOW_TOPICS__*, else the prefix); by default
-    the configured prefix plus the spec's logical name.
+    the configured prefix plus the spec's logical name. New topics get `replication`, else the spec's factor, else
+    the cluster's `default.replication.factor`; with three replicas or more, `min.insync.replicas` is a majority
+    unless the spec sets it. Partitions and replication are never lowered. `dry_run` reports what would change and
+    changes nothing.
     """
     if replication is not None and replication < 1:
         raise ConfigError(f"replication must be at least 1, got {replication}")
@@ -104,7 +116,7 @@ async def apply(
     bootstrap_servers = kafka.bootstrap_servers
     try:
         async with asyncio.timeout(timeout_s):
-            changes = await _apply(admin, dict(zip(names, specs, strict=True)), replication)
+            changes = await _apply(admin, dict(zip(names, specs, strict=True)), replication, dry_run=dry_run)
     except TimeoutError as exc:
         raise DeliveryError(
             f"Kafka at {bootstrap_servers} did not finish within {timeout_s:.0f} s; check that the broker is up and "
@@ -117,27 +129,26 @@ async def apply(
         ) from exc
     finally:
         await admin.close()
-    return ApplyReport(bootstrap_servers, tuple(changes[name] for name in names))
+    return ApplyReport(bootstrap_servers, tuple(changes[name] for name in names), dry_run=dry_run)
 
 
 async def _apply(
-    admin: AIOKafkaAdminClient, wanted: dict[str, TopicSpec], replication: int | None
+    admin: AIOKafkaAdminClient, wanted: dict[str, TopicSpec], replication: int | None, *, dry_run: bool
 ) -> dict[str, TopicChange]:
     # list_topics, not a metadata request by name: brokers with auto.create.topics.enable would create them.
     existing = set(await admin.list_topics())
     changes: dict[str, TopicChange] = {}
     missing = [name for name in wanted if name not in existing]
-    if missing:
-        new = [
-            NewTopic(
-                name,
-                wanted[name].partitions,
-                replication or wanted[name].replication_factor,
-                None,
-                dict(wanted[name].config),
-            )
-            for name in missing
-        ]
+    default_rf = await _default_replication(admin) if missing else 1
+    factors = {name: replication or wanted[name].replication_factor or default_rf for name in missing}
+    configs = {name: _with_durability(wanted[name].config, factors[name]) for name in missing}
+    if missing and dry_run:
+        for name in missing:
+            settings = ", ".join(f"{k}={v}" for k, v in configs[name].items())
+            details = f"{wanted[name].partitions} partitions, replication {factors[name]}, {settings}"
+            changes[name] = TopicChange(name, "created", (details,))
+    elif missing:
+        new = [NewTopic(name, wanted[name].partitions, factors[name], None, configs[name]) for name in missing]
         response = (await admin.create_topics(new)).to_object()
         problems = []
         for entry in response["topic_errors"]:
@@ -147,22 +158,39 @@ async def _apply(
             elif code:
                 problems.append((name, code, entry.get("error_message")))
             else:
-                spec = wanted[name]
-                configs = ", ".join(f"{k}={v}" for k, v in spec.config.items())
-                rf = replication or spec.replication_factor
-                changes[name] = TopicChange(
-                    name, "created", (f"{spec.partitions} partitions, replication {rf}, {configs}",)
-                )
+                settings = ", ".join(f"{k}={v}" for k, v in configs[name].items())
+                details = f"{wanted[name].partitions} partitions, replication {factors[name]}, {settings}"
+                changes[name] = TopicChange(name, "created", (details,))
         _raise_for(problems, "create", done=list(changes))
     present = [name for name in wanted if name in existing]
     if present:
         current = await _describe(admin, present)
-        changes |= await _reconcile(admin, {n: wanted[n] for n in present}, current, replication)
-    if any(change.action != "unchanged" for change in changes.values()):
+        changes |= await _reconcile(admin, {n: wanted[n] for n in present}, current, replication, dry_run=dry_run)
+    if not dry_run and any(change.action != "unchanged" for change in changes.values()):
         # Brokers apply accepted changes from the metadata log a few ms later; a worker started right after
         # apply, or the next apply, must see them, not the old values.
         await _describe(admin, list(wanted), ready=lambda name, now: _matches(wanted[name], now))
     return changes
+
+
+async def _default_replication(admin: AIOKafkaAdminClient) -> int:
+    """The cluster's default.replication.factor, read from a broker (CreateTopics before v4 cannot ask for it)."""
+    cluster = await admin.describe_cluster()
+    broker = str(cluster["brokers"][0]["node_id"])
+    for response in await admin.describe_configs([ConfigResource(ConfigResourceType.BROKER, broker)]):
+        for resource in response.to_object()["resources"]:
+            for entry in resource["config_entries"]:
+                if entry["config_names"] == "default.replication.factor" and entry["config_value"]:
+                    return int(entry["config_value"])
+    return 1  # Kafka's own default
+
+
+def _with_durability(config: dict[str, str], replication: int) -> dict[str, str]:
+    """With three replicas or more, a write is acknowledged by a majority of them (min.insync.replicas), so losing
+    one broker loses no acknowledged record; the spec's own value wins."""
+    if replication >= 3 and "min.insync.replicas" not in config:
+        return {**config, "min.insync.replicas": str(replication // 2 + 1)}
+    return dict(config)
 
 
 def _matches(spec: TopicSpec, now: _Current) -> bool:
@@ -221,7 +249,12 @@ def _is_topic_override(entry: dict[str, Any]) -> bool:
 
 
 async def _reconcile(
-    admin: AIOKafkaAdminClient, specs: dict[str, TopicSpec], current: dict[str, _Current], replication: int | None
+    admin: AIOKafkaAdminClient,
+    specs: dict[str, TopicSpec],
+    current: dict[str, _Current],
+    replication: int | None,
+    *,
+    dry_run: bool,
 ) -> dict[str, TopicChange]:
     alters: list[ConfigResource] = []
     grow: dict[str, NewPartitions] = {}
@@ -246,9 +279,11 @@ async def _reconcile(
         elif spec.partitions < now.partitions:
             notes.append(f"has {now.partitions} partitions, the spec {spec.partitions}: Kafka never removes partitions")
         rf = replication or spec.replication_factor
-        if rf != now.replication:
+        if rf is not None and rf != now.replication:
             notes.append(f"replication factor is {now.replication}, asked {rf}: apply does not move replicas")
         changes[name] = TopicChange(name, "updated" if details else "unchanged", tuple(details), tuple(notes))
+    if dry_run:
+        return changes
     if alters:
         problems = []
         for response in await admin.alter_configs(alters):

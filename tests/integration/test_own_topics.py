@@ -83,19 +83,7 @@ def test_a_worker_reads_your_topics_through_mappings_and_writes_your_topic_names
     sends += [(social, unmapped), (iot_in, orjson.dumps({"id": "m-1", "device_id": "d", "ts": 1, "readings": {}}))]
 
     async def run() -> list[Any]:
-        admin = clients.admin(as_kafka(kafka_bootstrap))
-        await admin.start()
-        try:
-            topics = [social, partner, iot_in, sink, deadletter, escalations]
-            await admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in topics])
-        finally:
-            await admin.close()
-        producer = clients.producer(as_kafka(kafka_bootstrap), acks="all")
-        await producer.start()
-        try:
-            await asyncio.gather(*[await producer.send(topic, value) for topic, value in sends])
-        finally:
-            await producer.stop()
+        await _create_and_send(kafka_bootstrap, [social, partner, iot_in, sink, deadletter, escalations], sends)
         worker = WorkerProcess(env, tmp_path / "worker.log")
         worker.start()
         try:
@@ -119,6 +107,21 @@ def test_a_worker_reads_your_topics_through_mappings_and_writes_your_topic_names
     headers = dict(dead.headers)
     assert dead.value == unmapped and headers[names.DLQ_ERROR_CLASS] == b"mapping_error"
     assert headers[names.DLQ_SOURCE_TOPIC].decode() == social
+
+
+async def _create_and_send(bootstrap: str, topics: list[str], sends: list[tuple[str, bytes]]) -> None:
+    admin = clients.admin(as_kafka(bootstrap))
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in topics])
+    finally:
+        await admin.close()
+    producer = clients.producer(as_kafka(bootstrap), acks="all")
+    await producer.start()
+    try:
+        await asyncio.gather(*[await producer.send(topic, value) for topic, value in sends])
+    finally:
+        await producer.stop()
 
 
 @pytest.fixture

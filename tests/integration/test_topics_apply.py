@@ -164,3 +164,25 @@ def test_minnow_topics_apply_uses_the_settings_and_prints_the_report(
     assert first[0].split()[:2] == ["created", prefix + min(s.name for s in SPECS)]  # sorted by name
     assert main(["topics", "apply", "--replication", "1"]) == 0
     assert capsys.readouterr().out.splitlines()[-1].endswith("all up to date, nothing changed")
+
+
+def test_a_dry_run_prints_the_plan_and_changes_nothing(kafka_bootstrap: str, prefix: str) -> None:
+    """`--dry-run`: every topic listed as `would create` with its partitions, the cluster's replication factor (1 on
+    the local broker: no factor is set anywhere) and configs; the broker has none of them afterwards."""
+    plan = asyncio.run(topics.apply(as_kafka(kafka_bootstrap), name_of=lambda n: prefix + n, specs=SPECS, dry_run=True))
+    assert plan.changed and plan.count("created") == N_TOPICS
+    text = str(plan)
+    assert text.count("would create") == N_TOPICS + 1 and text.endswith("(a plan: nothing was changed)")
+    assert all("replication 1," in change.details[0] for change in plan.changes)
+    assert _observe(kafka_bootstrap, prefix) == {}
+
+
+def test_the_cli_applies_to_a_local_broker_and_names_topics_from_the_settings(
+    kafka_bootstrap: str, prefix: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`minnow topics apply` on 127.0.0.1 needs no --yes; a MINNOW_TOPICS__ name replaces the prefixed one."""
+    monkeypatch.setenv("MINNOW_TOPICS__REVIEW", prefix + "people.queue")
+    assert main(["topics", "apply", "--bootstrap-servers", kafka_bootstrap, "--prefix", prefix]) == 0
+    observed = _observe(kafka_bootstrap, prefix)
+    assert "people.queue" in observed and "review" not in observed and len(observed) == N_TOPICS
+    assert "created" in capsys.readouterr().out

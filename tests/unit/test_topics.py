@@ -122,7 +122,7 @@ def test_retention_partitions_and_sizes_are_what_the_contract_promises(specs: di
         "review": (3, 30, "delete"),
         "deadletter": (3, 30, "delete"),
     }
-    assert all(spec.replication_factor == 1 for spec in specs.values())
+    assert all(spec.replication_factor is None for spec in specs.values()), "the cluster's default, not 1"
     # Records that carry a whole event (up to 1 MiB) plus more must fit: 2 MiB where that happens.
     big = {name for name, spec in specs.items() if spec.config.get("max.message.bytes") == "2097152"}
     assert big == {"escalations", "review", "deadletter"}
@@ -199,7 +199,7 @@ def test_a_changed_value_model_is_drift(spec_dir: Path) -> None:
         (("retention.ms: 604800000", "retention.ms: 7d"), "retention.ms must be milliseconds"),
         (("schema: schemas/feeds.in.json", "schema: feeds.json"), "schema must be schemas/feeds.in.json"),
         (("role: input", "role: deadletter"), "only it, keeps the original bytes"),
-        (("replication_factor: 1", "replication_factor: 1\nretries: 3"), "retries: Extra inputs are not permitted"),
+        (("role:", "retries: 3\nrole:"), "retries: Extra inputs are not permitted"),
         (("name: feeds.in", "name: [feeds.in"), "is not valid YAML"),
     ],
 )
@@ -297,3 +297,34 @@ def test_the_docs_table_lists_every_topic_as_its_spec_says(specs: dict[str, topi
     docs = (topic_specs.SPEC_DIR.parent / "docs" / "topics.md").read_text()
     table = [line for line in docs.splitlines() if line.startswith("| `")]
     assert sorted(table) == sorted(_docs_row(spec) for spec in specs.values())
+
+
+@pytest.mark.parametrize(("replication", "expected"), [(1, None), (2, None), (3, "2"), (5, "3")])
+def test_three_replicas_or_more_are_acknowledged_by_a_majority(replication: int, expected: str | None) -> None:
+    """min.insync.replicas is set to a majority from three replicas up, so one lost broker loses no acknowledged
+    write; fewer replicas keep the broker's default; a spec's own value is never overridden."""
+    assert topics._with_durability({"retention.ms": "1"}, replication).get("min.insync.replicas") == expected
+    assert topics._with_durability({"min.insync.replicas": "3"}, 5)["min.insync.replicas"] == "3"
+
+
+@pytest.mark.parametrize(
+    ("servers", "local"),
+    [("127.0.0.1:9092", True), ("localhost:9092,[::1]:9093", True), ("kafka.prod:9093", False)],
+)
+def test_only_a_local_broker_is_changed_without_a_plan_and_a_yes(servers: str, local: bool) -> None:
+    """`minnow topics apply` against anything but this machine prints its plan and asks (or wants --yes)."""
+    from pipeline.cli import _is_local
+
+    assert _is_local(servers) is local
+
+
+def test_apply_to_a_remote_cluster_without_yes_is_refused_after_the_plan(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not a TTY, not --yes: the plan cannot be shown without the cluster, so an unreachable remote says so and
+    nothing is applied (exit 2, one line)."""
+    from pipeline.cli import main
+
+    monkeypatch.setenv("MINNOW_KAFKA__CONNECT_TIMEOUT_S", "2")
+    assert main(["topics", "apply", "--bootstrap-servers", "kafka.invalid:9092"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
