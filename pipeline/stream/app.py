@@ -84,7 +84,9 @@ def create_app(settings: Settings, engine: Engine, *, datadir: Path) -> faust.Ap
             _keep_state(app, state, processor, transactions, input_topic=name)
         # One actor per topic: take_events acks in offset order only within one actor, and faust's commit
         # logic can skip an unacked offset when acks arrive out of order.
-        app.agent(source, name=f"minnow.{family}.{name}", concurrency=1)(batch_agent(processor, settings, transactions))
+        several = sum(i.family == family for i in inputs.values()) > 1  # agent names must differ
+        agent_name = f"minnow.{family}.{name}" if several else f"minnow.{family}"
+        app.agent(source, name=agent_name, concurrency=1)(batch_agent(processor, settings, transactions))
 
     def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         assigned: set[Any] = args[0]  # faust sends the whole new assignment
