@@ -17,6 +17,7 @@ from pipeline.stream import names
 from pipeline.stream.clients import PRODUCER_MAX_REQUEST_BYTES
 from pipeline.stream.conversations import Conversations
 from pipeline.stream.devices import Devices
+from pipeline.stream.registry import RegistryCodec
 from pipeline.stream.state import ChangelogStore
 from pipeline.stream.transactions import Transactions
 from pipeline.stream.worker import BatchProcessor, Engine, OutputRecord, batch_agent, exit_undelivered
@@ -68,6 +69,7 @@ def create_app(settings: Settings, engine: Engine, *, datadir: Path) -> faust.Ap
     transactions = Transactions(app)
     send = FaustSender(app, transactions)
     inputs = {names.topic(kafka.topic_prefix, logical): family for family, logical in names.INPUT_TOPICS.items()}
+    registry = RegistryCodec.configured(settings)  # one client and schema cache for every input topic
     for name, family in inputs.items():
         source = app.topic(
             name,
@@ -82,6 +84,7 @@ def create_app(settings: Settings, engine: Engine, *, datadir: Path) -> faust.Ap
             send,
             delivery_timeout_s=settings.worker.delivery_timeout_s,
             stateful=state.step if state is not None else None,
+            registry=registry,
         )
         if state is not None:
             _keep_state(app, state, processor, transactions, input_topic=name)
