@@ -66,18 +66,16 @@ class Schema:
     def parse(cls, schema_id: int, schema_type: str, text: str) -> Schema:
         """Parse a registry's schema text; a schema that cannot be used says so as RegistryPayloadError."""
         kind = schema_type.upper()
+        if kind not in ("JSON", "AVRO"):
+            raise RegistryPayloadError(f"schema {schema_id} is {kind}; Minnow reads JSON Schema and Avro")
         try:
             document = orjson.loads(text)
             if kind == "AVRO":
                 parsed: Any = fastavro.parse_schema(document)
-            elif kind == "JSON":
+            else:
                 validator_class = validators.validator_for(document)
                 validator_class.check_schema(document)
                 parsed = validator_class(document)
-            else:
-                raise RegistryPayloadError(f"schema {schema_id} is {kind}; Minnow reads JSON Schema and Avro")
-        except RegistryPayloadError:
-            raise
         except Exception as exc:  # fastavro and jsonschema raise many types for a bad schema
             raise RegistryPayloadError(f"schema {schema_id} ({kind}) cannot be parsed: {exc}") from exc
         return cls(schema_id, kind, text, parsed)  # type: ignore[arg-type]
