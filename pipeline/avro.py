@@ -127,19 +127,23 @@ class _Walker:
         self._collect(root)
         self._writing = writing
 
-    def _collect(self, schema: Any) -> None:
+    def _collect(self, schema: Any, namespace: str = "") -> None:
+        # Registries may hand a schema back with nested namespaces left out (they are inherited): resolve them.
         if isinstance(schema, list):
             for branch in schema:
-                self._collect(branch)
+                self._collect(branch, namespace)
         elif isinstance(schema, dict):
             if schema.get("type") == "record":
-                self._names[f"{schema['namespace']}.{schema['name']}"] = schema
+                namespace = str(schema.get("namespace", namespace))
+                name = str(schema["name"])
+                self._names[name if "." in name else f"{namespace}.{name}".lstrip(".")] = schema
+                self._names.setdefault(name.rsplit(".", 1)[-1], schema)  # a reference may use the short name
                 for entry in schema["fields"]:
-                    self._collect(entry["type"])
+                    self._collect(entry["type"], namespace)
             elif schema.get("type") == "map":
-                self._collect(schema["values"])
+                self._collect(schema["values"], namespace)
             elif schema.get("type") == "array":
-                self._collect(schema["items"])
+                self._collect(schema["items"], namespace)
 
     def walk(self, value: Any, schema: Any) -> Any:
         if isinstance(schema, str):  # a named record, or a primitive

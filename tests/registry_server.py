@@ -73,11 +73,9 @@ class RegistryServer:
         body = await request.json()
         subject = request.match_info["subject"]
         schema_type = body.get("schemaType", "AVRO")
-        for schema_id, known in self.schemas.items():
-            if known == {"schema": body["schema"], "schemaType": schema_type}:
-                break
-        else:
-            schema_id = self.add(body["schema"], schema_type)
+        wanted = {"schema": body["schema"], "schemaType": schema_type}
+        known = [schema_id for schema_id, schema in self.schemas.items() if schema == wanted]
+        schema_id = known[0] if known else self.add(body["schema"], schema_type)
         versions = self.subjects.setdefault(subject, [])
         if schema_id not in versions:
             versions.append(schema_id)

@@ -11,6 +11,7 @@ that do not fit the schema make a dead letter.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import ssl
@@ -113,15 +114,16 @@ class RegistryClient:
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
             settings = self._settings
-            auth = None
+            headers = {"Accept": CONTENT_TYPE + ", application/json"}
             if settings.username is not None and settings.password is not None:
-                auth = aiohttp.BasicAuth(settings.username, settings.password.get_secret_value())
+                # built by hand: aiohttp's BasicAuth is deprecated in its newest releases, absent from none
+                pair = f"{settings.username}:{settings.password.get_secret_value()}".encode()
+                headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
             context = ssl.create_default_context(cafile=str(settings.ca_file)) if settings.ca_file else None
             self._session = aiohttp.ClientSession(
-                auth=auth,
                 timeout=aiohttp.ClientTimeout(total=settings.timeout_s),
                 connector=aiohttp.TCPConnector(ssl=context) if context is not None else None,
-                headers={"Accept": CONTENT_TYPE + ", application/json"},
+                headers=headers,
             )
         return self._session
 
