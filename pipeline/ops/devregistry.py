@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             running = status(cache_dir)
             print(f"running at {running.url} (pid {running.pid})" if running else "not running")
-            return 0 if running else 1
+            return 0 if running else 3
     except DevKafkaError as exc:
         print(f"devregistry: {exc}", file=sys.stderr)
         return 1

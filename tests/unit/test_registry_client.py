@@ -249,3 +249,34 @@ def test_registry_settings_say_what_is_missing(monkeypatch: pytest.MonkeyPatch) 
         load_settings()
     monkeypatch.setenv("MINNOW_REGISTRY__PASSWORD", "p")
     assert load_settings().registry.password == SecretStr("p")
+
+
+def test_the_escalator_writes_settled_results_in_the_same_registered_format() -> None:
+    """A settled escalation's sink record is framed with the sink's registered Avro schema, like the worker's,
+    so one sink topic never mixes plain JSON and Avro; its labels stay plain JSON."""
+    from pipeline.stream.deadletter import Provenance
+    from pipeline.stream.escalator import EscalationHandler
+    from pipeline.stream.worker import InputRecord
+    from tests.escalation_support import escalation, feed_event
+    from tests.unit.test_escalation_stream import FixedEscalator, as_bytes, settled
+
+    async def body(server: RegistryServer) -> None:
+        settings = _settings(server.url, "avro")
+        codec = RegistryCodec(settings, RegistryClient(settings.registry, sleep=Sleeps()))
+        handler = EscalationHandler(settings, FixedEscalator(settled), codec)  # type: ignore[arg-type]
+        escalated, _ = escalation(feed_event("f-9", "Markets fell."), ["classify.low_confidence"])
+        plan = await handler.plan(
+            InputRecord(Provenance(f"{PREFIX}escalations", 0, 1), b"f-9", as_bytes(escalated), 0.0)
+        )
+        await codec.close()
+        sink, label = plan.deliveries
+        schema_id, payload = unframe(sink.value or b"")
+        assert server.subjects[subject_for(f"{PREFIX}feeds.enriched")] == [schema_id]
+        derived = json.loads(server.schemas[schema_id]["schema"])
+        decoded = from_avro(
+            Schema.parse(schema_id, "AVRO", server.schemas[schema_id]["schema"]).decode(payload), derived
+        )
+        assert decoded["id"] == "f-9" and decoded["decided_by"] == "large-model"
+        assert orjson.loads(label.value or b"")["id"] == "f-9"
+
+    with_server(body)
