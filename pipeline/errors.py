@@ -6,10 +6,14 @@
     │   └── ModelBuildError
     ├── InputError             one event cannot be processed (bad JSON, schema, encoding, size)
     │   ├── DecodeError
-    │   └── SchemaError
-    │       └── MappingError   a field mapping found no value for a required field
+    │   ├── SchemaError
+    │   │   └── MappingError   a field mapping found no value for a required field
+    │   ├── RegistryPayloadError  a registry-framed record: bad frame, or bytes that do not match its schema
+    │   └── UnknownSchemaError the registry answered that the record's schema id does not exist
     ├── InferenceError         the encoder failed on a batch
     ├── DeliveryError          (streaming) an output was not acknowledged by the broker
+    ├── RegistryError          (streaming) the schema registry is unreachable or refused us: not the record's
+    │                          fault, so the batch fails (and is retried) instead of dead-lettering its records
     ├── StreamToolError        (operations) produce, tail, review or a labels read could not start:
     │                          the broker is unreachable or the topic does not exist
     ├── DevKafkaError          (operations) the local development broker could not be resolved, started or stopped
@@ -57,6 +61,25 @@ class SchemaError(InputError):
 
 class MappingError(SchemaError):
     code = "mapping_error"
+
+
+class RegistryPayloadError(InputError):
+    """A record framed for a schema registry whose frame is broken or whose payload does not match its schema."""
+
+    code = "registry_payload_error"
+
+
+class UnknownSchemaError(InputError):
+    """The registry answered that no schema has the record's id: the producer used another registry, or a schema
+    was deleted."""
+
+    code = "unknown_schema_id"
+
+
+class RegistryError(MinnowError):
+    """The schema registry could not be reached, failed, or refused our credentials: not the record's fault."""
+
+    code = "registry_error"
 
 
 class InferenceError(MinnowError):

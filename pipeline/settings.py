@@ -312,6 +312,44 @@ def _sasl_problems(kafka: KafkaSettings) -> list[str]:
 InputFamily = Literal["feed", "transcript", "iot", "ticket"]  # the families with an input topic
 
 
+RegistryFormat = Literal["plain", "json-schema", "avro"]
+
+
+class RegistrySettings(_Frozen):
+    """A Confluent-compatible schema registry (docs/registry.md): only the streaming layer talks to it."""
+
+    url: str | None = Field(
+        default=None,
+        description="base URL of the registry's Confluent-compatible API (Apicurio: .../apis/ccompat/v7); unset = "
+        "no registry: framed records are dead letters and sinks are plain JSON",
+    )
+    username: str | None = Field(default=None, description="HTTP basic-auth user for the registry")
+    password: SecretStr | None = Field(default=None, description="HTTP basic-auth password for the registry")
+    ca_file: Path | None = Field(default=None, description="PEM CA bundle that signs an https registry's certificate")
+    output_format: RegistryFormat = Field(
+        default="plain",
+        description="sink records as plain JSON, or framed for the registry as json-schema or avro (registered "
+        "under `<topic>-value` before the first batch is written)",
+    )
+    timeout_s: float = Field(default=10.0, gt=0, description="one registry request's time limit")
+    retry_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="how long a failing registry (unreachable, 5xx) is retried with back-off before the batch "
+        "fails and the worker exits to be restarted; its records are never dead-lettered for it",
+    )
+
+    @model_validator(mode="after")
+    def _coherent(self) -> RegistrySettings:
+        if self.output_format != "plain" and self.url is None:
+            raise ValueError(f"output_format {self.output_format} needs a registry: set MINNOW_REGISTRY__URL")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("set both MINNOW_REGISTRY__USERNAME and MINNOW_REGISTRY__PASSWORD, or neither")
+        if self.ca_file is not None and not self.ca_file.is_file():
+            raise ValueError(f"ca_file {self.ca_file} is not a file")
+        return self
+
+
 class WorkerSettings(_Frozen):
     """How a stream worker gathers micro-batches and reports on itself."""
 
@@ -620,6 +658,7 @@ class Settings(BaseSettings):
     families: FamiliesSettings = Field(default_factory=FamiliesSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     topics: TopicsSettings = Field(default_factory=TopicsSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     iot: IoTSettings = Field(default_factory=IoTSettings)
     escalation: EscalationSettings = Field(default_factory=EscalationSettings)

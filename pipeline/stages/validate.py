@@ -42,12 +42,23 @@ def parse_event(
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if raw[:1] == b"\x00":  # the wire format's magic byte: say what to configure, not just "bad JSON"
+            raise DecodeError(
+                "not valid JSON: the record looks framed for a schema registry (first byte 0); set "
+                "MINNOW_REGISTRY__URL so the worker decodes it (docs/registry.md)"
+            ) from exc
         # orjson rejects invalid UTF-8 too; say which it is, since producers fix them differently
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError as uexc:
             raise DecodeError(f"not valid UTF-8 at byte {uexc.start}") from exc
         raise DecodeError(f"not valid JSON: {exc}") from exc
+    return event_from_object(obj, mapping=mapping, kind=kind)
+
+
+def event_from_object(obj: Any, *, mapping: FieldMapping | None = None, kind: str | None = None) -> AnyEvent:
+    """The validated event for an already decoded JSON value (e.g. a registry-framed record's payload, decoded
+    by its JSON Schema or Avro schema in the streaming layer); raises an InputError subclass like `parse_event`."""
     if not isinstance(obj, dict):
         raise SchemaError(f"an event must be a JSON object, got {type(obj).__name__}")
     produced = obj

@@ -18,6 +18,7 @@ from pipeline.stream import names
 from pipeline.stream.clients import PRODUCER_MAX_REQUEST_BYTES, faust_app
 from pipeline.stream.conversations import Conversations
 from pipeline.stream.devices import Devices
+from pipeline.stream.registry import RegistryCodec
 from pipeline.stream.state import ChangelogStore
 from pipeline.stream.transactions import Transactions
 from pipeline.stream.worker import BatchProcessor, Engine, OutputRecord, batch_agent, exit_undelivered
@@ -63,6 +64,7 @@ def create_app(settings: Settings, engine: Engine, *, datadir: Path) -> faust.Ap
     transactions = Transactions(app)
     send = FaustSender(app, transactions)
     inputs = {item.topic: item for item in worker_inputs(settings)}
+    registry = RegistryCodec.configured(settings)  # one client and schema cache for every input topic
     for name, item in inputs.items():
         family = item.family
         source = app.topic(
@@ -79,6 +81,7 @@ def create_app(settings: Settings, engine: Engine, *, datadir: Path) -> faust.Ap
             delivery_timeout_s=settings.worker.delivery_timeout_s,
             stateful=state.step if state is not None else None,
             reading=item,
+            registry=registry,
         )
         if state is not None:
             _keep_state(app, state, processor, transactions, input_topic=name)

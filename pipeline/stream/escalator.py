@@ -33,6 +33,7 @@ from pipeline.stream import clients, names
 from pipeline.stream.clients import PRODUCER_MAX_REQUEST_BYTES
 from pipeline.stream.deadletter import Headers, dead_letter_headers
 from pipeline.stream.offsets import OffsetLedger
+from pipeline.stream.registry import RegistryCodec
 from pipeline.stream.worker import EXIT_UNDELIVERED, InputRecord, input_record
 
 log = logging.getLogger(__name__)
@@ -88,14 +89,17 @@ def decode(raw: bytes | None) -> tuple[EscalationRecord, AnyEvent]:
 class EscalationHandler:
     """One escalation record in, its deliveries out. No Kafka in it: testable with plain records."""
 
-    def __init__(self, settings: Settings, escalator: Escalator) -> None:
+    def __init__(self, settings: Settings, escalator: Escalator, registry: RegistryCodec | None = None) -> None:
         self._escalator = escalator
+        self._registry = registry  # frames settled sink records like the worker's (docs/registry.md)
         self._sinks = {kind: settings.topic(logical) for kind, logical in names.SINK_TOPICS.items()}
         self._labels = settings.topic(names.LABELS_TOPIC)
         self._review = settings.topic(names.REVIEW_TOPIC)
         self._deadletter = settings.topic(names.DEADLETTER_TOPIC)
 
     async def plan(self, record: InputRecord) -> Plan:
+        if self._registry is not None:  # sink schemas registered once; a registry that is down fails here
+            await self._registry.start()
         try:
             escalation, event = decode(record.value)
         except InputError as exc:
@@ -110,7 +114,8 @@ class EscalationHandler:
     def _deliveries(self, outcome: Outcome, key: bytes) -> Plan:
         if isinstance(outcome, ToSink):
             result = outcome.result
-            sink = Delivery(self._sinks[result.kind], key, encode(result), (), "sink")
+            value = self._registry.sink_value(result, result.kind) if self._registry is not None else encode(result)
+            sink = Delivery(self._sinks[result.kind], key, value, (), "sink")
             labels = tuple(
                 Delivery(self._labels, label_key(label).encode(), encode(label), (), "labels")
                 for label in outcome.labels
@@ -305,7 +310,8 @@ def producer_for(settings: Settings) -> AIOKafkaProducer:
 async def serve(settings: Settings, escalator: Escalator, stop: asyncio.Event) -> int:
     """Start the Kafka clients, run until `stop`, close everything; returns the exit code."""
     consumer, producer = consumer_for(settings), producer_for(settings)
-    runner = EscalatorRunner(settings, EscalationHandler(settings, escalator), escalator, consumer, producer)
+    handler = EscalationHandler(settings, escalator, RegistryCodec.configured(settings))
+    runner = EscalatorRunner(settings, handler, escalator, consumer, producer)
     await producer.start()
     try:
         await consumer.start()

@@ -24,6 +24,7 @@ from pipeline.stages.route import Router
 from pipeline.stages.validate import parse_event
 from pipeline.stream import names
 from pipeline.stream.deadletter import Headers, Provenance, dead_letter_headers, normalize_headers
+from pipeline.stream.registry import RegistryCodec
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +147,10 @@ class BatchProcessor:
         delivery_timeout_s: float = DELIVERY_TIMEOUT_S,
         stateful: StatefulStep | None = None,
         reading: Input | None = None,
+        registry: RegistryCodec | None = None,
     ) -> None:
         self._settings = settings
+        self._registry = registry  # decodes registry-framed inputs and frames sink values (docs/registry.md)
         self._engine = engine
         self._send = send
         self._delivery_timeout_s = delivery_timeout_s
@@ -176,19 +179,7 @@ class BatchProcessor:
         state emitted and wrote."""
         if self._stateful is not None:
             await self._stateful.ready(records)
-        parsed: list[AnyEvent | InputError] = []
-        for record in records:
-            try:
-                parsed.append(
-                    parse_event(
-                        record.value or b"",
-                        max_bytes=self._settings.kafka.max_event_bytes,
-                        mapping=self._reading.mapping,
-                        kind=self._reading.kind,
-                    )
-                )
-            except InputError as exc:
-                parsed.append(exc)
+        parsed = await self._parse(records)
         valid = [
             (item, record) for item, record in zip(parsed, records, strict=True) if not isinstance(item, InputError)
         ]
@@ -235,6 +226,21 @@ class BatchProcessor:
         self._count_delivered(outputs)
 
     # ---------------------------------------------------------------------------------------- internals
+    async def _parse(self, records: Sequence[InputRecord]) -> list[AnyEvent | InputError]:
+        """Each record's event, or the InputError that dead-letters it."""
+        mapping, kind = self._reading.mapping, self._reading.kind
+        if self._registry is not None:  # a registry that is down raises RegistryError here: the batch fails
+            await self._registry.start()
+            return await self._registry.parse([record.value or b"" for record in records], mapping=mapping, kind=kind)
+        parsed: list[AnyEvent | InputError] = []
+        max_bytes = self._settings.kafka.max_event_bytes
+        for record in records:
+            try:
+                parsed.append(parse_event(record.value or b"", max_bytes=max_bytes, mapping=mapping, kind=kind))
+            except InputError as exc:
+                parsed.append(exc)
+        return parsed
+
     async def _score(self, events: list[AnyEvent], records: list[InputRecord]) -> list[Scores | ErrorRecord]:
         if not events:
             return []
@@ -262,7 +268,9 @@ class BatchProcessor:
             return self._dead_letter(record, key, routed.error.error, routed.error.message, value=value)
         if isinstance(routed, ToSink):
             topic = self._sink_topics[routed.result.kind]
-            return OutputRecord(topic, key, encode(routed.result), (), "sink", (), event.event_time(), origin)
+            result = routed.result
+            value = self._registry.sink_value(result, result.kind) if self._registry is not None else encode(result)
+            return OutputRecord(topic, key, value, (), "sink", (), event.event_time(), origin)
         escalation = routed.record
         reasons = tuple(escalation.reasons)
         return OutputRecord(
