@@ -55,6 +55,11 @@ class RegistryInfo:
         return f"http://{HOST}:{self.port}{CCOMPAT_PATH}"
 
 
+# Popen objects of registries this process started: stopping one through its Popen reaps it, and keeps
+# Popen.__del__ from warning that a process is "still running" (the tests turn warnings into errors).
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
 def default_cache_dir() -> Path:
     """$MINNOW_REGISTRY_CACHE, else ~/.cache/minnow/registry."""
     configured = os.environ.get(CACHE_ENV)
@@ -117,6 +122,7 @@ def start(cache_dir: Path, port: int | None = None, *, timeout_s: float = 120.0)
         ]  # fmt: skip
         with log_file.open("wb") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=app, start_new_session=True)
+        _children[process.pid] = process
         info = RegistryInfo(pid=process.pid, port=chosen, log_file=log_file)
         (cache_dir / _STATE).write_text(json.dumps({"pid": info.pid, "port": info.port, "log_file": str(log_file)}))
         try:
@@ -226,6 +232,15 @@ def _alive(pid: int) -> bool:
 
 
 def _terminate(pid: int, timeout_s: float = 20.0) -> None:
+    child = _children.pop(pid, None)
+    if child is not None:  # started by this process: stop and reap it through its Popen
+        child.terminate()
+        try:
+            child.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(timeout=10)
+        return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
