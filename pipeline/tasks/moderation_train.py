@@ -61,8 +61,10 @@ HEAD_SOURCES = {
     "harassment": frozenset({"tweeteval_offensive", "seed"}),
     "hate": frozenset({"tweeteval_hate", "davidson", "seed"}),
 }
-# Which tune part a category's threshold maximises F on (the seed set's out-of-fold scores for the rest).
-TUNED_ON = {"harassment": "tweeteval_offensive", "hate": "tweeteval_hate"}
+# The rows the stack of these categories is fitted on (every labelled row for the rest).
+STACK_SOURCES: dict[str, frozenset[str]] = {}
+# Which tune parts a category's threshold maximises F on (the seed set's out-of-fold scores for the rest).
+TUNED_ON = {"harassment": ("tweeteval_offensive",), "hate": ("tweeteval_hate",)}
 BETA = {"self-harm": 2.0}  # recall-leaning: a missed self-harm message costs more than a second look
 # Policy budgets, as shares of the tune data (docs/moderation.md, "Thresholds and bands").
 BENIGN_FLAG_BUDGET = 0.0025  # per category and benign tune source (banking77, CLINC150, BBC), of its texts flagged
@@ -221,7 +223,7 @@ def fit_heads(rows: Rows, first: FirstLevel) -> tuple[ModerationHeads, Floats]:
     oof = np.full((len(rows.texts), k_all), np.nan)
     prof = _logit(rows.profanity)
     for k, name in enumerate(CATEGORIES):
-        on = first.known[:, k]
+        on = first.known[:, k] & (np.isin(rows.source, list(STACK_SOURCES[name])) if name in STACK_SOURCES else True)
         y = rows.labels[on, k] == 1
         columns = [] if name == PROFANITY_ONLY else [first.emb_oof[on, k], first.lex_oof[on, k]]
         columns += [prof[on]] if name in PROFANITY_INFORMED else []
@@ -317,7 +319,7 @@ def fit_policy(
         k = CATEGORIES.index(name)
         already = None
         if name in TUNED_ON:
-            on = tune.source == TUNED_ON[name]
+            on = np.isin(tune.source, TUNED_ON[name]) & (tune.labels[:, k] >= 0)
             scores, truth = tune_scores[on, k], tune.labels[on, k] == 1
             if name == "harassment":
                 others = [CATEGORIES.index(c) for c in policy]
