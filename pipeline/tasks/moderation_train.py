@@ -64,8 +64,6 @@ HEAD_SOURCES = {
     "harassment": frozenset({"tweeteval_offensive", "seed"}),
     "hate": frozenset({"tweeteval_hate", "davidson", "tweeteval_offensive", "seed"}),
 }
-# The rows the stack of these categories is fitted on (every labelled row for the rest).
-STACK_SOURCES: dict[str, frozenset[str]] = {}
 # Which tune parts a category's threshold maximises F on (the seed set's out-of-fold scores for the rest).
 TUNED_ON = {"harassment": ("tweeteval_offensive",), "hate": ("tweeteval_hate",)}
 BETA = {"self-harm": 2.0}  # recall-leaning: a missed self-harm message costs more than a second look
@@ -226,7 +224,7 @@ def fit_heads(rows: Rows, first: FirstLevel) -> tuple[ModerationHeads, Floats]:
     oof = np.full((len(rows.texts), k_all), np.nan)
     prof = _logit(rows.profanity)
     for k, name in enumerate(CATEGORIES):
-        on = first.known[:, k] & (np.isin(rows.source, list(STACK_SOURCES[name])) if name in STACK_SOURCES else True)
+        on = first.known[:, k]
         y = rows.labels[on, k] == 1
         columns = [] if name == PROFANITY_ONLY else [first.emb_oof[on, k], first.lex_oof[on, k]]
         columns += [prof[on]] if name in PROFANITY_INFORMED else []
@@ -320,13 +318,14 @@ def fit_policy(
 
     for name in sorted(CATEGORIES, key=lambda c: c == "harassment"):
         k = CATEGORIES.index(name)
-        already = None
+        already: NDArray[np.bool_] | None = None
         if name in TUNED_ON:
-            on = np.isin(tune.source, TUNED_ON[name]) & (tune.labels[:, k] >= 0)
+            on: NDArray[np.bool_] = np.isin(tune.source, TUNED_ON[name]) & (tune.labels[:, k] >= 0)
             scores, truth = tune_scores[on, k], tune.labels[on, k] == 1
             if name == "harassment":
                 others = [CATEGORIES.index(c) for c in policy]
-                already = (tune_scores[on][:, others] >= [policy[c]["threshold"] for c in policy]).any(axis=1)
+                thresholds = [policy[c]["threshold"] for c in policy]
+                already = np.asarray((tune_scores[on][:, others] >= thresholds).any(axis=1), dtype=bool)
         else:  # the seed set's out-of-fold scores, and the labelled public tune texts that are not benign
             known = (tune.labels[:, k] >= 0) & ~tune.benign
             scores = np.r_[seed_oof[:, k], tune_scores[known, k]]
