@@ -138,9 +138,13 @@ def test_eval_reports_moderation_and_summaries_when_rows_carry_them(
     report = json.loads(capsys.readouterr().out)
     assert report["moderation"]["items"] == 2
     assert report["moderation"]["categories"]["harassment"]["support"] == 1
-    # The moderation operating point in force: a bakery and a blatant insult are both settled, and rightly.
+    # The moderation operating point in force: the bakery is settled, and rightly; the insult is flagged, but its
+    # `hate` score sits in hate's uncertain band (an insult that names no group is not hate: a second look at that
+    # category is the honest answer), so it may escalate for that category alone (0.31 against the band's top 0.32
+    # on one CPU: int8 scores differ between CPUs, so either outcome is accepted, never a wrong kept decision).
     at = report["moderation"]["at_threshold"]
-    assert at["escalation_rate"] == 0.0 and at["accuracy_kept"] == 1.0 and at["reasons"] == {}
+    assert at["escalation_rate"] <= 0.5 and at["accuracy_kept"] == 1.0
+    assert set(at["reasons"]) <= {"moderate.uncertain_category"}
     assert [row["escalation_rate"] for row in report["moderation"]["selective"]][:2] == [0.0, 0.05]
     summ = report["summarization"]
     assert summ["examples"] == 1
