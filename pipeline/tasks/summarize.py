@@ -37,6 +37,14 @@ TOPIC_WORDS = 5
 PERSONAL_PRONOUNS = frozenset("i me my mine you your yours we us our ours".split())  # noqa: SIM905 -- reads better as words
 # Transcripts tag speakers "#Person1#": the tag names who said it, its hashes are markup.
 _TAG = re.compile(r"^#(.+)#$")
+# Words that open a chat line without adding to it ("Oh, ", "Well, ", "Yeah so "), and emoticons: a summary has no
+# room for them, so they are dropped from the start of a rendered sentence.
+_OPENER = re.compile(
+    r"^(?:(?:hi|hey|hello)\s+[A-Z][a-z]+[,!]\s+|(?:oh|ah|well|yeah|yes|yep|ok|okay|so|um|uh|hmm|hey|hi|hello|haha|hahaha|lol|wow|btw|anyway|listen|look)"
+    r"\b[,.!]*\s+)+",
+    re.IGNORECASE,
+)
+_EMOTICON = re.compile(r"\s*(?:[:;=xX8][-^']?[()DPpOo3/\\|*\]\[]+|<3|\(:|\^\^)(?=\s|$)")
 _GENERIC = re.compile(r"^(#?person\s*\d+#?|[a-z]|speaker\s*\d+|user|agent|customer|caller)$", re.IGNORECASE)
 
 
@@ -222,18 +230,28 @@ def _fits(text: str, settings: SummarySettings) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------- output
+def compact(sentence: str) -> str:
+    """A sentence without its empty opener ("Oh, well, ", "Hi Tom, ") and emoticons; unchanged when under two words
+    would be left."""
+    trimmed = _EMOTICON.sub("", _OPENER.sub("", sentence.strip())).strip()
+    if len(trimmed.split()) < 2:  # "Okay then." is not improved by "Then."
+        return sentence.strip()
+    return trimmed[0].upper() + trimmed[1:]
+
+
 def render_candidates(pool: Candidates, ids: Sequence[int], speakers: Sequence[str] | None) -> str:
-    """Chosen sentences in order; sentences of one turn share one "Speaker: ..." line, prose is one paragraph."""
+    """Chosen sentences in order, compacted; sentences of one turn share one "Speaker: ..." line, prose is one
+    paragraph."""
     if speakers is None:
-        return " ".join(pool.texts[j].strip() for j in sorted(ids))
+        return " ".join(compact(pool.texts[j]) for j in sorted(ids))
     lines: list[str] = []
     last = -1
     for j in sorted(ids):
         seg = pool.segment[j]
         if seg == last:
-            lines[-1] = f"{lines[-1]} {pool.texts[j].strip()}"
+            lines[-1] = f"{lines[-1]} {compact(pool.texts[j])}"
         else:
-            lines.append(f"{speaker_label(speakers[seg])}: {pool.texts[j].strip()}")
+            lines.append(f"{speaker_label(speakers[seg])}: {compact(pool.texts[j])}")
         last = seg
     return "\n".join(lines)
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from pipeline.tasks.summary_eval import EmbeddedDialogue
 
 BASELINE_UNITS = 3
+LOWEST_SHARE = 0.2  # escalating this share of least confident summaries: what do they score, what does the rest
 METHODS = ("minnow", "lead3_turns", "longest3_turns", "lead3_sentences", "longest3_sentences", "oracle")
 
 
@@ -84,7 +85,21 @@ def evaluate(dialogues: list[EmbeddedDialogue], settings: SummarySettings, min_c
             "rouge1_escalated": float(r1[escalated].mean()) if escalated.any() else None,
             "rouge1_kept": float(r1[~escalated].mean()) if (~escalated).any() else None,
         },
+        "lowest_fifth": _lowest_share(conf, r1, LOWEST_SHARE),
         "ms_per_dialogue": {"median": float(np.median(times)), "p95": float(np.percentile(times, 95))},
+    }
+
+
+def _lowest_share(conf: NDArray[np.float64], r1: NDArray[np.float64], share: float) -> dict[str, float]:
+    """ROUGE-1 of the `share` least confident summaries vs the others, and the confidence that cuts them."""
+    order = np.argsort(conf, kind="stable")
+    n = max(1, round(len(conf) * share))
+    low, rest = order[:n], order[n:]
+    return {
+        "share": share,
+        "threshold": float(conf[order[n]]) if n < len(conf) else 1.0,
+        "rouge1_escalated": float(r1[low].mean()),
+        "rouge1_kept": float(r1[rest].mean()) if len(rest) else float("nan"),
     }
 
 
@@ -115,6 +130,11 @@ def render(report: dict[str, Any]) -> str:
                 f"below confidence {e['min_confidence']}: {e['escalated']} escalated, ROUGE-1 "
                 f"{e['rouge1_escalated'] * 100:.2f} escalated vs {e['rouge1_kept'] * 100:.2f} kept"
             )
+        low = body["lowest_fifth"]
+        lines.append(
+            f"least confident {low['share']:.0%} (confidence < {low['threshold']:.3f}): ROUGE-1 "
+            f"{low['rouge1_escalated'] * 100:.2f} escalated vs {low['rouge1_kept'] * 100:.2f} kept"
+        )
         ms = body["ms_per_dialogue"]
         lines.append(
             f"summarizer: {ms['median']:.2f} ms median, {ms['p95']:.2f} ms p95 per dialogue (encoder excluded)"
