@@ -15,6 +15,7 @@ from pipeline.engine.text import split_sentences
 from pipeline.settings import SummarySettings
 from pipeline.tasks.summarize import (
     ELLIPSIS,
+    compact,
     dialogue_segments,
     lead_n,
     longest_n,
@@ -133,9 +134,17 @@ def test_dialogue_lines_read_speaker_colon_text_and_skip_filler_turns(encoder: E
     vectors, doc = embed_segments(encoder, segments)
     summary = summarize(segments, vectors, doc, speakers=speakers, settings=SummarySettings(max_words=40))
     lines = summary.text.split("\n")
-    assert lines == [f"{speakers[i]}: {segments[i]}" for i in summary.sentence_ids]
+    assert lines == [f"{speakers[i]}: {compact(segments[i])}" for i in summary.sentence_ids]
     fillers = {"Hi.", "Okay.", "Yeah.", "Thanks.", "Ok, bye."}
     assert not {segments[i] for i in summary.sentence_ids} & fillers
+
+
+def test_compact_rendering_drops_empty_openers_and_emoticons_but_never_the_whole_sentence() -> None:
+    """ "Oh, well, " and "Hi Tom, " openers and emoticons go; a sentence that would keep under two words stays."""
+    assert compact("Oh, well, I baked cookies :)") == "I baked cookies"
+    assert compact("Hi Tom, are you busy tomorrow?") == "Are you busy tomorrow?"
+    assert compact("Okay then.") == "Okay then."
+    assert compact("Well-known fact, that.") == "Well-known fact, that."
 
 
 def test_transcript_tags_read_as_names_and_sentences_of_one_turn_share_its_line(encoder: Encoder) -> None:
