@@ -7,8 +7,9 @@
    while the mean of ROUGE-1 and ROUGE-2 F1 against the reference (rouge-score's stemmed tokens) still rises.
 2. Boosted trees (scikit-learn's HistGradientBoostingClassifier, fixed iterations, fixed seed) learn those labels
    from `summary_features.FEATURES`; they are exported as plain arrays.
-3. The summarizer then runs with those trees on the same dialogues, and a ridge regression learns each summary's
-   ROUGE-1 F1 from `summary_model.QUALITY_FEATURES`: the summary's confidence.
+3. The summarizer then runs on every fitting dialogue with trees fitted on the other folds (5-fold cross-fitting),
+   and a ridge regression learns each summary's ROUGE-1 F1 from `summary_model.QUALITY_FEATURES`: the summary's
+   confidence.
 
 The held-out part is never read here; `summary_public_eval` reports on it.
 """
@@ -23,15 +24,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from pipeline.settings import SummarySettings
 from pipeline.tasks.rouge import rouge_n, rouge_scores, stemmed_tokens
-from pipeline.tasks.summary_features import FEATURES, candidates
+from pipeline.tasks.summary_features import FEATURES, Candidates, candidates
 from pipeline.tasks.summary_model import (
     MODEL_PATH,
     QUALITY_FEATURES,
     Quality,
     SummaryModel,
+    Trees,
     trees_from_json,
 )
 from pipeline.tasks.summary_public import HELD_OUT_SHARE, SETS, read_set
@@ -43,6 +46,7 @@ TREES = 150
 LEARNING_RATE = 0.05
 MAX_LEAF_NODES = 15
 QUALITY_ALPHA = 1.0  # ridge penalty on the standardised quality features
+QUALITY_FOLDS = 5
 
 
 def oracle(texts: Sequence[str], reference: str) -> list[int]:
@@ -98,40 +102,35 @@ def export_trees(model: Any) -> dict[str, Any]:
 
 
 def fit(dialogues: list[EmbeddedDialogue], settings: SummarySettings) -> dict[str, Any]:
-    """Fit the trees, then the quality estimate, on `dialogues`; the JSON body of summary_model.json."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.linear_model import Ridge
+    """Fit the trees, then the quality estimate, on `dialogues`; the JSON body of summary_model.json.
 
-    from pipeline.tasks.summarize import quality_features, summarize
+    The quality estimate learns from summaries made by trees that did not see the dialogue (5-fold cross-fitting):
+    on new dialogues the trees' scores are less sure than on the ones they were fitted on, and the estimate must
+    read scores as they will be.
+    """
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import KFold
 
     pools = [candidates(d.segments, d.vectors, d.doc_vector, d.speakers) for d in dialogues]
-    x = np.vstack([p.features for p in pools])
-    y = np.concatenate(
-        [np.isin(np.arange(len(p.texts)), oracle(p.texts, d.reference)) for p, d in zip(pools, dialogues, strict=True)]
-    )
-    clf = HistGradientBoostingClassifier(
-        max_iter=TREES, learning_rate=LEARNING_RATE, max_leaf_nodes=MAX_LEAF_NODES, early_stopping=False, random_state=0
-    ).fit(x, y.astype(int))
-    trees_body = export_trees(clf)
-    trees = trees_from_json(trees_body)
-    assert np.allclose(trees.logit(x[:200]), clf.decision_function(x[:200]), atol=1e-4)  # the export is exact
-    blank = Quality(np.zeros(len(QUALITY_FEATURES)), np.ones(len(QUALITY_FEATURES)), np.zeros(len(QUALITY_FEATURES)), 0)
-    draft = SummaryModel(trees, blank, {})
-    q_rows, r1 = [], []
-    for d, pool in zip(dialogues, pools, strict=True):
-        s = summarize(d.segments, d.vectors, d.doc_vector, speakers=d.speakers, settings=settings, model=draft)
-        scores = trees.probability(pool.features)
-        chosen = [j for j in range(len(pool.texts)) if pool.segment[j] in s.sentence_ids]
-        q_rows.append(
-            quality_features(
-                pool, scores, chosen, vectors=d.vectors, doc_vector=d.doc_vector, speakers=d.speakers, text=s.text
-            )
-        )
-        r1.append(rouge_scores(s.text, d.reference)["rouge1"])
+    labels = [
+        np.isin(np.arange(len(p.texts)), oracle(p.texts, d.reference)) for p, d in zip(pools, dialogues, strict=True)
+    ]
+    trees_body = _fit_trees(pools, labels)
+    q_rows: list[NDArray[np.float64]] = []
+    r1: list[float] = []
+    order: list[int] = []
+    for train, held in KFold(QUALITY_FOLDS, shuffle=True, random_state=0).split(np.arange(len(dialogues))):
+        fold_trees = trees_from_json(_fit_trees([pools[i] for i in train], [labels[i] for i in train]))
+        for i in held:
+            q, score = _quality_row(dialogues[i], pools[i], fold_trees, settings)
+            q_rows.append(q)
+            r1.append(score)
+            order.append(int(i))
     q = np.asarray(q_rows)
     mean, scale = q.mean(axis=0), q.std(axis=0)
     scale[scale == 0] = 1.0
     ridge = Ridge(alpha=QUALITY_ALPHA).fit((q - mean) / scale, np.asarray(r1))
+    y = np.concatenate(labels)
     return {
         "features": list(FEATURES),
         "trees": trees_body,
@@ -145,6 +144,42 @@ def fit(dialogues: list[EmbeddedDialogue], settings: SummarySettings) -> dict[st
         "oracle_positive_share": round(float(y.mean()), 4),
         "candidates": len(y),
     }
+
+
+def _fit_trees(pools: Sequence[Candidates], labels: Sequence[NDArray[np.bool_]]) -> dict[str, Any]:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    x = np.vstack([p.features for p in pools])
+    y = np.concatenate(labels).astype(int)
+    clf = HistGradientBoostingClassifier(
+        max_iter=TREES, learning_rate=LEARNING_RATE, max_leaf_nodes=MAX_LEAF_NODES, early_stopping=False, random_state=0
+    ).fit(x, y)
+    body = export_trees(clf)
+    assert np.allclose(trees_from_json(body).logit(x[:500]), clf.decision_function(x[:500]), atol=1e-4)  # exact
+    return body
+
+
+def _quality_row(
+    d: EmbeddedDialogue, pool: Candidates, trees: Trees, settings: SummarySettings
+) -> tuple[NDArray[np.float64], float]:
+    """The quality features of the summary `trees` make of `d`, and that summary's ROUGE-1 F1."""
+    from pipeline.tasks.summarize import quality_features, summarize
+
+    blank = Quality(np.zeros(len(QUALITY_FEATURES)), np.ones(len(QUALITY_FEATURES)), np.zeros(len(QUALITY_FEATURES)), 0)
+    s = summarize(
+        d.segments,
+        d.vectors,
+        d.doc_vector,
+        speakers=d.speakers,
+        settings=settings,
+        model=SummaryModel(trees, blank, {}),
+    )
+    scores = trees.probability(pool.features)
+    chosen = [j for j in range(len(pool.texts)) if pool.segment[j] in s.sentence_ids]
+    q = quality_features(
+        pool, scores, chosen, vectors=d.vectors, doc_vector=d.doc_vector, speakers=d.speakers, text=s.text
+    )
+    return q, rouge_scores(s.text, d.reference)["rouge1"]
 
 
 def main(argv: list[str] | None = None) -> int:
