@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ from pipeline.settings import SummarySettings
 from pipeline.tasks.rouge import ROUGE_KEYS, rouge_scores
 from pipeline.tasks.summarize import lead_n, longest_n, render_candidates, render_lines, summarize
 from pipeline.tasks.summary_features import candidates
+from pipeline.tasks.summary_model import SummaryModel, load_summary_model, trees_from_json
 from pipeline.tasks.summary_public import SETS, Part, read_set
 from pipeline.tasks.summary_train import oracle
 
@@ -36,10 +38,12 @@ LOWEST_SHARE = 0.2  # escalating this share of least confident summaries: what d
 METHODS = ("minnow", "lead3_turns", "longest3_turns", "lead3_sentences", "longest3_sentences", "oracle")
 
 
-def outputs(d: EmbeddedDialogue, settings: SummarySettings) -> tuple[dict[str, str], float, float]:
+def outputs(
+    d: EmbeddedDialogue, settings: SummarySettings, model: SummaryModel | None = None
+) -> tuple[dict[str, str], float, float]:
     """Every method's summary of one dialogue, Minnow's confidence and the milliseconds Minnow took."""
     started = time.perf_counter()
-    s = summarize(d.segments, d.vectors, d.doc_vector, speakers=d.speakers, settings=settings)
+    s = summarize(d.segments, d.vectors, d.doc_vector, speakers=d.speakers, settings=settings, model=model)
     ms = (time.perf_counter() - started) * 1000
     pool = candidates(d.segments, d.vectors, d.doc_vector, d.speakers)
     longest = sorted(range(len(pool.texts)), key=lambda j: -len(pool.texts[j]))[:BASELINE_UNITS]
@@ -54,16 +58,22 @@ def outputs(d: EmbeddedDialogue, settings: SummarySettings) -> tuple[dict[str, s
     return texts, s.confidence, ms
 
 
-def evaluate(dialogues: list[EmbeddedDialogue], settings: SummarySettings, min_confidence: float) -> dict[str, Any]:
-    """Scores, lengths, confidence quality and speed over `dialogues`."""
+def evaluate(
+    dialogues: list[EmbeddedDialogue],
+    settings: SummarySettings,
+    min_confidence: float,
+    models: Sequence[SummaryModel | None] | None = None,
+) -> dict[str, Any]:
+    """Scores, lengths, confidence quality and speed over `dialogues` (`models[i]` summarizes dialogue i; default:
+    the shipped model)."""
     from scipy.stats import spearmanr
 
     per: dict[str, list[dict[str, float]]] = {m: [] for m in METHODS}
     words: dict[str, list[int]] = {m: [] for m in (*METHODS, "reference")}
     confidence: list[float] = []
     times: list[float] = []
-    for d in dialogues:
-        texts, confidence_of_d, ms = outputs(d, settings)
+    for i, d in enumerate(dialogues):
+        texts, confidence_of_d, ms = outputs(d, settings, models[i] if models is not None else None)
         confidence.append(confidence_of_d)
         times.append(ms)
         words["reference"].append(len(d.reference.split()))
@@ -103,7 +113,27 @@ def _lowest_share(conf: NDArray[np.float64], r1: NDArray[np.float64], share: flo
     }
 
 
-def embed_part(encoder: Encoder, data_dir: Path, name: str, part: Part) -> list[EmbeddedDialogue]:
+def cross_fitted(dialogues: list[EmbeddedDialogue], folds: int) -> list[SummaryModel | None]:
+    """For k-fold cross-validation over whole files: per dialogue, trees fitted on the other folds (the shipped
+    quality estimate kept), so every dialogue is summarized by a model that never saw it."""
+    from sklearn.model_selection import KFold
+
+    from pipeline.tasks.summary_train import fit_trees
+
+    shipped = load_summary_model()
+    pools = [candidates(d.segments, d.vectors, d.doc_vector, d.speakers) for d in dialogues]
+    labels = [
+        np.isin(np.arange(len(p.texts)), oracle(p.texts, d.reference)) for p, d in zip(pools, dialogues, strict=True)
+    ]
+    models: list[SummaryModel | None] = [None] * len(dialogues)
+    for train, held in KFold(folds, shuffle=True, random_state=0).split(np.arange(len(dialogues))):
+        trees = trees_from_json(fit_trees([pools[i] for i in train], [labels[i] for i in train]))
+        for i in held:
+            models[i] = SummaryModel(trees, shipped.quality, {"cross_fitted": True})
+    return models
+
+
+def embed_part(encoder: Encoder, data_dir: Path, name: str, part: Part | None) -> list[EmbeddedDialogue]:
     from pipeline.tasks.summary_eval import embed_dialogues
 
     spec = next(s for s in SETS if s.name == name)
@@ -113,7 +143,7 @@ def embed_part(encoder: Encoder, data_dir: Path, name: str, part: Part) -> list[
 def render(report: dict[str, Any]) -> str:
     lines = []
     for name, body in report["sets"].items():
-        lines.append(f"\n{name} ({body['file']}, held-out part: {body['dialogues']} dialogues)")
+        lines.append(f"\n{name} ({body['file']}, {body['part']}: {body['dialogues']} dialogues)")
         lines.append("| method | ROUGE-1 | ROUGE-2 | ROUGE-L | words |")
         lines.append("|---|---:|---:|---:|---:|")
         for method in METHODS:
@@ -151,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         default=0.3,
         help="escalate below this confidence (for the escalated/kept split)",
     )
+    parser.add_argument(
+        "--folds",
+        type=int,
+        default=0,
+        help="k-fold cross-validation over both whole files (trees refitted per fold) instead of the held-out part",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
 
@@ -160,10 +196,17 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
     encoder = load_encoder(settings.engine)
     report: dict[str, Any] = {"settings": settings.summary.model_dump(), "sets": {}}
+    part: Part | None = None if args.folds else "held_out"
+    by_set = {spec.name: embed_part(encoder, args.data_dir, spec.name, part) for spec in SETS}
+    everything = [d for dialogues in by_set.values() for d in dialogues]
+    models = cross_fitted(everything, args.folds) if args.folds else [None] * len(everything)
+    start = 0
     for spec in SETS:
-        dialogues = embed_part(encoder, args.data_dir, spec.name, "held_out")
-        body = evaluate(dialogues, settings.summary, args.min_confidence)
-        report["sets"][spec.name] = {"file": spec.file, **body}
+        dialogues = by_set[spec.name]
+        mine = models[start : start + len(dialogues)]
+        start += len(dialogues)
+        body = evaluate(dialogues, settings.summary, args.min_confidence, mine)
+        report["sets"][spec.name] = {"file": spec.file, "part": part or f"all, {args.folds}-fold", **body}
     print(json.dumps(report, indent=2) if args.json else render(report))
     return 0
 

@@ -115,12 +115,12 @@ def fit(dialogues: list[EmbeddedDialogue], settings: SummarySettings) -> dict[st
     labels = [
         np.isin(np.arange(len(p.texts)), oracle(p.texts, d.reference)) for p, d in zip(pools, dialogues, strict=True)
     ]
-    trees_body = _fit_trees(pools, labels)
+    trees_body = fit_trees(pools, labels)
     q_rows: list[NDArray[np.float64]] = []
     r1: list[float] = []
     order: list[int] = []
     for train, held in KFold(QUALITY_FOLDS, shuffle=True, random_state=0).split(np.arange(len(dialogues))):
-        fold_trees = trees_from_json(_fit_trees([pools[i] for i in train], [labels[i] for i in train]))
+        fold_trees = trees_from_json(fit_trees([pools[i] for i in train], [labels[i] for i in train]))
         for i in held:
             q, score = _quality_row(dialogues[i], pools[i], fold_trees, settings)
             q_rows.append(q)
@@ -146,7 +146,7 @@ def fit(dialogues: list[EmbeddedDialogue], settings: SummarySettings) -> dict[st
     }
 
 
-def _fit_trees(pools: Sequence[Candidates], labels: Sequence[NDArray[np.bool_]]) -> dict[str, Any]:
+def fit_trees(pools: Sequence[Candidates], labels: Sequence[NDArray[np.bool_]]) -> dict[str, Any]:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     x = np.vstack([p.features for p in pools])
