@@ -19,7 +19,7 @@ from pipeline.errors import ConfigError
 
 Part = Literal["fit", "held_out"]
 HELD_OUT_SHARE = 0.4  # of each file, chosen by a hash of the dialogue's id: the same rows on every machine
-# "Name: text" on one line; a name is short and has no colon (SAMSum's "Amanda", DialogSum's "#Person1#").
+# "Name: text" on one line; a name is short and has no colon (a first name in SAMSum, "#Person1#" in DialogSum).
 _TURN = re.compile(r"^\s*([^:\n]{1,40}?)\s*:\s?(.*)$")
 
 

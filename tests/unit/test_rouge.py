@@ -94,9 +94,9 @@ def test_scores_are_symmetric_f_measures_in_the_unit_interval(a: list[str], b: l
 
 
 def test_stemming_matches_inflections_as_published_rouge_does() -> None:
-    """rouge-score's Porter stemmer (tokens over 3 characters): "bakes cookies" matches "baked cookie" fully."""
-    assert rouge_scores("Amanda bakes cookies", "Amanda baked a cookie")["rouge1"] == pytest.approx(2 * 1 * 0.75 / 1.75)
-    assert stemmed_tokens("Amanda baked cookies") == ["amanda", "bake", "cooki"]
+    """rouge-score's Porter stemmer (tokens over 3 characters): "fixes printers" matches "fixed printer" fully."""
+    assert rouge_scores("Lena fixes printers", "Lena fixed a printer")["rouge1"] == pytest.approx(2 * 1 * 0.75 / 1.75)
+    assert stemmed_tokens("Lena fixed printers") == ["lena", "fix", "printer"]
 
 
 def test_several_references_are_averaged() -> None:

@@ -141,7 +141,7 @@ def test_dialogue_lines_read_speaker_colon_text_and_skip_filler_turns(encoder: E
 
 def test_compact_rendering_drops_empty_openers_and_emoticons_but_never_the_whole_sentence() -> None:
     """ "Oh, well, " and "Hi Tom, " openers and emoticons go; a sentence that would keep under two words stays."""
-    assert compact("Oh, well, I baked cookies :)") == "I baked cookies"
+    assert compact("Oh, well, I fixed the printer :)") == "I fixed the printer"
     assert compact("Hi Tom, are you busy tomorrow?") == "Are you busy tomorrow?"
     assert compact("Okay then.") == "Okay then."
     assert compact("Well-known fact, that.") == "Well-known fact, that."
@@ -150,7 +150,7 @@ def test_compact_rendering_drops_empty_openers_and_emoticons_but_never_the_whole
 def test_transcript_tags_read_as_names_and_sentences_of_one_turn_share_its_line(encoder: Encoder) -> None:
     """ "#Person1#" is rendered "Person1"; two chosen sentences of one turn sit on one "Person1: ..." line."""
     assert speaker_label("#Person1#") == "Person1"
-    assert speaker_label(" Amanda ") == "Amanda"
+    assert speaker_label(" Lena ") == "Lena"
     assert render_lines([0], ["I lost my card."], ["#Person2#"]) == "Person2: I lost my card."
     turns = [
         ("#Person1#", "Good morning, how can I help you?"),
@@ -196,8 +196,8 @@ def test_exported_trees_give_the_fitted_model_s_scores_exactly() -> None:
 
 def test_oracle_picks_the_sentences_that_share_the_reference_s_words() -> None:
     """Greedy ROUGE oracle: the two sentences carrying the reference's content, not the greeting or the filler."""
-    texts = ["Hi there!", "Amanda baked cookies.", "Ok.", "She will bring Jerry some tomorrow.", "Great."]
-    assert oracle(texts, "Amanda baked cookies and will bring Jerry some tomorrow.") == [1, 3]
+    texts = ["Hi there!", "Lena fixed the printer.", "Ok.", "She will order toner for Marco on Monday.", "Great."]
+    assert oracle(texts, "Lena fixed the printer and will order toner for Marco on Monday.") == [1, 3]
     assert oracle(texts, "") == []
 
 
@@ -276,9 +276,9 @@ def test_longest_n_takes_the_longest_sentences_in_original_order() -> None:
 
 def test_public_files_parse_into_turns_and_split_by_a_stable_hash() -> None:
     """ "Name: text" lines become turns (SAMSum's \\r\\n too); the held-out share is about 40% and never moves."""
-    assert parse_turns("Amanda: I baked cookies.\r\nJerry: :)\r\nmore of it\n#Person1#: Hi") == [
-        {"speaker": "Amanda", "text": "I baked cookies."},
-        {"speaker": "Jerry", "text": ":) more of it"},
+    assert parse_turns("Lena: I fixed the printer.\r\nMarco: :)\r\nmore of it\n#Person1#: Hi") == [
+        {"speaker": "Lena", "text": "I fixed the printer."},
+        {"speaker": "Marco", "text": ":) more of it"},
         {"speaker": "#Person1#", "text": "Hi"},
     ]
     parts = [part_of(f"samsum-{i}") for i in range(2000)]
