@@ -117,10 +117,15 @@ class LanguageSettings(_Frozen):
 
 
 class SummarySettings(_Frozen):
-    max_sentences: int = Field(default=3, ge=1, description="sentences in a summary at most")
+    max_words: int = Field(
+        default=28, ge=5, description="words in a summary at most, speaker names included (references: ~20)"
+    )
+    max_sentences: int = Field(default=4, ge=1, description="sentences in a summary at most")
     max_chars: int = Field(default=600, ge=40, description="characters in a summary at most")
     min_sentences_to_summarize: int = Field(default=4, ge=2, description="shorter texts get no summary")
-    redundancy: float = Field(default=0.7, ge=0, le=1, description="MMR weight on relevance vs novelty")
+    max_overlap: float = Field(
+        default=0.6, ge=0, le=1, description="skip a sentence whose content words are this share already in the summary"
+    )
 
 
 ProcessingGuarantee = Literal["at_least_once", "exactly_once"]

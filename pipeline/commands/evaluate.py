@@ -127,7 +127,7 @@ def _in_force(escalated: NDArray[np.bool_], correct: NDArray[np.bool_], reasons:
 
 def evaluate_summaries(rows: list[LabeledRow], settings: Settings, encoder: Encoder) -> dict[str, Any] | None:
     """ROUGE-1/2/L of Minnow's summaries against LEAD-3 and LONGEST-3, on rows with `turns` and `summary`."""
-    from pipeline.tasks.summary_eval import embed_dialogues, score_dialogues
+    from pipeline.tasks.summary_eval import embed_dialogues, score_with_confidence
 
     records = [
         {"id": r.id or str(i), "turns": r.turns, "summary": r.summary}
@@ -136,7 +136,8 @@ def evaluate_summaries(rows: list[LabeledRow], settings: Settings, encoder: Enco
     ]
     if not records:
         return None
-    scores = score_dialogues(embed_dialogues(encoder, records, unit="turn"), settings.summary)
+    dialogues = embed_dialogues(encoder, records, unit="turn")
+    scores = score_with_confidence(dialogues, settings.summary, settings.routing.summary_min_confidence)
     return {"examples": len(records), **scores}
 
 
@@ -234,6 +235,14 @@ def render(report: dict[str, Any]) -> str:
         for key, name in (("minnow", "Minnow"), ("lead3", "LEAD-3"), ("longest3", "LONGEST-3")):
             r = summ[key]
             lines.append(f"  {name:10} {r['rouge1'] * 100:35.2f} {r['rouge2'] * 100:6.2f} {r['rougeL'] * 100:6.2f}")
+        e = summ["escalation"]
+        lines.append(
+            f"  in force: escalate below summary confidence {e['min_confidence']:.2f} "
+            "(MINNOW_ROUTING__SUMMARY_MIN_CONFIDENCE)"
+        )
+        escalated = "-" if e["rouge1_escalated"] is None else f"{e['rouge1_escalated'] * 100:.2f}"
+        kept = "-" if e["rouge1_kept"] is None else f"{e['rouge1_kept'] * 100:.2f}"
+        lines.append(f"    {e['escalated']} escalated, ROUGE-1 {escalated} escalated vs {kept} kept")
     if report.get("plot"):
         lines.append(f"plot: {report['plot']}")
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""Score the summarizer and the LEAD-3 / LONGEST-3 baselines with ROUGE on the bundled dialogue set."""
+"""Score the summarizer and the LEAD-3 / LONGEST-3 baselines with ROUGE (rouge-score, stemming on) on dialogue sets:
+the bundled project-written one here, any labelled file through `minnow eval`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any, Literal
 
 from pipeline.engine.encoder import Encoder, Vectors
 from pipeline.settings import SummarySettings
-from pipeline.tasks.rouge import corpus_rouge
+from pipeline.tasks.rouge import corpus_rouge, rouge_scores
 from pipeline.tasks.summarize import dialogue_segments, lead_n, longest_n, render_lines, summarize
 
 Unit = Literal["sentence", "turn"]
@@ -64,16 +65,43 @@ def _unzip(turns: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
 
 
 def score_dialogues(dialogues: list[EmbeddedDialogue], settings: SummarySettings) -> dict[str, dict[str, float]]:
-    """Mean ROUGE-1/2/L F1 per method; every method's lines are rendered "Speaker: text" alike."""
+    """Mean ROUGE-1/2/L F1 (rouge-score, stemming on) per method; every method's lines are rendered alike."""
+    return _score(dialogues, settings)[0]
+
+
+def score_with_confidence(
+    dialogues: list[EmbeddedDialogue], settings: SummarySettings, min_confidence: float
+) -> dict[str, Any]:
+    """`score_dialogues`, plus ROUGE-1 of the summaries a confidence threshold escalates vs those it keeps."""
+    means, per_dialogue = _score(dialogues, settings)
+    escalated = [r1 for conf, r1 in per_dialogue if conf < min_confidence]
+    kept = [r1 for conf, r1 in per_dialogue if conf >= min_confidence]
+    return {
+        **means,
+        "escalation": {
+            "min_confidence": min_confidence,
+            "escalated": len(escalated),
+            "rouge1_escalated": sum(escalated) / len(escalated) if escalated else None,
+            "rouge1_kept": sum(kept) / len(kept) if kept else None,
+        },
+    }
+
+
+def _score(
+    dialogues: list[EmbeddedDialogue], settings: SummarySettings
+) -> tuple[dict[str, dict[str, float]], list[tuple[float, float]]]:
     minnow: list[tuple[str, str]] = []
     lead: list[tuple[str, str]] = []
     longest: list[tuple[str, str]] = []
+    per_dialogue: list[tuple[float, float]] = []  # (confidence, ROUGE-1) of each Minnow summary
     for d in dialogues:
         summary = summarize(d.segments, d.vectors, d.doc_vector, speakers=d.speakers, settings=settings)
         minnow.append((summary.text, d.reference))
+        per_dialogue.append((summary.confidence, rouge_scores(summary.text, d.reference)["rouge1"]))
         lead.append((render_lines(lead_n(d.segments, BASELINE_SENTENCES), d.segments, d.speakers), d.reference))
         longest.append((render_lines(longest_n(d.segments, BASELINE_SENTENCES), d.segments, d.speakers), d.reference))
-    return {"minnow": corpus_rouge(minnow), "lead3": corpus_rouge(lead), "longest3": corpus_rouge(longest)}
+    means = {"minnow": corpus_rouge(minnow), "lead3": corpus_rouge(lead), "longest3": corpus_rouge(longest)}
+    return means, per_dialogue
 
 
 def evaluate_dialogues(

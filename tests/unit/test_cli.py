@@ -148,4 +148,5 @@ def test_eval_reports_moderation_and_summaries_when_rows_carry_them(
     assert [row["escalation_rate"] for row in report["moderation"]["selective"]][:2] == [0.0, 0.05]
     summ = report["summarization"]
     assert summ["examples"] == 1
-    assert 0 < summ["minnow"]["rouge1"] <= 1 and set(summ) == {"examples", "minnow", "lead3", "longest3"}
+    assert 0 < summ["minnow"]["rouge1"] <= 1 and set(summ) == {"examples", "minnow", "lead3", "longest3", "escalation"}
+    assert summ["escalation"]["escalated"] == 0  # the default threshold (0) escalates no summary

@@ -1,4 +1,4 @@
-"""ROUGE-1/2/L F1 match hand-computed values, and behave as F-measures should."""
+"""ROUGE-1/2/L F1 match hand-computed values and the rouge-score package (stemming on), and behave as F-measures."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.tasks.rouge import corpus_rouge, lcs_length, rouge_scores, tokenize
+from pipeline.tasks.rouge import corpus_rouge, lcs_length, rouge_l, rouge_n, rouge_scores, stemmed_tokens, tokenize
 
 
 def test_tokenize_lowercases_and_keeps_only_letters_and_digits() -> None:
@@ -91,3 +91,34 @@ def test_scores_are_symmetric_f_measures_in_the_unit_interval(a: list[str], b: l
     assert forward == pytest.approx(backward)
     assert all(0.0 <= v <= 1.0 for v in forward.values())
     assert forward["rougeL"] <= forward["rouge1"] + 1e-12  # an LCS is a subset of the unigram matches
+
+
+def test_stemming_matches_inflections_as_published_rouge_does() -> None:
+    """rouge-score's Porter stemmer (tokens over 3 characters): "fixes printers" matches "fixed printer" fully."""
+    assert rouge_scores("Lena fixes printers", "Lena fixed a printer")["rouge1"] == pytest.approx(2 * 1 * 0.75 / 1.75)
+    assert stemmed_tokens("Lena fixed printers") == ["lena", "fix", "printer"]
+
+
+def test_several_references_are_averaged() -> None:
+    """DialogSum's test set has three references; published figures average the per-reference scores."""
+    one, other = rouge_scores("the card is blocked", "the card is blocked"), rouge_scores("the card is blocked", "x y")
+    both = rouge_scores("the card is blocked", ["the card is blocked", "x y"])
+    assert both == pytest.approx({k: (one[k] + other[k]) / 2 for k in one})
+    with pytest.raises(ValueError, match="at least one reference"):
+        rouge_scores("a", [])
+
+
+texts = st.lists(
+    st.sampled_from(
+        ["Card", "blocked", "blocking", "refunds", "the", "five", "days", "#Person1#", "9:15", "café", "!"]
+    ),
+    max_size=14,
+).map(" ".join)
+
+
+@given(texts, texts)
+def test_token_helpers_equal_the_rouge_score_package(candidate: str, reference: str) -> None:
+    """The oracle's token-level ROUGE (stemmed tokens, clipped n-grams, LCS) gives the package's F1 exactly."""
+    cand, ref = stemmed_tokens(candidate), stemmed_tokens(reference)
+    ours = {"rouge1": rouge_n(cand, ref, 1), "rouge2": rouge_n(cand, ref, 2), "rougeL": rouge_l(cand, ref)}
+    assert ours == pytest.approx(rouge_scores(candidate, reference), abs=1e-12)
