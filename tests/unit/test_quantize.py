@@ -101,8 +101,8 @@ def test_a_short_text_padded_beside_a_long_one_embeds_as_alone(encoder: Encoder)
 def test_int8_embeddings_are_faithful_to_fp32_on_the_dialogue_turns(encoder: Encoder, encoder_fp32: Encoder) -> None:
     """Every bundled dialogue turn (held out from calibration): int8-to-fp32 cosine mean >= 0.99, min >= 0.97.
 
-    Measured 0.996 / 0.982 with the VNNI build (s8 weights, minnow-graph-4) and 0.998 / 0.992 with the AVX2 build (u8 weights,
-    FFN up-projection also fp32), both on an AVX512-VNNI CPU.
+    Measured 0.996 / 0.982 with the VNNI build (s8 weights, minnow-graph-4) and 0.998 / 0.992 with the AVX2 build
+    (u8 weights, FFN up- and down-projections fp32), both on an AVX512-VNNI CPU.
     """
     turns = [
         t["text"]
