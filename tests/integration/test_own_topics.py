@@ -15,7 +15,7 @@ from aiokafka.admin import NewTopic
 
 from pipeline.stream import clients, names
 from tests.integration.helpers import as_kafka
-from tests.integration.test_worker_e2e import PARTITIONS, OutputReader, WorkerProcess
+from tests.integration.test_worker_e2e import PARTITIONS, OutputReader, WorkerProcess, worker_env  # noqa: F401 - the worker's environment fixture
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -52,9 +52,8 @@ def _partner(n: int) -> dict[str, Any]:
 def test_a_worker_reads_your_topics_through_mappings_and_writes_your_topic_names(
     kafka_bootstrap: str,
     random_name: Callable[[str], str],
-    model_cache: Path,
     tmp_path: Path,
-    workers_env: dict[str, str],
+    worker_env: dict[str, str],  # noqa: F811 - the fixture imported above
 ) -> None:
     """Six mapped posts from two topics reach the explicitly named sink (or the escalations) once each, with the
     producer's event in `original`; a post missing its text is a `mapping_error` dead letter on the explicitly named
@@ -69,7 +68,7 @@ def test_a_worker_reads_your_topics_through_mappings_and_writes_your_topic_names
         f"inputs:\n  - topic: {social}\n    map: social.map.yaml\n  - topic: {partner}\n    map: partner.map.yaml\n"
     )
     env = {
-        **workers_env,
+        **worker_env,
         "MINNOW_WORKER__INPUTS_FILE": str(inputs),
         "MINNOW_WORKER__FAMILIES": "feed",
         "MINNOW_TOPICS__FEEDS_ENRICHED": sink,
@@ -122,18 +121,3 @@ async def _create_and_send(bootstrap: str, topics: list[str], sends: list[tuple[
         await asyncio.gather(*[await producer.send(topic, value) for topic, value in sends])
     finally:
         await producer.stop()
-
-
-@pytest.fixture
-def workers_env(kafka_bootstrap: str, random_name: Callable[[str], str], model_cache: Path) -> dict[str, str]:
-    import os
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MINNOW_")}
-    env.update(
-        MINNOW_KAFKA__BOOTSTRAP_SERVERS=kafka_bootstrap,
-        MINNOW_KAFKA__TOPIC_PREFIX=random_name("unused") + ".",
-        MINNOW_KAFKA__GROUP_ID=random_name("group"),
-        MINNOW_ENGINE__CACHE_DIR=str(model_cache),
-        MINNOW_WORKER__METRICS_PORT="0",
-    )
-    return env
