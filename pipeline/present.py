@@ -15,5 +15,6 @@ def describe(result: dict[str, Any]) -> str:
     if a := result.get("anomaly"):
         parts.append(f"anomaly {a['score']:.2f}")
     if s := result.get("summary"):
-        parts.append(f"summary: {s['text'][:50]}…")
+        one_line = " / ".join(line for line in s["text"].splitlines() if line.strip())  # a summary is a line per turn
+        parts.append(f"summary: {one_line[:50]}…")
     return "; ".join(parts)
