@@ -4,6 +4,9 @@ through field mappings, explicitly named outputs, one family per worker; every i
 from __future__ import annotations
 
 import asyncio
+import re
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -121,3 +124,75 @@ async def _create_and_send(bootstrap: str, topics: list[str], sends: list[tuple[
         await asyncio.gather(*[await producer.send(topic, value) for topic, value in sends])
     finally:
         await producer.stop()
+
+
+CONNECT_DOC = Path(__file__).resolve().parents[2] / "docs" / "connect.md"
+EXAMPLES = CONNECT_DOC.parent / "examples"
+
+
+def _documented_own_topics(base: str, inputs: Path) -> tuple[dict[str, str], list[list[str]]]:
+    """docs/connect.md's own-topics example: its variables (topic and group names made unique to this run, the
+    inputs file pointed at this run's copy) and its `minnow` command lines."""
+    block = re.search(r"<!-- example: own-topics\b.*?-->\n```bash\n(.*?)```", CONNECT_DOC.read_text(), re.S)
+    assert block is not None, "docs/connect.md lost its own-topics example"
+    env: dict[str, str] = {}
+    commands: list[list[str]] = []
+    for line in block.group(1).splitlines():
+        code = line.split("#", 1)[0].strip()
+        if code.startswith("export "):
+            variable, value = code.removeprefix("export ").split("=", 1)
+            env[variable] = str(inputs) if value == "/etc/minnow/inputs.yaml" else f"{base}.{value}"
+        elif code.startswith("minnow "):
+            commands.append(code.split()[1:])
+    return env, commands
+
+
+def test_the_documented_own_topics_example_runs_as_written(
+    kafka_bootstrap: str,
+    random_name: Callable[[str], str],
+    tmp_path: Path,
+    worker_env: dict[str, str],  # noqa: F811 - the fixture imported above
+) -> None:
+    """docs/connect.md's example with docs/examples/inputs.yaml and its mapping: `topics apply --dry-run` changes
+    nothing, `--yes` creates Minnow's topics under the documented names and leaves the user's input alone, and
+    `minnow worker --families feed` reads docs/examples/social-posts.jsonl: two posts scored, one dead letter."""
+    base = random_name("doc")
+    social = f"{base}.social.posts.v2"
+    inputs = tmp_path / "inputs.yaml"
+    inputs.write_text((EXAMPLES / "inputs.yaml").read_text().replace("social.posts.v2", social))
+    (tmp_path / "social-posts.map.yaml").write_text((EXAMPLES / "social-posts.map.yaml").read_text())
+    documented, commands = _documented_own_topics(base, inputs)
+    assert commands == [
+        ["topics", "apply", "--dry-run"],
+        ["topics", "apply", "--yes"],
+        ["worker", "--families", "feed"],
+    ]
+    env = {**worker_env, **documented}
+    sink, escalations, dlq = (env[f"MINNOW_TOPICS__{n}"] for n in ("FEEDS_ENRICHED", "ESCALATIONS", "DEADLETTER"))
+    lines = [line for line in (EXAMPLES / "social-posts.jsonl").read_bytes().splitlines() if line.strip()]
+    asyncio.run(_create_and_send(kafka_bootstrap, [social], [(social, line) for line in lines]))
+    for command in commands[:2]:
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", *command], env=env, capture_output=True, timeout=120, check=False
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        if "--dry-run" in command:
+            assert b"would create" in done.stdout and social.encode() not in done.stdout
+
+    async def run() -> list[Any]:
+        worker = WorkerProcess(env, tmp_path / "worker.log", args=tuple(commands[2]))
+        worker.start()
+        try:
+            async with OutputReader(kafka_bootstrap, "", topics=(sink, escalations, dlq)) as reader:
+                done = await reader.read_until(lambda records: len(records) >= len(lines), timeout_s=180)
+                assert done, f"only {len(reader.records)} outputs; worker log:\n{worker.tail()}"
+            assert worker.stop() == 0, worker.tail()
+            return reader.records
+        finally:
+            worker.kill()
+
+    records = asyncio.run(run())
+    scored = [orjson.loads(r.value) for r in records if r.topic != dlq]
+    assert sorted((s.get("result") or s)["id"] for s in scored) == ["90210", "90211"]
+    (dead,) = [r for r in records if r.topic == dlq]
+    assert dead.value == lines[2] and dict(dead.headers)[names.DLQ_ERROR_CLASS] == b"mapping_error"

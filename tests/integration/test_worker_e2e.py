@@ -260,6 +260,7 @@ class WorkerProcess:
 
     env: dict[str, str]
     log_path: Path
+    args: tuple[str, ...] = ("worker",)
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     _log: Any = field(default=None, repr=False)
@@ -268,7 +269,7 @@ class WorkerProcess:
         self._log = self.log_path.open("ab")
         self.started_at = time.monotonic()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "worker"], env=self.env, stdout=self._log, stderr=self._log
+            [sys.executable, "-m", "pipeline.cli", *self.args], env=self.env, stdout=self._log, stderr=self._log
         )
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
