@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import fcntl
-import hashlib
 import json
 import os
 import re
@@ -18,11 +16,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.errors import DevKafkaError
+from pipeline.ops import maven
 
 POM = Path(__file__).resolve().parents[2] / "deploy" / "local" / "pom.xml"
 LOG_CONFIG = POM.parent / "log4j2.yaml"
@@ -33,8 +31,6 @@ HOST = "127.0.0.1"
 JVM_OPTIONS = ("-Xms128m", "-Xmx512m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC")
 MIN_JAVA = 17  # Kafka 4 brokers and tools are built for Java 17
 _STATE = "broker.json"
-_MARKER = ".resolved"
-_LOG_TAIL_LINES = 40
 
 # Popen objects for brokers this process started: waiting on them (not on the raw pid) reaps the child and
 # keeps Popen.__del__ from warning that the process is "still running" after stop() ended it.
@@ -112,39 +108,15 @@ def default_cache_dir() -> Path:
 def resolve(cache_dir: Path) -> Path:
     """Copy the broker's jars into cache_dir/lib with Maven, once per pom version; return that folder."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(cache_dir):
+    with maven.locked(cache_dir):
         return _resolve(cache_dir)
 
 
 def _resolve(cache_dir: Path) -> Path:
-    lib = cache_dir / "lib"
-    wanted = hashlib.sha256(POM.read_bytes()).hexdigest()
-    marker = lib / _MARKER
-    if marker.is_file() and marker.read_text().strip() == wanted:
-        return lib
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise DevKafkaError("`mvn` is not on PATH; install Maven 3.8+ (apt-get install maven)")
-    # Resolve into a side folder and swap it in, so jars of two Kafka versions never share a classpath.
-    partial = cache_dir / "lib.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    command = [
-        mvn, "-B", "-q", "-f", str(POM),
-        f"-Dmaven.repo.local={cache_dir / 'm2'}",
-        f"-Dkafka.lib.dir={partial}",
-        "dependency:copy-dependencies",
-    ]  # fmt: skip
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise DevKafkaError("Maven did not resolve Kafka within 15 minutes") from exc
-    if done.returncode != 0:
-        output = _tail(done.stdout + done.stderr)
-        raise DevKafkaError(f"Maven could not resolve Kafka (exit {done.returncode}):\n{output}")
-    (partial / _MARKER).write_text(wanted + "\n")
-    shutil.rmtree(lib, ignore_errors=True)
-    partial.rename(lib)
-    return lib
+    # A side folder swapped in (maven.fetch), so jars of two Kafka versions never share a classpath.
+    return maven.fetch(
+        POM, cache_dir / "lib", goal="dependency:copy-dependencies", folder_property="kafka.lib.dir", what="Kafka"
+    )
 
 
 def start(
@@ -161,7 +133,7 @@ def start(
     test broker runs beside the plain one); `secure` adds the SASL_SSL and mTLS listeners.
     """
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(cache_dir):
+    with maven.locked(cache_dir):
         running = _read_live_state(cache_dir, instance)
         if running is not None:
             if port is not None and port != running.port:
@@ -186,7 +158,7 @@ def stop(cache_dir: Path, *, timeout_s: float = 30.0, instance: str = "") -> boo
     """SIGTERM the broker, SIGKILL it after timeout_s; forget its state. True when a broker was running."""
     if not cache_dir.is_dir():
         return False
-    with _locked(cache_dir):
+    with maven.locked(cache_dir):
         info = _read_live_state(cache_dir, instance)
         _state_file(cache_dir, instance).unlink(missing_ok=True)
         if info is None:
@@ -199,7 +171,7 @@ def status(cache_dir: Path, *, instance: str = "") -> BrokerInfo | None:
     """The broker started from cache_dir if its process still runs; a stale state file is removed."""
     if not cache_dir.is_dir():
         return None
-    with _locked(cache_dir):
+    with maven.locked(cache_dir):
         return _read_live_state(cache_dir, instance)
 
 
@@ -254,7 +226,7 @@ def _launch(
         fmt += ["--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]"]
     done = subprocess.run(fmt, capture_output=True, text=True, timeout=120, check=False)
     if done.returncode != 0:
-        output = _tail(done.stdout + done.stderr)
+        output = maven.tail(done.stdout + done.stderr)
         raise DevKafkaError(f"kafka-storage format failed (exit {done.returncode}):\n{output}")
     console = run_dir / "console.log"
     with console.open("wb") as out:
@@ -504,28 +476,11 @@ def _check_port(port: int) -> int:
     return port
 
 
-@contextlib.contextmanager
-def _locked(cache_dir: Path) -> Iterator[None]:
-    # Two pytest sessions or a developer's shell racing to start the same broker must not both launch one.
-    with (cache_dir / ".lock").open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _tail(text: str, lines: int = _LOG_TAIL_LINES) -> str:
-    # Debian's Maven 3.8 writes colour resets even in batch mode; they would garble the error message.
-    plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
-    return "\n".join(plain.splitlines()[-lines:])
-
-
 def _log_tails(info: BrokerInfo) -> str:
     parts = []
     for path in (info.run_dir / "console.log", info.log_file):
         text = path.read_text(errors="replace") if path.is_file() else ""
-        parts.append(f"--- last lines of {path} ---\n{_tail(text) or '(empty)'}")
+        parts.append(f"--- last lines of {path} ---\n{maven.tail(text) or '(empty)'}")
     return "\n".join(parts)
 
 

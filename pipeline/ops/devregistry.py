@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
-import hashlib
 import json
 import os
 import re
@@ -23,11 +21,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import DevKafkaError
+from pipeline.ops import maven
 
 POM = Path(__file__).resolve().parents[2] / "deploy" / "local" / "registry" / "pom.xml"
 CACHE_ENV = "MINNOW_REGISTRY_CACHE"
@@ -38,7 +36,6 @@ MIN_JAVA = 21  # Apicurio 3.x classes are built for Java 21
 # A modest heap and C1-only JIT, as for the local broker: the registry serves a handful of requests per test.
 JVM_OPTIONS = ("-Xms64m", "-Xmx512m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC")
 _STATE = "registry.json"
-_MARKER = ".resolved"
 
 
 @dataclass(frozen=True)
@@ -69,44 +66,25 @@ def default_cache_dir() -> Path:
 def resolve(cache_dir: Path) -> Path:
     """Unpack the registry's application into cache_dir/app with Maven, once per pom version; return it."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(cache_dir):
+    with maven.locked(cache_dir):
         return _resolve(cache_dir)
 
 
 def _resolve(cache_dir: Path) -> Path:
-    app = cache_dir / "app"
-    wanted = hashlib.sha256(POM.read_bytes()).hexdigest()
-    marker = app / _MARKER
-    if marker.is_file() and marker.read_text().strip() == wanted:
-        return app
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise DevKafkaError("`mvn` is not on PATH; install Maven 3.8+ (apt-get install maven)")
-    partial = cache_dir / "app.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    command = [
-        mvn, "-B", "-q", "-f", str(POM),
-        f"-Dmaven.repo.local={cache_dir / 'm2'}",
-        f"-Dregistry.app.dir={partial}",
-        "dependency:unpack",
-    ]  # fmt: skip
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise DevKafkaError("Maven did not resolve the schema registry within 15 minutes") from exc
-    if done.returncode != 0 or not (partial / "quarkus-run.jar").is_file():
-        output = "\n".join((done.stdout + done.stderr).splitlines()[-20:])
-        raise DevKafkaError(f"Maven could not resolve the schema registry (exit {done.returncode}):\n{output}")
-    (partial / _MARKER).write_text(wanted + "\n")
-    shutil.rmtree(app, ignore_errors=True)
-    partial.rename(app)
-    return app
+    return maven.fetch(
+        POM,
+        cache_dir / "app",
+        goal="dependency:unpack",
+        folder_property="registry.app.dir",
+        what="the schema registry",
+        complete=lambda app: (app / "quarkus-run.jar").is_file(),
+    )
 
 
 def start(cache_dir: Path, port: int | None = None, *, timeout_s: float = 120.0) -> RegistryInfo:
     """Start a registry with empty storage unless one from cache_dir already runs; wait until it answers."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(cache_dir):
+    with maven.locked(cache_dir):
         running = _read_live_state(cache_dir)
         if running is not None:
             return running
@@ -138,7 +116,7 @@ def stop(cache_dir: Path) -> bool:
     """Stop the registry started from cache_dir; True when one was running."""
     if not cache_dir.is_dir():
         return False
-    with _locked(cache_dir):
+    with maven.locked(cache_dir):
         info = _read_live_state(cache_dir)
         (cache_dir / _STATE).unlink(missing_ok=True)
         if info is None:
@@ -150,7 +128,7 @@ def stop(cache_dir: Path) -> bool:
 def status(cache_dir: Path) -> RegistryInfo | None:
     if not cache_dir.is_dir():
         return None
-    with _locked(cache_dir):
+    with maven.locked(cache_dir):
         return _read_live_state(cache_dir)
 
 
@@ -259,16 +237,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def _locked(cache_dir: Path) -> Iterator[None]:
-    with (cache_dir / ".lock").open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import re
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from pipeline.config_files import read_yaml
 from pipeline.errors import ConfigError, MappingError
@@ -151,17 +153,20 @@ class FieldMapping(BaseModel):
     def apply(self, event: dict[str, Any]) -> dict[str, Any]:
         """The contract-shaped object (with `kind`) for one producer event; MappingError when a required field
         has no value."""
-        family = FAMILIES[self.kind]
-        by_alias = {info.alias or name: info for name, info in family.model_fields.items()}
+        required, text = _REQUIRED[self.kind], _TEXT[self.kind]
         out: dict[str, Any] = {"kind": self.kind}
         for name, source in self.fields.items():
             value = source.value(event)
             if value is _MISSING:
-                if by_alias[name].is_required():
+                if name in required:
                     raise MappingError(f"mapped field `{name}` has no value at {source.describe()}")
                 continue
-            out[name] = _as_text(value) if _wants_text(by_alias[name].annotation) else value
+            out[name] = _as_text(value) if name in text else value
         return out
+
+
+def _fields(kind: str, keep: Callable[[FieldInfo], bool]) -> frozenset[str]:
+    return frozenset(info.alias or name for name, info in FAMILIES[kind].model_fields.items() if keep(info))
 
 
 def _wants_text(annotation: Any) -> bool:
@@ -173,6 +178,12 @@ def _wants_text(annotation: Any) -> bool:
 def _as_text(value: Any) -> Any:
     """An integer id is the same id as text (`12345` -> "12345"); anything else is left for validation to judge."""
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+# Per family, computed once: the contract fields a mapping must fill, and those that take text (an id given as an
+# integer is read as text). `apply` runs for every mapped event.
+_REQUIRED = {kind: _fields(kind, lambda info: info.is_required()) for kind in FAMILIES}
+_TEXT = {kind: _fields(kind, lambda info: _wants_text(info.annotation)) for kind in FAMILIES}
 
 
 def load_mapping(path: Path) -> FieldMapping:
