@@ -154,17 +154,21 @@ def start(
         return info
 
 
-def stop(cache_dir: Path, *, timeout_s: float = 30.0, instance: str = "") -> bool:
-    """SIGTERM the broker, SIGKILL it after timeout_s; forget its state. True when a broker was running."""
+def stop(cache_dir: Path, *, timeout_s: float = 30.0, instance: str = "", forget: bool = False) -> bool:
+    """SIGTERM the broker, SIGKILL it after timeout_s; forget its state. True when a broker was running.
+
+    `forget` also removes the instance's run folder (data and logs): for throwaway brokers such as a test
+    session's, whose folders would otherwise pile up."""
     if not cache_dir.is_dir():
         return False
     with maven.locked(cache_dir):
         info = _read_live_state(cache_dir, instance)
         _state_file(cache_dir, instance).unlink(missing_ok=True)
-        if info is None:
-            return False
-        _terminate(info.pid, timeout_s=timeout_s)
-        return True
+        if info is not None:
+            _terminate(info.pid, timeout_s=timeout_s)
+        if forget and instance:
+            shutil.rmtree(_run_dir(cache_dir, instance), ignore_errors=True)
+        return info is not None
 
 
 def status(cache_dir: Path, *, instance: str = "") -> BrokerInfo | None:

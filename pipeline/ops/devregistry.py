@@ -81,17 +81,20 @@ def _resolve(cache_dir: Path) -> Path:
     )
 
 
-def start(cache_dir: Path, port: int | None = None, *, timeout_s: float = 120.0) -> RegistryInfo:
-    """Start a registry with empty storage unless one from cache_dir already runs; wait until it answers."""
+def start(cache_dir: Path, port: int | None = None, *, timeout_s: float = 120.0, instance: str = "") -> RegistryInfo:
+    """Start a registry with empty storage unless one from cache_dir already runs; wait until it answers.
+
+    `instance` names another registry sharing the unpacked application but with its own state and log (each test
+    session runs its own, so one session's teardown never stops another's)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     with maven.locked(cache_dir):
-        running = _read_live_state(cache_dir)
+        running = _read_live_state(cache_dir, instance)
         if running is not None:
             return running
         java = find_java()
         app = _resolve(cache_dir)
         chosen = port if port is not None else _free_port()
-        log_file = cache_dir / "registry.log"
+        log_file = cache_dir / (f"registry-{instance}.log" if instance else "registry.log")
         command = [
             java, *JVM_OPTIONS,
             f"-Dquarkus.http.port={chosen}", f"-Dquarkus.http.host={HOST}",
@@ -102,34 +105,36 @@ def start(cache_dir: Path, port: int | None = None, *, timeout_s: float = 120.0)
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=app, start_new_session=True)
         _children[process.pid] = process
         info = RegistryInfo(pid=process.pid, port=chosen, log_file=log_file)
-        (cache_dir / _STATE).write_text(json.dumps({"pid": info.pid, "port": info.port, "log_file": str(log_file)}))
+        state = _state_file(cache_dir, instance)
+        state.write_text(json.dumps({"pid": info.pid, "port": info.port, "log_file": str(log_file)}))
         try:
             _wait_ready(info, process, timeout_s)
         except DevKafkaError:
             _terminate(info.pid)
-            (cache_dir / _STATE).unlink(missing_ok=True)
+            state.unlink(missing_ok=True)
             raise
         return info
 
 
-def stop(cache_dir: Path) -> bool:
+def stop(cache_dir: Path, *, instance: str = "") -> bool:
     """Stop the registry started from cache_dir; True when one was running."""
     if not cache_dir.is_dir():
         return False
     with maven.locked(cache_dir):
-        info = _read_live_state(cache_dir)
-        (cache_dir / _STATE).unlink(missing_ok=True)
-        if info is None:
-            return False
-        _terminate(info.pid)
-        return True
+        info = _read_live_state(cache_dir, instance)
+        _state_file(cache_dir, instance).unlink(missing_ok=True)
+        if info is not None:
+            _terminate(info.pid)
+        if instance:  # a throwaway instance (a test session's): its log would otherwise pile up
+            (cache_dir / f"registry-{instance}.log").unlink(missing_ok=True)
+        return info is not None
 
 
-def status(cache_dir: Path) -> RegistryInfo | None:
+def status(cache_dir: Path, *, instance: str = "") -> RegistryInfo | None:
     if not cache_dir.is_dir():
         return None
     with maven.locked(cache_dir):
-        return _read_live_state(cache_dir)
+        return _read_live_state(cache_dir, instance)
 
 
 def find_java() -> str:
@@ -183,8 +188,12 @@ def _wait_ready(info: RegistryInfo, process: subprocess.Popen[bytes], timeout_s:
     raise DevKafkaError(f"the schema registry did not answer within {timeout_s:.0f}s (log: {info.log_file})")
 
 
-def _read_live_state(cache_dir: Path) -> RegistryInfo | None:
-    state = cache_dir / _STATE
+def _state_file(cache_dir: Path, instance: str) -> Path:
+    return cache_dir / (f"registry-{instance}.json" if instance else _STATE)
+
+
+def _read_live_state(cache_dir: Path, instance: str = "") -> RegistryInfo | None:
+    state = _state_file(cache_dir, instance)
     try:
         raw = json.loads(state.read_text())
         info = RegistryInfo(pid=int(raw["pid"]), port=int(raw["port"]), log_file=Path(raw["log_file"]))

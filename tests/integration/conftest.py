@@ -14,6 +14,9 @@ from pipeline.ops import devkafka
 from tests.integration.secure import SecureBroker, start_secure_broker
 
 BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
+# Opt-in only: CI runs a Docker engine for the image and compose tests, but no registry is reachable there, so a
+# Docker engine answering is no sign that a Kafka image can be pulled.
+BROKER_KIND_ENV = "MINNOW_TEST_KAFKA"
 # Confluent images are what testcontainers' KafkaContainer drives (it edits their start scripts);
 # MINNOW_KAFKA_IMAGE picks another tag.
 CONTAINER_IMAGE = os.environ.get("MINNOW_KAFKA_IMAGE", "confluentinc/cp-kafka:7.9.0")
@@ -22,11 +25,14 @@ DOCKER_PING_TIMEOUT_S = 2.0
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
-    """host:port of a real broker: $KAFKA_BOOTSTRAP_SERVERS, else a container if Docker answers, else local."""
+    """host:port of a real broker: $KAFKA_BOOTSTRAP_SERVERS, else a testcontainers broker when asked for
+    (MINNOW_TEST_KAFKA=container), else the local Maven-resolved broker."""
     configured = os.environ.get(BOOTSTRAP_ENV)
     if configured:
         yield configured
-    elif _docker_answers():
+    elif os.environ.get(BROKER_KIND_ENV) == "container":
+        if not _docker_answers():
+            pytest.fail(f"{BROKER_KIND_ENV}=container but no Docker engine answers at $DOCKER_HOST; start one")
         yield from _container_broker()
     else:
         yield from _local_broker()
@@ -94,11 +100,14 @@ def _local_broker() -> Iterator[str]:
     cache_dir = devkafka.default_cache_dir()
     running = devkafka.status(cache_dir)
     if running is not None:
-        # A developer's `python -m pipeline.ops.devkafka start` broker: use it, leave it running.
+        # A developer's `minnow dev kafka start` broker: use it, leave it running.
         yield running.bootstrap_servers
         return
-    info = devkafka.start(cache_dir)
+    # This session's own broker (own run folder and ports), so a second pytest session running at the same time
+    # never has its broker stopped by this one's teardown, nor stops this one's.
+    instance = f"pytest-{os.getpid()}"
+    info = devkafka.start(cache_dir, instance=instance)
     try:
         yield info.bootstrap_servers
     finally:
-        devkafka.stop(cache_dir)
+        devkafka.stop(cache_dir, instance=instance, forget=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,7 +13,9 @@ from pathlib import Path
 
 from pipeline.ops import devkafka
 
-INSTANCE = "secure"  # the plain broker the other tests use runs beside it, unchanged
+# Per test session: the plain broker the other tests use runs beside it, unchanged, and a second pytest session
+# running at the same time has its own.
+INSTANCE = f"secure-{os.getpid()}"
 SCRAM_USER = ("minnow-app", "scram-secret-1")
 KEY_PASSWORD = "client-key-secret"
 _DAYS = "2"
@@ -107,13 +110,12 @@ def start_secure_broker(folder: Path) -> Iterator[SecureBroker]:
     """The secured broker, its own run folder and ports, stopped afterwards."""
     pki = make_pki(folder / "pki")
     cache_dir = devkafka.default_cache_dir()
-    devkafka.stop(cache_dir, instance=INSTANCE)  # a leftover from an interrupted run has another CA
     secure = devkafka.SecureListeners(keystore=pki.broker_keystore, truststore=pki.ca, scram_users=(SCRAM_USER,))
     info = devkafka.start(cache_dir, secure=secure, instance=INSTANCE)
     try:
         yield SecureBroker(info, pki)
     finally:
-        devkafka.stop(cache_dir, instance=INSTANCE)
+        devkafka.stop(cache_dir, instance=INSTANCE, forget=True)
 
 
 def unsigned_token(subject: str, lifetime_s: float = 3600.0) -> str:

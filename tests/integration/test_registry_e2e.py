@@ -71,8 +71,9 @@ UNKNOWN_ID = 987_654
 
 @pytest.fixture(scope="module")
 def registry_url() -> Iterator[str]:
-    """A running Apicurio Registry: a developer's (`python -m pipeline.ops.devregistry start`), else one started
-    here and stopped after. Skipped only when no Java 21+ is installed (Apicurio 3 needs it)."""
+    """A running Apicurio Registry: a developer's (`python -m pipeline.ops.devregistry start`), else one of this
+    session's own, stopped after (never another session's). Skipped only when no Java 21+ is installed (Apicurio 3
+    needs it)."""
     cache_dir = devregistry.default_cache_dir()
     running = devregistry.status(cache_dir)
     if running is not None:
@@ -84,11 +85,12 @@ def registry_url() -> Iterator[str]:
         if os.environ.get("CI"):  # CI provides Java 21+ (.ci/run): a missing one is a failure there, not a skip
             pytest.fail(str(exc))
         pytest.skip(str(exc))
-    info = devregistry.start(cache_dir)
+    instance = f"pytest-{os.getpid()}"
+    info = devregistry.start(cache_dir, instance=instance)
     try:
         yield info.url
     finally:
-        devregistry.stop(cache_dir)
+        devregistry.stop(cache_dir, instance=instance)
 
 
 async def _producer_schemas(url: str, prefix: str) -> tuple[Schema, Schema]:
