@@ -171,6 +171,11 @@ class KafkaSettings(_Frozen):
     processing_guarantee: ProcessingGuarantee = Field(
         default="at_least_once", description="at_least_once, or exactly_once (Kafka transactions)"
     )
+    enable_idempotence: bool = Field(
+        default=True,
+        description="every producer idempotent (acks=all, retries never duplicate a record); false only for a "
+        "cluster whose ACLs deny IdempotentWrite (brokers before Kafka 2.8)",
+    )
     max_event_bytes: int = Field(default=1_048_576, ge=1024, description="larger records go to the dead-letter topic")
     session_timeout_s: float = Field(
         default=10.0, gt=0, description="consumer group session timeout: how soon a dead worker's partitions move"
@@ -211,6 +216,10 @@ class KafkaSettings(_Frozen):
     def _security_consistent(self) -> KafkaSettings:
         for problem in _security_problems(self):
             raise ValueError(problem)
+        if self.processing_guarantee == "exactly_once" and not self.enable_idempotence:
+            raise ValueError(
+                f"{_K}PROCESSING_GUARANTEE=exactly_once needs idempotent producers: unset {_K}ENABLE_IDEMPOTENCE"
+            )
         return self
 
     @property

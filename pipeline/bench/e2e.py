@@ -256,7 +256,7 @@ async def _through_broker(
     await apply(kafka, name_of=lambda n: prefix + n, specs=load_specs())
     report: dict[str, Any] = {"topic_prefix": prefix}
     consumer = clients.consumer(kafka, enable_auto_commit=False)
-    producer = clients.producer(kafka, acks="all", enable_idempotence=True)
+    producer = clients.producer(kafka)
     proc: subprocess.Popen[bytes] | None = None
     reader: asyncio.Task[None] | None = None
     naive_stack = contextlib.AsyncExitStack()

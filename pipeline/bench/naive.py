@@ -146,7 +146,7 @@ async def naive_worker(kafka: KafkaSettings, prefix: str, model: MiniModel) -> A
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
-    producer = clients.producer(kafka, acks="all", enable_idempotence=True)
+    producer = clients.producer(kafka)
     engine = AsyncMiniModel(model)
     try:
         await consumer.start()

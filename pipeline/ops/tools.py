@@ -101,7 +101,7 @@ async def produce(
     `skip_invalid` drops them instead.
     """
     await partitions(kafka, topic)
-    producer = await started(clients.producer(kafka, acks="all", enable_idempotence=True), kafka)
+    producer = await started(clients.producer(kafka), kafka)
     sent = invalid_sent = invalid_skipped = 0
     pending: list[tuple[int, asyncio.Future[Any]]] = []
     try:

@@ -130,9 +130,17 @@ def consumer(kafka: KafkaSettings, *topics: str, **options: Any) -> AIOKafkaCons
     return AIOKafkaConsumer(*topics, bootstrap_servers=kafka.bootstrap_servers, **security_options(kafka), **options)
 
 
+def delivery_options(kafka: KafkaSettings) -> dict[str, Any]:
+    """What every Minnow producer promises (docs/connect.md, "What each delivery setting guarantees"): a record is
+    acknowledged once all in-sync replicas have it, and a retried send never writes it twice."""
+    return {"acks": "all", "enable_idempotence": kafka.enable_idempotence}
+
+
 def producer(kafka: KafkaSettings, **options: Any) -> AIOKafkaProducer:
-    """An aiokafka producer of `kafka`'s cluster; `options` are aiokafka's (acks, enable_idempotence, ...)."""
-    return AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, **security_options(kafka), **options)
+    """An aiokafka producer of `kafka`'s cluster with `delivery_options`; `options` are aiokafka's (linger_ms, ...)."""
+    return AIOKafkaProducer(
+        bootstrap_servers=kafka.bootstrap_servers, **security_options(kafka), **{**delivery_options(kafka), **options}
+    )
 
 
 def admin(kafka: KafkaSettings, **options: Any) -> AIOKafkaAdminClient:
@@ -146,13 +154,15 @@ def broker_urls(bootstrap_servers: str) -> list[str]:
 
 
 def faust_app(kafka: KafkaSettings, **conf: Any) -> faust.App:
-    """The faust app of `kafka`'s cluster: its id is the consumer group, its credentials reach every client."""
-    import faust
+    """The faust app of `kafka`'s cluster: its id is the consumer group, its credentials reach every client, and
+    its producers make the same delivery promise as every other Minnow producer (`delivery_options`)."""
+    from pipeline.stream.faust_delivery import DeliveryApp
 
-    return faust.App(
+    return DeliveryApp(
         kafka.group_id,
         broker=broker_urls(kafka.bootstrap_servers),
         broker_credentials=broker_credentials(kafka),
+        delivery=delivery_options(kafka),
         **conf,
     )
 

@@ -299,12 +299,7 @@ def consumer_for(settings: Settings) -> AIOKafkaConsumer:
 
 
 def producer_for(settings: Settings) -> AIOKafkaProducer:
-    return clients.producer(
-        settings.kafka,
-        acks="all",
-        enable_idempotence=True,
-        max_request_size=PRODUCER_MAX_REQUEST_BYTES,
-    )
+    return clients.producer(settings.kafka, max_request_size=PRODUCER_MAX_REQUEST_BYTES)
 
 
 async def serve(settings: Settings, escalator: Escalator, stop: asyncio.Event) -> int:

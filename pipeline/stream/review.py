@@ -95,7 +95,7 @@ async def review(kafka: KafkaSettings, options: ReviewOptions, decider: Decider,
     )
     await started(consumer, kafka)
     try:
-        producer = await started(clients.producer(kafka, acks="all", enable_idempotence=True), kafka)
+        producer = await started(clients.producer(kafka), kafka)
     except StreamToolError:
         await consumer.stop()
         raise

@@ -106,7 +106,7 @@ def settings(bootstrap: Cluster, prefix: str, group: str, base_url: str) -> Sett
 
 
 async def produce(bootstrap: Cluster, topic: str, values: list[tuple[bytes | None, bytes | None]]) -> None:
-    producer = clients.producer(as_kafka(bootstrap), acks="all")
+    producer = clients.producer(as_kafka(bootstrap))
     await producer.start()
     try:
         await asyncio.gather(*[await producer.send(topic, value, key=key) for key, value in values])

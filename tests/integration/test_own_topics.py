@@ -118,7 +118,7 @@ async def _create_and_send(bootstrap: str, topics: list[str], sends: list[tuple[
         await admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in topics])
     finally:
         await admin.close()
-    producer = clients.producer(as_kafka(bootstrap), acks="all")
+    producer = clients.producer(as_kafka(bootstrap))
     await producer.start()
     try:
         await asyncio.gather(*[await producer.send(topic, value) for topic, value in sends])

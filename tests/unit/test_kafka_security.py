@@ -10,6 +10,7 @@ import re
 import ssl
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import faust
 import pytest
@@ -287,3 +288,31 @@ def test_bootstrap_servers_are_read_as_aiokafka_reads_them() -> None:
     assert _servers("[::1]:9093") == [("::1", 9093)]
     with pytest.raises(StreamToolError, match="'a:x' is not host:port"):
         _servers("a:x")
+
+
+def test_every_producer_and_the_faust_app_are_idempotent_unless_turned_off() -> None:
+    """One delivery promise for every producer (aiokafka's and the ones faust makes for the worker, at-least-once
+    too); `exactly_once` refuses non-idempotent producers at start-up with a line naming the variable."""
+
+    def faust_producer(kafka: KafkaSettings) -> Any:  # faust's aiokafka Producer, typed as its protocol
+        return clients.faust_app(kafka).producer
+
+    async def built() -> tuple[bool, dict[str, object], dict[str, object]]:
+        on, off = KafkaSettings(), KafkaSettings(enable_idempotence=False)
+        producer = clients.producer(on)
+        try:
+            idempotent = producer._txn_manager is not None  # aiokafka keeps no public accessor for the setting
+        finally:
+            await producer.stop()  # never started: this only releases it
+        return (
+            idempotent,
+            dict(faust_producer(on)._settings_extra()),
+            dict(faust_producer(off)._settings_extra()),
+        )
+
+    plain, faust_on, faust_off = asyncio.run(built())
+    assert plain
+    assert faust_on == {"acks": "all", "enable_idempotence": True}
+    assert faust_off == {"acks": "all", "enable_idempotence": False}
+    with pytest.raises(ValueError, match=f"{K}PROCESSING_GUARANTEE=exactly_once needs idempotent producers"):
+        KafkaSettings(processing_guarantee="exactly_once", enable_idempotence=False)
