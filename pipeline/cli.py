@@ -519,7 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except MinnowError as exc:
         print(f"minnow: {exc}", file=sys.stderr)
-        return 2
+        return int(getattr(exc, "exit_code", 2))  # 75 where a restart can help (the broker was not there)
     except KeyboardInterrupt:
         return 130
     return code

@@ -96,6 +96,14 @@ class StreamToolError(MinnowError):
     code = "stream_tool_error"
 
 
+class BrokerUnavailableError(StreamToolError):
+    """No bootstrap server answered within MINNOW_KAFKA__STARTUP_WAIT_S: the cluster may come back, so the process
+    exits 75 (EX_TEMPFAIL) for its supervisor to restart it, unlike a setting that can never work."""
+
+    code = "broker_unavailable"
+    exit_code = 75
+
+
 class DevKafkaError(MinnowError):
     """The local development broker could not be resolved, started or stopped."""
 

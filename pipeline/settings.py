@@ -184,7 +184,13 @@ class KafkaSettings(_Frozen):
     connect_timeout_s: float = Field(
         default=15.0,
         gt=0,
-        description="the first connection (TLS, SASL, metadata) must succeed within this; else the process exits",
+        description="one connection attempt (TCP, TLS, SASL, metadata) must succeed within this",
+    )
+    startup_wait_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="how long a starting process waits (with backoff) for a broker that is not there yet before it "
+        "exits 75; wrong credentials or certificates end it at once",
     )
     security_protocol: SecurityProtocol = Field(
         default="PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (docs/connect.md)"

@@ -503,7 +503,11 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"Kafka {info.kafka_version} ready on {info.bootstrap_servers} (pid {info.pid}, logs {info.log_file})"
             )
-            print(f"export KAFKA_BOOTSTRAP_SERVERS={info.bootstrap_servers}")
+            # What Minnow's processes read, and what the test suite reads (tests/integration/conftest.py).
+            print(
+                f"export MINNOW_KAFKA__BOOTSTRAP_SERVERS={info.bootstrap_servers} "
+                f"KAFKA_BOOTSTRAP_SERVERS={info.bootstrap_servers}"
+            )
         elif args.command == "stop":
             print("stopped" if stop(cache_dir) else "no local broker was running")
         else:

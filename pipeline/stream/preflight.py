@@ -1,25 +1,35 @@
-"""The first contact with the cluster, before a process starts its real clients: one connection (TLS, SASL, a
+"""The first contact with the cluster, before a process starts its real clients: a connection (TLS, SASL, a
 metadata request) within `connect_timeout_s`, and what went wrong as one line that says what to fix.
 
 aiokafka's clients only log why a connection failed and raise a bare "Unable to bootstrap"; faust retries and
-leaves a traceback. Wrong credentials or an untrusted certificate never heal by retrying, so a process checks
-once and exits (docs/connect.md)."""
+leaves a traceback. A broker that is not there yet (refused, no answer, a name that does not resolve yet) may come:
+the process waits with backoff for `startup_wait_s`, one log line per attempt, then exits 75. Wrong credentials or
+an untrusted certificate never heal by retrying, so they end the process at once (docs/connect.md)."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import logging
+import socket
 import ssl
+import time
 
 from aiokafka import errors
 from aiokafka.conn import create_conn
 from aiokafka.protocol.metadata import MetadataRequest
 
-from pipeline.errors import StreamToolError
+from pipeline.errors import BrokerUnavailableError, StreamToolError
 from pipeline.settings import KafkaSettings
 from pipeline.stream.clients import security_options, where
 
+log = logging.getLogger(__name__)
+
 _K = "MINNOW_KAFKA__"
+_FIRST_DELAY_S, _MAX_DELAY_S = 0.5, 10.0
+# A network that cannot reach the host yet (a pod's network still coming up) is as likely to heal as a refusal.
+_TRANSIENT_ERRNOS = {errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ECONNRESET}
 # Clusters (address, security) this process already reached: every tool starts several clients, one check will do.
 _reached: set[str] = set()
 
@@ -30,13 +40,47 @@ async def preflight(kafka: KafkaSettings) -> None:
     key = json.dumps(sorted(kafka.environment().items()))  # with the secrets: new credentials are checked anew
     if key in _reached:
         return
-    await _connect_once(kafka)
+    await _connect_waiting(kafka)
     _reached.add(key)
 
 
-async def _connect_once(kafka: KafkaSettings) -> None:
+async def _connect_waiting(kafka: KafkaSettings) -> None:
+    """Try until a server answers; while every failure is one that can heal, wait and try again until
+    `startup_wait_s` is spent (then BrokerUnavailableError); any other failure is raised at once."""
+    deadline = time.monotonic() + kafka.startup_wait_s
+    delay, attempt = _FIRST_DELAY_S, 1
+    while True:
+        failures = await _connect_once(kafka)
+        if not failures:
+            if attempt > 1:
+                log.warning("Kafka at %s answered (attempt %d)", where(kafka), attempt)
+            return
+        causes = "; ".join(cause for _, cause in failures)
+        if not all(_heals(exc) for exc, _ in failures):
+            raise StreamToolError(f"cannot connect to Kafka at {where(kafka)}: {causes}")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            waited = f" after waiting {kafka.startup_wait_s:g} s ({_K}STARTUP_WAIT_S)" if kafka.startup_wait_s else ""
+            raise BrokerUnavailableError(f"cannot connect to Kafka at {where(kafka)}{waited}: {causes}")
+        pause = min(delay, remaining)
+        log.warning("Kafka at %s: %s; attempt %d, next in %.1f s", where(kafka), causes, attempt, pause)
+        await asyncio.sleep(pause)
+        delay, attempt = min(delay * 2, _MAX_DELAY_S), attempt + 1
+
+
+def _heals(exc: BaseException) -> bool:
+    """A failure that a broker which is starting (or a network coming up) explains, so waiting can help."""
+    if isinstance(exc, ssl.SSLError):
+        return False  # an OSError too, but a certificate or protocol mismatch never heals
+    if isinstance(exc, socket.gaierror | TimeoutError | errors.KafkaTimeoutError | errors.RequestTimedOutError):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS
+
+
+async def _connect_once(kafka: KafkaSettings) -> list[tuple[BaseException, str]]:
+    """One attempt at each bootstrap server in turn: [] once one answers, else each failure with its explanation."""
     options = security_options(kafka)
-    causes: list[str] = []
+    causes: list[tuple[BaseException, str]] = []
     servers = _servers(kafka.bootstrap_servers)
     for host, port in servers:
         try:
@@ -54,10 +98,11 @@ async def _connect_once(kafka: KafkaSettings) -> None:
                     conn.close()
             if not metadata.brokers:
                 raise _NoBrokersError()
-            return
+            return []
         except (OSError, errors.KafkaError, TimeoutError, _NoBrokersError) as exc:
-            causes.append(f"{host}:{port}: {explain(kafka, exc)}" if len(servers) > 1 else explain(kafka, exc))
-    raise StreamToolError(f"cannot connect to Kafka at {where(kafka)}: {'; '.join(causes)}")
+            cause = f"{host}:{port}: {explain(kafka, exc)}" if len(servers) > 1 else explain(kafka, exc)
+            causes.append((exc, cause))
+    return causes
 
 
 class _NoBrokersError(Exception):

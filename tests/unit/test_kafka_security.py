@@ -5,10 +5,13 @@ connection is explained in words (the broker side is tests/integration/test_secu
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
+import socket
 import ssl
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,7 @@ import pytest
 from aiokafka import errors
 from pydantic import SecretStr
 
-from pipeline.errors import ConfigError, StreamToolError
+from pipeline.errors import BrokerUnavailableError, ConfigError, StreamToolError
 from pipeline.settings import KafkaSettings, load_settings
 from pipeline.stream import clients
 from pipeline.stream.preflight import explain, preflight
@@ -274,9 +277,56 @@ def test_an_untrusted_certificate_and_a_host_name_mismatch_say_different_things(
 
 
 def test_preflight_of_an_address_where_nothing_listens_is_one_stream_tool_error() -> None:
-    """Bounded and specific: connection refused, named, within the connect timeout."""
-    with pytest.raises(StreamToolError, match=r"cannot connect to Kafka at 127\.0\.0\.1:1: connection refused"):
-        asyncio.run(preflight(KafkaSettings(bootstrap_servers="127.0.0.1:1", connect_timeout_s=5)))
+    """Bounded and specific: connection refused, named, at once when no wait is configured; exit code 75."""
+    kafka = KafkaSettings(bootstrap_servers="127.0.0.1:1", connect_timeout_s=5, startup_wait_s=0)
+    with pytest.raises(BrokerUnavailableError, match=r"cannot connect to Kafka at 127\.0\.0\.1:1: connection refused"):
+        asyncio.run(preflight(kafka))
+    assert BrokerUnavailableError.exit_code == 75
+
+
+def test_a_broker_that_is_not_there_yet_is_waited_for_with_one_line_per_attempt(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Nothing listens: the process retries with growing pauses, logs each attempt with the address, and gives up
+    after startup_wait_s with a line naming the variable; then a broker that comes up during the wait is taken."""
+    kafka = KafkaSettings(bootstrap_servers=f"127.0.0.1:{_unused_port()}", connect_timeout_s=1, startup_wait_s=1.6)
+    started = time.monotonic()
+    gave_up = pytest.raises(BrokerUnavailableError, match=r"after waiting 1\.6 s \(MINNOW_KAFKA__STARTUP_WAIT_S\)")
+    with caplog.at_level(logging.WARNING, logger="pipeline.stream.preflight"), gave_up:
+        asyncio.run(preflight(kafka))
+    took = time.monotonic() - started
+    attempts = [r.getMessage() for r in caplog.records]
+    assert 1.5 <= took < 4, f"gave up after {took:.1f} s"
+    assert len(attempts) == 3, attempts  # pauses of 0.5, 1.0, then the 0.1 s left
+    assert all(kafka.bootstrap_servers in line and "connection refused" in line for line in attempts)
+    assert [line.split("attempt ")[1][0] for line in attempts] == ["1", "2", "3"]
+
+
+def test_a_failure_that_cannot_heal_is_not_waited_for() -> None:
+    """A TLS client on a plain listener (here: a server that closes at once) is not worth waiting for, whatever
+    startup_wait_s says: one StreamToolError, at once, that is not the retryable kind."""
+
+    async def scenario() -> float:
+        server = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        kafka = KafkaSettings(bootstrap_servers=f"127.0.0.1:{port}", connect_timeout_s=2, startup_wait_s=30)
+        started = time.monotonic()
+        try:
+            with pytest.raises(StreamToolError) as caught:
+                await preflight(kafka)
+        finally:
+            server.close()
+        assert not isinstance(caught.value, BrokerUnavailableError)
+        assert "the broker closed the connection" in str(caught.value)
+        return time.monotonic() - started
+
+    assert asyncio.run(scenario()) < 5
+
+
+def _unused_port() -> int:
+    with socket.socket() as probe:  # bound, then released: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def test_bootstrap_servers_are_read_as_aiokafka_reads_them() -> None:

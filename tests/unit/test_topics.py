@@ -21,7 +21,7 @@ from pipeline.stream import names
 
 DAY_MS = 24 * 60 * 60 * 1000
 SEGMENT = TranscriptSegment(id="s-1", conversation_id="c-1", seq=0, speaker="agent", text="hello")
-UNREACHABLE = KafkaSettings(bootstrap_servers="127.0.0.1:1")
+UNREACHABLE = KafkaSettings(bootstrap_servers="127.0.0.1:1", startup_wait_s=0)
 SAMPLES: dict[str, AnyEvent] = {
     "feed": FeedEvent(id="f-1", source="news", text="a post", created_at=datetime(2025, 1, 1, tzinfo=UTC)),
     "transcript": SEGMENT,
@@ -322,9 +322,10 @@ def test_apply_to_a_remote_cluster_without_yes_is_refused_after_the_plan(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Not a TTY, not --yes: the plan cannot be shown without the cluster, so an unreachable remote says so and
-    nothing is applied (exit 2, one line)."""
+    nothing is applied (one line; exit 75, since a name that does not resolve yet may resolve later)."""
     from pipeline.cli import main
 
     monkeypatch.setenv("MINNOW_KAFKA__CONNECT_TIMEOUT_S", "2")
-    assert main(["topics", "apply", "--bootstrap-servers", "kafka.invalid:9092"]) == 2
+    monkeypatch.setenv("MINNOW_KAFKA__STARTUP_WAIT_S", "0")
+    assert main(["topics", "apply", "--bootstrap-servers", "kafka.invalid:9092"]) == 75
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
