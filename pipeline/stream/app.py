@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import faust
 
 from pipeline.metrics import PARTITIONS_ASSIGNED
+from pipeline.models import FAMILIES
 from pipeline.settings import Settings
 from pipeline.stages.inputs import worker_inputs
 from pipeline.stream import names
@@ -41,7 +43,9 @@ class FaustSender:
         return await producer.send(record.topic, record.key, record.value, record.partition, None, headers)
 
 
-def create_app(settings: Settings, engine: Engine, *, datadir: Path) -> faust.App:
+def create_app(
+    settings: Settings, engine: Engine, *, datadir: Path, size_limits: Mapping[str, int] | None = None
+) -> faust.App:
     """The configured app with its agents registered; `minnow worker` runs it in a faust Worker."""
     kafka = settings.kafka
     app = faust_app(
@@ -82,6 +86,7 @@ def create_app(settings: Settings, engine: Engine, *, datadir: Path) -> faust.Ap
             stateful=state.step if state is not None else None,
             reading=item,
             registry=registry,
+            size_limits=size_limits,
         )
         if state is not None:
             _keep_state(app, state, processor, transactions, input_topic=name)
@@ -227,23 +232,36 @@ def _dump_tasks_on_sigusr1() -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump)
 
 
+def output_topics(settings: Settings) -> list[str]:
+    """Where a worker's batches write records that are checked against their size limit: every sink (a family's
+    events may be routed to another family's sink, a conversation's segments to the transcripts'), the escalation
+    and the dead-letter topics."""
+    sinks = sorted({settings.topic(family.sink_topic) for family in FAMILIES.values()})
+    return [*sinks, settings.topic(names.ESCALATION_TOPIC), settings.topic(names.DEADLETTER_TOPIC)]
+
+
 def run(settings: Settings, *, verbose: bool = False) -> int:
     """Check the cluster answers, load the model, then run the worker until SIGTERM/SIGINT; returns the exit code."""
     import asyncio
 
     from pipeline.stages.infer import MiniModel
     from pipeline.stages.runtime import AsyncMiniModel
+    from pipeline.stream.message_sizes import topic_limits
     from pipeline.stream.preflight import preflight
 
-    # Before faust: wrong credentials or an untrusted certificate are one line and an exit, not endless retries.
-    asyncio.run(preflight(settings.kafka))
+    async def before_start() -> dict[str, int]:
+        # Before faust: wrong credentials or an untrusted certificate are one line and an exit, not endless retries.
+        await preflight(settings.kafka)
+        return await topic_limits(settings.kafka, output_topics(settings))
+
+    size_limits = asyncio.run(before_start())
 
     # The model loads before the consumer joins the group, so partitions are never assigned to a worker
     # that cannot process them yet.
     engine = AsyncMiniModel(MiniModel.load(settings))
     try:
         with tempfile.TemporaryDirectory(prefix="minnow-faust-") as datadir:
-            app = create_app(settings, engine, datadir=Path(datadir))
+            app = create_app(settings, engine, datadir=Path(datadir), size_limits=size_limits)
             worker = faust.Worker(
                 app,
                 loglevel=logging.DEBUG if verbose else logging.INFO,

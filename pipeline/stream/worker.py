@@ -8,11 +8,13 @@ import logging
 import os
 import sys
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, NoReturn, Protocol
+
+from aiokafka import errors as aiokafka_errors
 
 from pipeline import metrics
 from pipeline.codec import encode
@@ -24,6 +26,7 @@ from pipeline.stages.route import Router
 from pipeline.stages.validate import parse_event
 from pipeline.stream import names
 from pipeline.stream.deadletter import Headers, Provenance, dead_letter_headers, normalize_headers
+from pipeline.stream.message_sizes import record_size
 from pipeline.stream.registry import RegistryCodec
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,15 @@ Destination = Literal["sink", "escalation", "deadletter", "state"]
 DELIVERY_TIMEOUT_S = 120.0
 # EX_TEMPFAIL: the batch could not be delivered; restarting the worker retries it.
 EXIT_UNDELIVERED = 75
+# What the broker (or the producer's own size check) refuses for one record alone: retrying never helps, so the record's
+# input becomes a dead letter instead of failing its batch for ever.
+_REFUSED_RECORD = (
+    aiokafka_errors.MessageSizeTooLargeError,
+    aiokafka_errors.RecordTooLargeError,
+    aiokafka_errors.InvalidMessageError,
+    aiokafka_errors.CorruptRecordException,
+    aiokafka_errors.InvalidTimestampError,
+)
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,9 @@ class OutputRecord:
     # transaction, so it becomes visible exactly when that partition's offsets are committed.
     origin: tuple[str, int] | None = None
     partition: int | None = None  # an explicit partition (state changelogs); None = by key
+    # The input record it stands for (None for state writes): where its dead letter comes from if the broker
+    # refuses this record.
+    input: InputRecord | None = field(default=None, compare=False, repr=False)
 
 
 class Progress:
@@ -148,8 +163,12 @@ class BatchProcessor:
         stateful: StatefulStep | None = None,
         reading: Input | None = None,
         registry: RegistryCodec | None = None,
+        size_limits: Mapping[str, int] | None = None,
     ) -> None:
         self._settings = settings
+        # max.message.bytes per output topic, as the broker has it (message_sizes.topic_limits); a topic not in it is
+        # not checked (the producer's own limit, PRODUCER_MAX_REQUEST_BYTES, still applies).
+        self._size_limits = dict(size_limits or {})
         self._registry = registry  # decodes registry-framed inputs and frames sink values (docs/registry.md)
         self._engine = engine
         self._send = send
@@ -168,9 +187,7 @@ class BatchProcessor:
         try:
             for record in records:
                 metrics.EVENTS_IN.labels(topic=record.source.topic).inc()
-            outputs = await self.plan(records)
-            await self.deliver(outputs)
-            return outputs
+            return await self.deliver(await self.plan(records))
         finally:
             metrics.INFLIGHT.dec(len(records))
 
@@ -209,14 +226,23 @@ class BatchProcessor:
         ]
         return outputs + stepped.writes
 
-    async def deliver(self, outputs: Sequence[OutputRecord]) -> None:
-        """Send every output in order, then wait for all broker acknowledgements (or raise DeliveryError)."""
+    async def deliver(self, outputs: Sequence[OutputRecord]) -> list[OutputRecord]:
+        """Send every output in order, then wait for all broker acknowledgements (or raise DeliveryError); returns
+        what was delivered.
+
+        At-least-once, a record the broker refuses for itself (too large, invalid) costs its input a dead letter
+        (`output_rejected`), not the batch: the rest is acknowledged and the batch goes on. Inside exactly-once
+        transactions a refused record fails the transaction, so there the size check before sending must hold.
+        """
         try:
             async with asyncio.timeout(self._delivery_timeout_s):
-                # Scheduled one after another so the producer keeps their order per partition; awaited together
-                # so a batch costs one round trip, not one per record.
-                pending = [await self._send(output) for output in outputs]
-                await asyncio.gather(*pending)
+                refused = await self._send_all(outputs)
+                if refused and self._settings.kafka.processing_guarantee == "at_least_once":
+                    replacements = [self._refused(output, exc) for output, exc in refused]
+                    outputs = [o for o in outputs if all(o is not r for r, _ in refused)] + replacements
+                    refused = await self._send_all(replacements)
+                if refused:
+                    raise refused[0][1]
         except TimeoutError as exc:
             raise DeliveryError(
                 f"{len(outputs)} outputs not acknowledged within {self._delivery_timeout_s:.0f}s"
@@ -224,8 +250,45 @@ class BatchProcessor:
         except Exception as exc:  # any client failure means the batch is not known to be delivered
             raise DeliveryError(f"delivery failed: {type(exc).__name__}: {exc}") from exc
         self._count_delivered(outputs)
+        return list(outputs)
 
     # ---------------------------------------------------------------------------------------- internals
+    async def _send_all(self, outputs: Sequence[OutputRecord]) -> list[tuple[OutputRecord, Exception]]:
+        """Send `outputs` and wait for their acknowledgements; the ones the broker (or the producer) refused for
+        themselves, with why. Any other failure is raised."""
+        pending: list[tuple[OutputRecord, Awaitable[object]]] = []
+        refused: list[tuple[OutputRecord, Exception]] = []
+        for output in outputs:
+            # Scheduled one after another so the producer keeps their order per partition; awaited together so a
+            # batch costs one round trip, not one per record.
+            try:
+                pending.append((output, await self._send(output)))
+            except _REFUSED_RECORD as exc:  # the producer's own check, before anything is sent
+                if output.input is None:
+                    raise
+                refused.append((output, exc))
+        acks = await asyncio.gather(*(ack for _, ack in pending), return_exceptions=True)
+        for (output, _), ack in zip(pending, acks, strict=True):
+            if isinstance(ack, _REFUSED_RECORD) and output.input is not None:
+                refused.append((output, ack))
+            elif isinstance(ack, BaseException):
+                raise ack
+        return refused
+
+    def _refused(self, output: OutputRecord, exc: Exception) -> OutputRecord:
+        """The dead letter of the input behind an output the broker refused."""
+        assert output.input is not None  # state writes are never refused for themselves: _send_all raises those
+        log.warning(
+            "%s record for %s[%d]@%d refused (%s); its input goes to the dead-letter topic",
+            output.destination,
+            output.input.source.topic,
+            output.input.source.partition,
+            output.input.source.offset,
+            type(exc).__name__,
+        )
+        message = f"the broker refused the {output.destination} record for {output.topic}: {type(exc).__name__}: {exc}"
+        return self._dead_letter(output.input, output.key, "output_rejected", message)
+
     async def _parse(self, records: Sequence[InputRecord]) -> list[AnyEvent | InputError]:
         """Each record's event, or the InputError that dead-letters it."""
         mapping, kind = self._reading.mapping, self._reading.kind
@@ -261,20 +324,37 @@ class BatchProcessor:
         key = event.key()
         origin = (record.source.topic, record.source.partition)
         routed = self._router.route(event, outcome)
+        # An emitted event (an assembled conversation) has no input bytes of its own: it is dead-lettered as the
+        # event it was made into. Encoded only when it fails.
+        own_bytes: Callable[[], bytes | None] = (lambda: encode(event)) if emitted else (lambda: None)
         if isinstance(routed, ToDeadLetter):
-            # An emitted event (an assembled conversation) has no input bytes of its own: it is dead-lettered as
-            # the event it was made into. Encoded only here, when it fails.
-            value = encode(event) if emitted else None
-            return self._dead_letter(record, key, routed.error.error, routed.error.message, value=value)
+            return self._dead_letter(record, key, routed.error.error, routed.error.message, value=own_bytes())
         if isinstance(routed, ToSink):
             topic = self._sink_topics[routed.result.kind]
             result = routed.result
             value = self._registry.sink_value(result, result.kind) if self._registry is not None else encode(result)
-            return OutputRecord(topic, key, value, (), "sink", (), event.event_time(), origin)
-        escalation = routed.record
-        reasons = tuple(escalation.reasons)
-        return OutputRecord(
-            self._escalation_topic, key, encode(escalation), (), "escalation", reasons, event.event_time(), origin
+            output = OutputRecord(topic, key, value, (), "sink", (), event.event_time(), origin, input=record)
+        else:
+            escalation = routed.record
+            reasons = tuple(escalation.reasons)
+            topic, value = self._escalation_topic, encode(escalation)
+            output = OutputRecord(
+                topic, key, value, (), "escalation", reasons, event.event_time(), origin, input=record
+            )
+        too_large = self._oversize(output)
+        if too_large:  # never sent: the broker would refuse it on every retry, and the batch with it
+            return self._dead_letter(record, key, "output_too_large", too_large, value=own_bytes())
+        return output
+
+    def _oversize(self, output: OutputRecord) -> str:
+        """Why `output` cannot be written to its topic ("" when it can)."""
+        limit = self._size_limits.get(output.topic)
+        size = record_size(output.key, output.value, output.headers)
+        if limit is None or size <= limit:
+            return ""
+        return (
+            f"the {output.destination} record would be {size} bytes; topic {output.topic} takes at most {limit} "
+            "(max.message.bytes)"
         )
 
     def _dead_letter(
@@ -283,7 +363,15 @@ class BatchProcessor:
         headers = dead_letter_headers(record.source, error=error, message=message)
         origin = (record.source.topic, record.source.partition)
         body = record.value if value is None else value
-        return OutputRecord(self._deadletter_topic, key, body, headers, "deadletter", (error,), None, origin)
+        output = OutputRecord(self._deadletter_topic, key, body, headers, "deadletter", (error,), None, origin)
+        too_large = self._oversize(output)
+        if too_large:
+            # Even the bytes do not fit the dead-letter topic: the dead letter names where they are instead (the
+            # source coordinates in its headers), so the input is accounted for and can be read while retained.
+            note = f"{message}; value left out: {too_large}, read it at its source coordinates"
+            headers = dead_letter_headers(record.source, error=error, message=note)
+            return OutputRecord(self._deadletter_topic, key, None, headers, "deadletter", (error,), None, origin)
+        return output
 
     @staticmethod
     def _count_delivered(outputs: Sequence[OutputRecord]) -> None:

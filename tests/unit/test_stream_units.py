@@ -12,6 +12,7 @@ from typing import Any, NoReturn, cast
 
 import orjson
 import pytest
+from aiokafka import errors as aiokafka_errors
 from prometheus_client import REGISTRY
 
 from pipeline import cli
@@ -91,17 +92,20 @@ class FakeEngine:
 
 
 class FakeSender:
-    """Records what is sent; acknowledges at once, later (hold) or never (fail)."""
+    """Records what is sent; acknowledges at once, later (hold) or never (fail); refuses records for `refuse_topic`
+    as a broker refuses a record that is too large."""
 
-    def __init__(self, *, hold: bool = False, fail: Exception | None = None) -> None:
-        self.hold, self.fail = hold, fail
+    def __init__(self, *, hold: bool = False, fail: Exception | None = None, refuse_topic: str = "") -> None:
+        self.hold, self.fail, self.refuse_topic = hold, fail, refuse_topic
         self.sent: list[OutputRecord] = []
         self.acks: list[asyncio.Future[None]] = []
 
     async def __call__(self, output: OutputRecord) -> asyncio.Future[None]:
         self.sent.append(output)
         ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self.fail is not None:
+        if output.topic == self.refuse_topic:
+            ack.set_exception(aiokafka_errors.MessageSizeTooLargeError("the broker refused it"))
+        elif self.fail is not None:
             ack.set_exception(self.fail)
         elif not self.hold:
             ack.set_result(None)
@@ -218,6 +222,49 @@ def test_an_escalation_carries_the_result_the_original_event_and_the_reasons() -
     assert body["result"]["id"] == "r9" and body["event"]["device_id"] == "dev-2" and body["event"]["kind"] == "iot"
     assert outputs[0].key == b"dev-2"
     assert metric("minnow_escalations_total", task="anomaly", reason="high_score") == before + 1
+
+
+def test_an_output_larger_than_its_topic_takes_is_never_sent_its_input_is_a_dead_letter() -> None:
+    """The broker's max.message.bytes per output topic is checked before sending: an escalation that would not fit
+    (it carries the whole event) becomes its input's dead letter, reason output_too_large, the original bytes kept,
+    and the rest of the batch goes where it belongs."""
+    long_text = "An unclear post. " * 40
+    limits = {PREFIX + names.ESCALATION_TOPIC: 600, PREFIX + "feeds.enriched": 100_000}
+    processor = BatchProcessor(SETTINGS, FakeEngine(escalate=["big"]), FakeSender(), size_limits=limits)
+    big, small = feed("big", long_text), feed("small")
+    outputs = asyncio.run(processor.handle([record(big, 0), record(small, 1)]))
+    assert [(o.destination, o.value) for o in outputs] == [("deadletter", big), ("sink", outputs[1].value)]
+    headers = dict(outputs[0].headers)
+    assert headers[names.DLQ_ERROR_CLASS] == b"output_too_large"
+    assert b"topic t.escalations takes at most 600 (max.message.bytes)" in headers[names.DLQ_ERROR_MESSAGE]
+
+
+def test_a_dead_letter_that_does_not_fit_either_keeps_the_coordinates_and_leaves_the_bytes_out() -> None:
+    """Even the dead-letter topic is too small for the input's bytes: the dead letter still accounts for the input
+    (source topic, partition and offset in its headers) and says where to read the bytes."""
+    limits = {PREFIX + "feeds.enriched": 300, PREFIX + names.DEADLETTER_TOPIC: 700}
+    processor = BatchProcessor(SETTINGS, FakeEngine(), FakeSender(), size_limits=limits)
+    raw = feed("huge", "A long story. " * 60)
+    (output,) = asyncio.run(processor.handle([record(raw, 9)]))
+    headers = dict(output.headers)
+    assert output.destination == "deadletter" and output.value is None
+    assert headers[names.DLQ_SOURCE_OFFSET] == b"9" and headers[names.DLQ_ERROR_CLASS] == b"output_too_large"
+    assert b"read it at its source coordinates" in headers[names.DLQ_ERROR_MESSAGE]
+
+
+def test_a_record_the_broker_refuses_costs_one_dead_letter_not_the_batch() -> None:
+    """At-least-once, a sink record refused by the broker for itself (MessageSizeTooLargeError: a limit lowered
+    after start-up) is replaced by its input's dead letter (output_rejected); the batch is delivered, no
+    DeliveryError, so the worker never enters a crash loop over it."""
+    sender = FakeSender(refuse_topic=PREFIX + "feeds.enriched")
+    processor = BatchProcessor(SETTINGS, FakeEngine(escalate=["e1"]), sender)
+    raw = feed("s1")
+    delivered = asyncio.run(processor.handle([record(raw, 0), record(feed("e1"), 1)]))
+    sent = [(o.destination, o.topic) for o in sender.sent]
+    assert sent == [("sink", "t.feeds.enriched"), ("escalation", "t.escalations"), ("deadletter", "t.deadletter")]
+    dead = sender.sent[-1]
+    assert dead.value == raw and dict(dead.headers)[names.DLQ_ERROR_CLASS] == b"output_rejected"
+    assert sorted(o.destination for o in delivered) == ["deadletter", "escalation"]
 
 
 def test_counters_move_only_for_what_was_delivered() -> None:
