@@ -406,6 +406,12 @@ class WorkerSettings(_Frozen):
     conversation_keep_closed_s: float = Field(
         default=3600.0, gt=0, description="segments of a conversation closed this recently are ignored, not reopened"
     )
+    conversation_max_bytes: int = Field(
+        default=262_144,
+        ge=1024,
+        description="a conversation whose segments' text reaches this many bytes is closed and emitted, so its state "
+        "always fits its changelog topic",
+    )
     iot_window_s: float = Field(default=60.0, gt=0, description="tumbling window of per-device IoT summaries")
     iot_window_grace_s: float = Field(
         default=60.0,

@@ -5,7 +5,7 @@ conversation id (in a table with a changelog) and act on what these functions re
 
 - Segments are kept by segment id, so a redelivered segment replaces itself instead of counting twice.
 - A conversation closes on a segment marked `final`, after `idle_s` without a new segment, or when it reaches
-  `max_segments`. Closing leaves a *closed marker* (no segments) for `keep_closed_s`: a segment of an already
+  `max_segments` or `max_bytes` of segment text (so its state always fits one changelog record). Closing leaves a *closed marker* (no segments) for `keep_closed_s`: a segment of an already
   closed conversation - a redelivery after a crash, or a straggler - is then ignored instead of opening a
   partial conversation that would be emitted a second time.
 """
@@ -19,10 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.models import Conversation, TranscriptSegment
 
-CloseReason = Literal["final", "idle", "max_segments"]
+CloseReason = Literal["final", "idle", "max_segments", "max_bytes"]
 # Enough for a two-hour meeting cut into utterances; a longer one is emitted at this size and later segments only
 # get their per-segment results (docs/architecture-stream.md).
 MAX_SEGMENTS = 2000
+MAX_BYTES = 262_144
+# What one segment costs in the encoded state besides its text: ids, speaker, timestamps, field names.
+SEGMENT_OVERHEAD_BYTES = 256
 
 
 class ConversationState(BaseModel):
@@ -56,8 +59,12 @@ def add_segment(
     partition: int,
     now: float,
     max_segments: int = MAX_SEGMENTS,
+    max_bytes: int = MAX_BYTES,
 ) -> Added:
-    """Add one segment to its conversation's state (None: the first segment seen)."""
+    """Add one segment to its conversation's state (None: the first segment seen).
+
+    A segment that brings the conversation to `max_bytes` closes it with itself included: the state written is
+    then the closed marker, never a record too large for the changelog topic."""
     if state is not None and state.closed_at is not None:
         return Added(state=state, ignored=True)
     segments = dict(state.segments) if state is not None else {}
@@ -72,7 +79,14 @@ def add_segment(
         return close(opened, "final", now=now)
     if len(segments) >= max_segments:
         return close(opened, "max_segments", now=now)
+    if state_bytes(opened) >= max_bytes:
+        return close(opened, "max_bytes", now=now)
     return Added(state=opened)
+
+
+def state_bytes(state: ConversationState) -> int:
+    """About what the state's changelog record weighs: its segments' text in UTF-8 and their framing."""
+    return sum(len(segment.text.encode()) + SEGMENT_OVERHEAD_BYTES for segment in state.segments.values())
 
 
 def close(state: ConversationState, reason: CloseReason, *, now: float) -> Added:

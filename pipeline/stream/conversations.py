@@ -42,6 +42,7 @@ class Conversations:
         self._clock = clock
         self._idle_s = settings.worker.conversation_idle_s
         self._keep_closed_s = settings.worker.conversation_keep_closed_s
+        self._max_bytes = settings.worker.conversation_max_bytes
         self._input_topic = input_topic or settings.topic(names.INPUT_TOPICS["transcript"])
         self._changelog_topic = settings.topic(names.STATE_TOPICS["conversation"])
         # The agent's batches and the idle sweep both change the store; they take turns.
@@ -62,7 +63,8 @@ class Conversations:
                     continue
                 conversation_id = event.conversation_id
                 state = touched.get(conversation_id) or self._load(conversation_id)
-                step = add_segment(state, event, partition=record.source.partition, now=now)
+                partition = record.source.partition
+                step = add_segment(state, event, partition=partition, now=now, max_bytes=self._max_bytes)
                 if step.ignored:
                     metrics.SEGMENTS_AFTER_CLOSE.inc()
                     continue

@@ -67,6 +67,23 @@ def test_a_conversation_closes_when_it_reaches_the_segment_cap() -> None:
     assert step.state.close_reason == "max_segments"
 
 
+def test_a_conversation_closes_before_its_state_outgrows_one_changelog_record() -> None:
+    """Long segments (95 KB each) close the conversation at max_bytes with the segment that reached it: every state
+    ever written stays under the budget, nothing is dropped from the emitted conversation."""
+    long_text = "word " * 19_000  # 95,000 bytes
+    state: ConversationState | None = None
+    written: list[int] = []
+    for i in range(12):
+        step = add_segment(state, seg(i, text=long_text), partition=0, now=float(i), max_bytes=262_144)
+        state = step.state
+        written.append(len(state.model_dump_json()))
+        if step.closed is not None:
+            break
+    assert step.closed is not None and step.state.close_reason == "max_bytes"
+    assert [s.seq for s in step.closed.segments] == [0, 1, 2]  # 3 x 95 KB reaches 256 KiB
+    assert max(written) < 262_144 and step.state.segments == {}
+
+
 def test_due_finds_idle_conversations_and_expired_markers_oldest_first() -> None:
     quiet = add_segment(None, seg(0, conv="quiet"), partition=0, now=100.0).state
     quieter = add_segment(None, seg(0, conv="quieter"), partition=0, now=50.0).state
