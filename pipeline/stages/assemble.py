@@ -5,9 +5,10 @@ conversation id (in a table with a changelog) and act on what these functions re
 
 - Segments are kept by segment id, so a redelivered segment replaces itself instead of counting twice.
 - A conversation closes on a segment marked `final`, after `idle_s` without a new segment, or when it reaches
-  `max_segments` or `max_bytes` of segment text (so its state always fits one changelog record). Closing leaves a *closed marker* (no segments) for `keep_closed_s`: a segment of an already
-  closed conversation - a redelivery after a crash, or a straggler - is then ignored instead of opening a
-  partial conversation that would be emitted a second time.
+  `max_segments` or `max_bytes` of segment text (so its state always fits one changelog record). Closing leaves
+  a *closed marker* (no segments) for `keep_closed_s`: a segment of an already closed conversation - a
+  redelivery after a crash, or a straggler - is then ignored instead of opening a partial conversation that
+  would be emitted a second time.
 """
 
 from __future__ import annotations
