@@ -1,7 +1,8 @@
-"""Answers by content hash, so the same redacted request is paid for once (at-least-once replays included).
+"""Answers by content hash, so the same redacted request is paid for once (at-least-once replays included), and
+which input records were settled, so a replay after a crash skips them.
 
 `AnswerStore` is what the escalator uses: `AnswerCache` here keeps answers in memory; `cache_file.FileAnswerCache`
-keeps them in a SQLite file across restarts.
+keeps them in a SQLite file across restarts. Both are `SettledRecords` too.
 """
 
 from __future__ import annotations
@@ -44,6 +45,14 @@ class CachedAnswer:
     model: str
     tokens_in: int = 0
     tokens_out: int = 0
+    # A final decision that was a review (the model's answers stayed invalid, or it rejected the request): the same
+    # content goes to review again without a request. `answer` is then empty.
+    review_reason: str | None = None
+    review_error: str = ""
+
+
+# Review reasons that are decisions about the content, not about the moment (breaker, budget, an outage): cached.
+FINAL_REVIEW_REASONS = frozenset({"answer.invalid", "large_model.rejected"})
 
 
 class AnswerStore(Protocol):
@@ -52,6 +61,22 @@ class AnswerStore(Protocol):
     async def get(self, key: str) -> CachedAnswer | None: ...
 
     async def put(self, key: str, value: CachedAnswer) -> None: ...
+
+
+class SettledRecords(Protocol):
+    """Input records whose outputs were all delivered, by (topic, partition, offset) and a digest of their bytes:
+    what a restarted escalator skips although its offsets were not committed yet (out-of-order completion keeps
+    the commit point behind them). Neither call raises: a broken store is a miss."""
+
+    async def was_settled(self, topic: str, partition: int, offset: int, digest: str) -> bool: ...
+
+    async def mark_settled(self, topic: str, partition: int, offset: int, digest: str) -> None: ...
+
+    async def forget_settled(self, topic: str, partition: int, below: int) -> None: ...
+
+
+class EscalatorStore(AnswerStore, SettledRecords, Protocol):
+    """What `minnow escalator` keeps across records: answers and settled records (`cache_file.open_cache`)."""
 
 
 class AnswerCache:
@@ -67,6 +92,7 @@ class AnswerCache:
         self._ttl_s = ttl_s
         self._now = now
         self._entries: OrderedDict[str, tuple[float, CachedAnswer]] = OrderedDict()
+        self._settled: dict[tuple[str, int, int], str] = {}
         self.hits = 0
         self.misses = 0
 
@@ -98,3 +124,13 @@ class AnswerCache:
         self._entries.move_to_end(key)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
+
+    async def was_settled(self, topic: str, partition: int, offset: int, digest: str) -> bool:
+        return self._settled.get((topic, partition, offset)) == digest
+
+    async def mark_settled(self, topic: str, partition: int, offset: int, digest: str) -> None:
+        self._settled[(topic, partition, offset)] = digest
+
+    async def forget_settled(self, topic: str, partition: int, below: int) -> None:
+        for place in [p for p in self._settled if p[0] == topic and p[1] == partition and p[2] < below]:
+            del self._settled[place]

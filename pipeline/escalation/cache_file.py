@@ -1,10 +1,11 @@
 """The answer cache in a SQLite file, so answers outlive the process: a replay after a crash is not paid again.
 
-One file in WAL mode, one table `answers` (key, the validated answer JSON with its placeholders, the model name,
-the tokens it was billed, when it was stored). Past `max_entries` the oldest answers go; an answer older than
-`ttl_s` is a miss. Every SQLite call runs on one thread of its own, off the event loop. The file never stops the
-escalator: one that cannot be opened, or fails later, is given up with a warning and answers are kept in memory
-until the next start; a corrupt one is moved aside (`<name>.corrupt`) and a new one started.
+One file in WAL mode, a table `answers` (key, the validated answer JSON with its placeholders, the model name,
+the tokens it was billed, when it was stored; or a final review decision) and a table `settled` (the input records
+whose outputs were all delivered, until their offsets are committed). Past `max_entries` the oldest answers go;
+an answer older than `ttl_s` is a miss. Every SQLite call runs on one thread of its own, off the event loop. The
+file never stops the escalator: one that cannot be opened, or fails later, is given up with a warning and answers
+are kept in memory until the next start; a corrupt one is moved aside (`<name>.corrupt`) and a new one started.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from pipeline.escalation.cache import AnswerCache, AnswerStore, CachedAnswer
+from pipeline.escalation.cache import AnswerCache, CachedAnswer, EscalatorStore
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ FILE_NAME = "escalation-cache.sqlite3"
 # PRAGMA application_id ("MnEc"): a SQLite file with another id is someone else's, and is left alone.
 APPLICATION_ID = 0x4D6E4563
 # PRAGMA user_version: a cache written by another layout is emptied, not migrated (it is only a cache).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Another escalator process writing the same file holds its lock for well under a millisecond.
 BUSY_TIMEOUT_S = 5.0
 _CORRUPT_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
@@ -41,8 +42,11 @@ _FILE_ERRORS = (sqlite3.Error, OSError, ValueError)
 
 _SCHEMA = (
     "CREATE TABLE answers (key TEXT PRIMARY KEY, answer BLOB NOT NULL, model TEXT NOT NULL,"
-    " tokens_in INTEGER NOT NULL, tokens_out INTEGER NOT NULL, stored_at REAL NOT NULL)",
+    " tokens_in INTEGER NOT NULL, tokens_out INTEGER NOT NULL, stored_at REAL NOT NULL,"
+    " review_reason TEXT, review_error TEXT NOT NULL DEFAULT '')",
     "CREATE INDEX answers_by_age ON answers (stored_at)",
+    "CREATE TABLE settled (topic TEXT NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,"
+    " digest TEXT NOT NULL, PRIMARY KEY (topic, partition, offset))",
 )
 
 
@@ -57,7 +61,7 @@ def cache_path(settings: Settings) -> Path | None:
 
 
 @contextlib.asynccontextmanager
-async def open_cache(settings: Settings, *, now: Callable[[], float] = time.time) -> AsyncIterator[AnswerStore]:
+async def open_cache(settings: Settings, *, now: Callable[[], float] = time.time) -> AsyncIterator[EscalatorStore]:
     """The answer store the settings ask for, open for the block and closed after it; opening never raises."""
     cfg = settings.escalation
     path = cache_path(settings)
@@ -119,23 +123,37 @@ class _AnswerFile:
 
     def get(self, key: str) -> CachedAnswer | None:
         row = self._conn.execute(
-            "SELECT answer, model, tokens_in, tokens_out, stored_at FROM answers WHERE key = ?", (key,)
+            "SELECT answer, model, tokens_in, tokens_out, stored_at, review_reason, review_error"
+            " FROM answers WHERE key = ?",
+            (key,),
         ).fetchone()
         if row is None or self._now() - row[4] >= self._ttl_s:
             return None
         answer: Any = orjson.loads(row[0])
         if not isinstance(answer, dict):
             raise ValueError(f"cached answer {key[:12]}… is not a JSON object")
-        return CachedAnswer(answer, str(row[1]), int(row[2]), int(row[3]))
+        return CachedAnswer(answer, str(row[1]), int(row[2]), int(row[3]), row[5], str(row[6]))
 
     def put(self, key: str, value: CachedAnswer) -> None:
         now = self._now()
         with _transaction(self._conn):
             self._conn.execute(
-                "INSERT INTO answers (key, answer, model, tokens_in, tokens_out, stored_at) VALUES (?, ?, ?, ?, ?, ?)"
+                "INSERT INTO answers"
+                " (key, answer, model, tokens_in, tokens_out, stored_at, review_reason, review_error)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (key) DO UPDATE SET answer = excluded.answer, model = excluded.model,"
-                " tokens_in = excluded.tokens_in, tokens_out = excluded.tokens_out, stored_at = excluded.stored_at",
-                (key, orjson.dumps(value.answer), value.model, value.tokens_in, value.tokens_out, now),
+                " tokens_in = excluded.tokens_in, tokens_out = excluded.tokens_out, stored_at = excluded.stored_at,"
+                " review_reason = excluded.review_reason, review_error = excluded.review_error",
+                (
+                    key,
+                    orjson.dumps(value.answer),
+                    value.model,
+                    value.tokens_in,
+                    value.tokens_out,
+                    now,
+                    value.review_reason,
+                    value.review_error,
+                ),
             )
             self._conn.execute("DELETE FROM answers WHERE stored_at <= ?", (now - self._ttl_s,))
             (count,) = self._conn.execute("SELECT count(*) FROM answers").fetchone()
@@ -148,6 +166,25 @@ class _AnswerFile:
     def count(self) -> int:
         (count,) = self._conn.execute("SELECT count(*) FROM answers").fetchone()
         return int(count)
+
+    def was_settled(self, topic: str, partition: int, offset: int, digest: str) -> bool:
+        row = self._conn.execute(
+            "SELECT digest FROM settled WHERE topic = ? AND partition = ? AND offset = ?", (topic, partition, offset)
+        ).fetchone()
+        return row is not None and row[0] == digest
+
+    def mark_settled(self, topic: str, partition: int, offset: int, digest: str) -> None:
+        with _transaction(self._conn):
+            self._conn.execute(
+                "INSERT OR REPLACE INTO settled (topic, partition, offset, digest) VALUES (?, ?, ?, ?)",
+                (topic, partition, offset, digest),
+            )
+
+    def forget_settled(self, topic: str, partition: int, below: int) -> None:
+        with _transaction(self._conn):
+            self._conn.execute(
+                "DELETE FROM settled WHERE topic = ? AND partition = ? AND offset < ?", (topic, partition, below)
+            )
 
     def close(self) -> None:
         self._conn.close()
@@ -180,6 +217,7 @@ def _prepare(conn: sqlite3.Connection) -> None:
     if app_id == APPLICATION_ID and version == SCHEMA_VERSION:
         return
     conn.execute("DROP TABLE IF EXISTS answers")
+    conn.execute("DROP TABLE IF EXISTS settled")
     for statement in _SCHEMA:
         conn.execute(statement)
     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
@@ -241,6 +279,37 @@ class FileAnswerCache:
         except _FILE_ERRORS as exc:
             await self._give_up(file, "write", exc)
             self._memory.keep(key, value)
+
+    async def was_settled(self, topic: str, partition: int, offset: int, digest: str) -> bool:
+        file = self._file
+        if file is None:
+            return await self._memory.was_settled(topic, partition, offset, digest)
+        try:
+            return await self._in_thread(file.was_settled, topic, partition, offset, digest)
+        except _FILE_ERRORS as exc:
+            await self._give_up(file, "read", exc)
+            return False
+
+    async def mark_settled(self, topic: str, partition: int, offset: int, digest: str) -> None:
+        file = self._file
+        if file is None:
+            await self._memory.mark_settled(topic, partition, offset, digest)
+            return
+        try:
+            await self._in_thread(file.mark_settled, topic, partition, offset, digest)
+        except _FILE_ERRORS as exc:
+            await self._give_up(file, "write", exc)
+            await self._memory.mark_settled(topic, partition, offset, digest)
+
+    async def forget_settled(self, topic: str, partition: int, below: int) -> None:
+        file = self._file
+        if file is None:
+            await self._memory.forget_settled(topic, partition, below)
+            return
+        try:
+            await self._in_thread(file.forget_settled, topic, partition, below)
+        except _FILE_ERRORS as exc:
+            await self._give_up(file, "write", exc)
 
     async def entries(self) -> int:
         """How many answers are kept (expired ones not yet dropped included)."""

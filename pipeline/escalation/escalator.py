@@ -14,7 +14,7 @@ from pipeline import metrics
 from pipeline.errors import AnswerError, CircuitOpenError, ProviderError
 from pipeline.escalation.breaker import CircuitBreaker
 from pipeline.escalation.budget import Budget, PriceTable
-from pipeline.escalation.cache import AnswerCache, AnswerStore, CachedAnswer, content_key
+from pipeline.escalation.cache import FINAL_REVIEW_REASONS, AnswerCache, AnswerStore, CachedAnswer, content_key
 from pipeline.escalation.caller import Caller
 from pipeline.escalation.client import CHARS_PER_TOKEN, ChatReply, ChatRequest, ChatSender
 from pipeline.escalation.limits import Clock, Limits, SystemClock
@@ -120,7 +120,14 @@ class Escalator:
             if settled is not None:
                 metrics.ESCALATOR_CACHE_HITS.inc()
                 return settled
-            return await self._ask(record, prompt, key)
+            outcome = await self._ask(record, prompt, key)
+            if isinstance(outcome, ToReview) and outcome.reason in FINAL_REVIEW_REASONS:
+                # A decision about the content, paid for once: a replay or the same content again is not asked.
+                error = outcome.record.large_model_error or ""
+                await self.cache.put(
+                    key, CachedAnswer({}, self._cfg.model, review_reason=outcome.reason, review_error=error)
+                )
+            return outcome
         finally:
             del self._inflight[key]
             done.set_result(None)
@@ -206,8 +213,10 @@ class Escalator:
         labels = label_records(record, prompt, answer, model=reply.model, now=self._now())
         return ToSink(result=final_result(record, prompt, answer, info), labels=tuple(labels), settled_by="large-model")
 
-    def _from_cache(self, record: EscalationRecord, prompt: Prompt, cached: CachedAnswer) -> ToSink | None:
+    def _from_cache(self, record: EscalationRecord, prompt: Prompt, cached: CachedAnswer) -> Outcome | None:
         """The cached answer as a settlement; None when it no longer fits the prompt (it is asked again)."""
+        if cached.review_reason is not None:  # decided before: this content goes to review, without a request
+            return self._review(record, cached.review_reason, error=f"{cached.review_error} (cached decision)")
         try:
             answer = checked(prompt, cached.answer)
         except AnswerError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import signal
 import time
@@ -25,6 +26,7 @@ from pydantic import ValidationError
 from pipeline import metrics
 from pipeline.codec import encode
 from pipeline.errors import DecodeError, DeliveryError, InputError, SchemaError
+from pipeline.escalation.cache import SettledRecords
 from pipeline.escalation.escalator import Escalator, Outcome
 from pipeline.models import EVENT_ADAPTER, AnyEvent, EscalationRecord, ToSink
 from pipeline.review.verdicts import label_key
@@ -153,6 +155,7 @@ class EscalatorRunner:
         *,
         commit_interval_s: float = COMMIT_INTERVAL_S,
         stop_grace_s: float = STOP_GRACE_S,
+        settled: SettledRecords | None = None,
     ) -> None:
         self._settings = settings
         self._handler = handler
@@ -167,6 +170,8 @@ class EscalatorRunner:
         self._revoke_grace_s = settings.kafka.session_timeout_s * 0.6
         self.topic = settings.topic(names.ESCALATION_TOPIC)
         self._ledger = OffsetLedger()
+        # Records finished beyond the commit point (they finish out of order): skipped when replayed after a crash.
+        self._settled = settled
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self._failure: BaseException | None = None
         self._paused = False
@@ -202,6 +207,9 @@ class EscalatorRunner:
         if offsets:
             await self._consumer.commit(offsets)
             self._ledger.committed(offsets)
+            if self._settled is not None:  # below the commit point nothing is replayed: forget it
+                for tp, offset in offsets.items():
+                    await self._settled.forget_settled(tp.topic, tp.partition, offset)
 
     async def hand_back(self, revoked: set[TopicPartition]) -> None:
         """Before partitions move: let their records finish (a while), commit them, forget the rest."""
@@ -224,15 +232,24 @@ class EscalatorRunner:
         task.add_done_callback(self._tasks.pop)
 
     async def _settle(self, tp: TopicPartition, record: InputRecord) -> None:
+        digest = hashlib.sha256(record.value or b"").hexdigest()[:32]
+        offset = record.source.offset
         try:
+            if self._settled is not None and await self._settled.was_settled(tp.topic, tp.partition, offset, digest):
+                # Delivered before a crash, its offset not yet committed: settled, not asked or delivered again.
+                self._ledger.finish(tp, offset)
+                metrics.ESCALATOR_OUTCOMES.labels(outcome="replayed", reason="already_settled").inc()
+                return
             plan = await self._handler.plan(record)
             await self._deliver(plan.deliveries)
+            if self._settled is not None:
+                await self._settled.mark_settled(tp.topic, tp.partition, offset, digest)
         except Exception as exc:  # DeliveryError, or a bug past the handler: never commit this offset
             self._failure = self._failure or exc
             return
         finally:
             metrics.ESCALATOR_INFLIGHT.dec()
-        self._ledger.finish(tp, record.source.offset)
+        self._ledger.finish(tp, offset)
         metrics.ESCALATOR_OUTCOMES.labels(outcome=plan.outcome, reason=plan.reason).inc()
         if plan.outcome == "deadletter":
             metrics.DEAD_LETTERS.labels(reason=plan.reason).inc()
@@ -302,11 +319,13 @@ def producer_for(settings: Settings) -> AIOKafkaProducer:
     return clients.producer(settings.kafka, max_request_size=PRODUCER_MAX_REQUEST_BYTES)
 
 
-async def serve(settings: Settings, escalator: Escalator, stop: asyncio.Event) -> int:
+async def serve(
+    settings: Settings, escalator: Escalator, stop: asyncio.Event, *, settled: SettledRecords | None = None
+) -> int:
     """Start the Kafka clients, run until `stop`, close everything; returns the exit code."""
     consumer, producer = consumer_for(settings), producer_for(settings)
     handler = EscalationHandler(settings, escalator, RegistryCodec.configured(settings))
-    runner = EscalatorRunner(settings, handler, escalator, consumer, producer)
+    runner = EscalatorRunner(settings, handler, escalator, consumer, producer, settled=settled)
     await producer.start()
     try:
         await consumer.start()
@@ -344,7 +363,7 @@ async def _main(settings: Settings) -> int:
         if settings.escalation.metrics_port:
             endpoints = asyncio.create_task(_endpoints(settings))
         try:
-            return await serve(settings, escalator, stop)
+            return await serve(settings, escalator, stop, settled=cache)
         finally:
             if endpoints is not None:
                 endpoints.cancel()

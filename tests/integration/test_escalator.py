@@ -27,7 +27,7 @@ from pipeline.stream import clients, names
 from pipeline.stream.escalator import ESCALATOR_GROUP_SUFFIX, serve
 from tests.escalation_support import conversation_event, escalation, feed_event, iot_event, ticket_event
 from tests.integration.helpers import Cluster, as_kafka, create_topic
-from tests.openai_server import HELD, MALFORMED, WRONG_SCHEMA, OpenAIServer, status
+from tests.openai_server import HELD, MALFORMED, WRONG_SCHEMA, OpenAIServer, answer, status
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -266,7 +266,8 @@ async def scenario(bootstrap: Cluster, random_name: Callable[[str], str]) -> Non
 # ------------------------------------------------------------------------------------- crash and restart
 REPO = Path(__file__).resolve().parents[2]
 BLOCKER = "BLOCKER-ITEM"  # its first request is held: offset 0 never finishes, so the killed process commits nothing
-CRASH_ITEMS = 10
+CRASH_ITEMS = 10  # settled by the large model (some after a 429, some slowly)
+CRASH_REVIEWS = 3  # its answers stay malformed: settled as reviews
 PROCESS_TIMEOUT_S = 60.0
 
 
@@ -300,18 +301,25 @@ class EscalatorProcess:
 
 @dataclass
 class Crash:
-    """The records of the crash test and what the large model and the sink saw."""
+    """The records of the crash test and what the large model, the sink and the review topic saw."""
 
     blocker: tuple[EscalationRecord, Any]
     items: list[tuple[EscalationRecord, Any]]
+    reviews: list[tuple[EscalationRecord, Any]]
+    requests_before_kill: list[Any] = field(default_factory=list)
     requests: list[Any] = field(default_factory=list)
     results: list[dict[str, Any]] = field(default_factory=list)
+    review_records: list[dict[str, Any]] = field(default_factory=list)
     survivor_log: str = ""
 
     @property
     def markers(self) -> dict[str, str]:
         """id -> a string found only in that item's text."""
-        return {record.id: f"k{i:02d}z" for i, (record, _) in enumerate(self.items)} | {self.blocker[0].id: BLOCKER}
+        return (
+            {record.id: f"k{i:02d}z" for i, (record, _) in enumerate(self.items)}
+            | {record.id: f"r{i:02d}z" for i, (record, _) in enumerate(self.reviews)}
+            | {self.blocker[0].id: BLOCKER}
+        )
 
 
 def crash_plan() -> Crash:
@@ -324,7 +332,13 @@ def crash_plan() -> Crash:
         )
         for i in range(CRASH_ITEMS)
     ]
-    return Crash(blocker, items)
+    reviews = [
+        escalation(
+            feed_event(f"crash-review-{i}", f"Review item r{i:02d}z: the council met."), ["moderate.uncertain_category"]
+        )
+        for i in range(CRASH_REVIEWS)
+    ]
+    return Crash(blocker, items, reviews)
 
 
 def encoded(item: tuple[EscalationRecord, Any]) -> tuple[bytes | None, bytes | None]:
@@ -351,33 +365,31 @@ async def committed_offsets(bootstrap: Cluster, group: str) -> dict[TopicPartiti
 def test_a_killed_escalator_does_not_pay_again_for_what_it_settled(
     kafka_bootstrap: str, random_name: Callable[[str], str], tmp_path: Path
 ) -> None:
-    """An escalator settles and delivers ten items while the first record of its partition waits on the large model,
-    so nothing can be committed; it is killed with SIGKILL and started again on the same cache file. Every record
-    is settled again (at-least-once: each id reaches the sink, the replayed ones twice), but the ten answers come
-    from the file: one request per item content in all, two for the item that was in flight at the kill. The
-    cached results are free and carry each item's own personal data, restored from the answer's placeholders."""
+    """An escalator settles ten items (some after a 429, some slowly) and three reviews while the first record of
+    its partition waits on the large model, so nothing can be committed; it is killed with SIGKILL and started again
+    on the same cache file. Everything settled before the kill is skipped after the restart (its completion was
+    recorded per record): no request is sent for it again, each id reaches the sink or the review topic exactly
+    once. Only the item that was in flight is asked again."""
     crash = crash_plan()
     cache_file = tmp_path / "answers.sqlite3"
     asyncio.run(crash_scenario(kafka_bootstrap, random_name, tmp_path, crash))
 
-    # The large model was asked once per item content; the blocker twice (its first request died with the process).
-    asked = Counter(rid for r in crash.requests for rid, marker in crash.markers.items() if marker in r.item)
-    assert asked == Counter({record.id: 1 for record, _ in crash.items} | {crash.blocker[0].id: 2})
-    assert len(crash.requests) == CRASH_ITEMS + 2
-    assert f"answer cache: {cache_file}, {CRASH_ITEMS} answers" in crash.survivor_log
+    after_kill = crash.requests[len(crash.requests_before_kill) :]
+    asked_again = Counter(rid for r in after_kill for rid, marker in crash.markers.items() if marker in r.item)
+    assert asked_again == Counter({crash.blocker[0].id: 1}), "nothing settled before the kill is asked again"
+    settled_before = Counter(rid for r in crash.requests_before_kill for rid, m in crash.markers.items() if m in r.item)
+    assert all(settled_before[record.id] >= 1 for record, _ in crash.items + crash.reviews)
+    assert f"answer cache: {cache_file}" in crash.survivor_log
 
-    # At-least-once: every id in the sink; the replayed ones twice, the second time from the cache at no cost.
-    by_id: dict[str, list[dict[str, Any]]] = {}
+    # Each id once: the sink for the items and the blocker, the review topic for the reviews.
+    assert Counter(r["id"] for r in crash.results) == Counter(
+        {record.id: 1 for record, _ in crash.items} | {crash.blocker[0].id: 1}
+    )
+    assert Counter(r["id"] for r in crash.review_records) == Counter({record.id: 1 for record, _ in crash.reviews})
+    assert all(r["review_reasons"] == ["answer.invalid"] for r in crash.review_records)
     for result in crash.results:
-        by_id.setdefault(result["id"], []).append(result)
-    assert sorted(by_id) == sorted(crash.markers)
-    assert [r["large_model"]["cached"] for r in by_id[crash.blocker[0].id]] == [False]
-    for record, _ in crash.items:
-        copies = by_id[record.id]
-        assert sorted(r["large_model"]["cached"] for r in copies) == [False, True], record.id
-        cached = next(r for r in copies if r["large_model"]["cached"])
-        assert cached["large_model"]["cost_usd"] == 0 and cached["decided_by"] == "large-model"
-        assert PII[0] in cached["summary"]["text"] and "[EMAIL_1]" not in cached["summary"]["text"]
+        if result["id"] != crash.blocker[0].id:
+            assert PII[0] in result["summary"]["text"] and "[EMAIL_1]" not in result["summary"]["text"]
     # The file holds the answers as the model gave them: placeholders, never the originals.
     stored = cache_file.read_bytes()
     assert b"[EMAIL_1]" in stored and PII[0].encode() not in stored
@@ -391,14 +403,27 @@ async def crash_scenario(bootstrap: str, random_name: Callable[[str], str], tmp_
         await create_topic(bootstrap, prefix + logical, PARTITIONS)
     sink_topics = [prefix + t for t in sorted(set(names.SINK_TOPICS.values()))]
 
+    review_topic = prefix + names.REVIEW_TOPIC
+
     async def sink_results() -> list[dict[str, Any]]:
         found = await read_all(bootstrap, sink_topics)
         return [orjson.loads(m.value) for topic in sink_topics for m in found[topic]]
 
+    async def review_records() -> list[dict[str, Any]]:
+        found = await read_all(bootstrap, [review_topic])
+        return [orjson.loads(m.value) for m in found[review_topic]]
+
     await produce(bootstrap, escalations, [encoded(crash.blocker)])  # offset 0
-    await produce(bootstrap, escalations, [encoded(item) for item in crash.items])
+    await produce(bootstrap, escalations, [encoded(item) for item in crash.items + crash.reviews])
     async with OpenAIServer() as server:
         server.script_for(BLOCKER, HELD)
+        for i in range(CRASH_ITEMS):
+            if i % 3 == 0:
+                server.script_for(f"k{i:02d}z", status(429, retry_after="0.2"), answer())
+            elif i % 3 == 1:
+                server.script_for(f"k{i:02d}z", answer(delay_s=0.5))
+        for i in range(CRASH_REVIEWS):
+            server.script_for(f"r{i:02d}z", MALFORMED, MALFORMED)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MINNOW_")}
         env.update(
             MINNOW_KAFKA__BOOTSTRAP_SERVERS=bootstrap,
@@ -416,11 +441,14 @@ async def crash_scenario(bootstrap: str, random_name: Callable[[str], str], tmp_
 
             async def delivered_but_the_blocker() -> bool:
                 held = any(BLOCKER in r.item for r in server.requests)
-                return held and len(await sink_results()) >= CRASH_ITEMS
+                done = len(await sink_results()) >= CRASH_ITEMS and len(await review_records()) >= CRASH_REVIEWS
+                return held and done
 
-            await wait_for(delivered_but_the_blocker, 120, "ten results in the sink", doomed)
+            await wait_for(delivered_but_the_blocker, 120, "ten results and three reviews", doomed)
+            await asyncio.sleep(0.5)  # the last completions recorded (they follow the acknowledgements)
         finally:
             assert doomed.stop(signal.SIGKILL) == -signal.SIGKILL
+        crash.requests_before_kill = list(server.requests)
         server.release_held()
         stored = await committed_offsets(bootstrap, group + ESCALATOR_GROUP_SUFFIX)
         assert all(offset <= 0 for offset in stored.values()), f"nothing may be committed before the kill: {stored}"
@@ -440,3 +468,4 @@ async def crash_scenario(bootstrap: str, random_name: Callable[[str], str], tmp_
         assert code == 0, crash.survivor_log[-4000:]
         crash.requests = list(server.requests)
     crash.results = await sink_results()
+    crash.review_records = await review_records()

@@ -142,6 +142,47 @@ def test_an_answer_outlives_the_process(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
+def test_settled_records_and_review_decisions_outlive_the_process(tmp_path: Path) -> None:
+    """What a restarted escalator needs after a SIGKILL: which records were settled (by place and digest of their
+    bytes: a recreated topic's offset 5 is another record), forgotten below the commit point; and a review decision
+    kept by content like an answer."""
+    path = tmp_path / "cache.sqlite3"
+    decision = CachedAnswer({}, "gpt-4o-mini", review_reason="answer.invalid", review_error="still malformed")
+
+    async def first(store: FileAnswerCache) -> None:
+        for offset in (3, 5, 8):
+            await store.mark_settled("t.escalations", 0, offset, f"d{offset}")
+        await store.put("k-review", decision)
+
+    async def second(store: FileAnswerCache) -> tuple[list[bool], CachedAnswer | None]:
+        seen = [
+            await store.was_settled("t.escalations", 0, 5, "d5"),
+            await store.was_settled("t.escalations", 0, 5, "other-bytes"),
+            await store.was_settled("t.escalations", 1, 5, "d5"),
+        ]
+        await store.forget_settled("t.escalations", 0, below=6)
+        seen += [await store.was_settled("t.escalations", 0, o, f"d{o}") for o in (3, 5, 8)]
+        return seen, await store.get("k-review")
+
+    with_file(path, first)
+    seen, kept = with_file(path, second)
+    assert seen == [True, False, False, False, False, True]
+    assert kept == decision
+
+
+def test_the_memory_store_keeps_settled_records_the_same_way() -> None:
+    """Without a file (MINNOW_ESCALATION__CACHE_FILE=none) the same calls work, for the life of the process."""
+
+    async def main() -> list[bool]:
+        store = AnswerCache(10)
+        await store.mark_settled("t", 0, 1, "d1")
+        before = [await store.was_settled("t", 0, 1, "d1"), await store.was_settled("t", 0, 1, "x")]
+        await store.forget_settled("t", 0, below=2)
+        return [*before, await store.was_settled("t", 0, 1, "d1")]
+
+    assert asyncio.run(main()) == [True, False, False]
+
+
 def test_past_the_bound_the_oldest_answers_go(tmp_path: Path) -> None:
     """max_entries 3: a fourth answer drops the first stored (reads do not keep an answer), in this run and the next."""
     path, clock = tmp_path / "cache.sqlite3", FakeClock()
