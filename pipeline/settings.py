@@ -394,6 +394,11 @@ class WorkerSettings(_Frozen):
         return raw
 
     batch_max_wait_ms: int = Field(default=50, ge=1, description="how long a partial batch waits for more events")
+    commit_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="at-least-once, offsets are committed after every delivered batch and at least this often",
+    )
     delivery_timeout_s: float = Field(
         default=120.0, gt=0, description="a batch whose outputs are not acknowledged by then stops the worker (exit 75)"
     )

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from pipeline.metrics import PARTITIONS_ASSIGNED
 from pipeline.models import FAMILIES
@@ -64,6 +65,8 @@ def create_app(
         broker_heartbeat_interval=kafka.heartbeat_interval_s,
         producer_max_request_size=PRODUCER_MAX_REQUEST_BYTES,
         stream_wait_empty=True,  # on stop and revoke, wait for in-flight batches before the final commit
+        # The periodic commit (its first comes after two intervals); at-least-once also commits after every batch.
+        broker_commit_interval=settings.worker.commit_interval_s,
     )
     transactions = Transactions(app)
     send = FaustSender(app, transactions)
@@ -94,7 +97,11 @@ def create_app(
         # logic can skip an unacked offset when acks arrive out of order.
         several = sum(i.family == family for i in inputs.values()) > 1  # agent names must differ
         agent_name = f"minnow.{family}.{name}" if several else f"minnow.{family}"
-        app.agent(source, name=agent_name, concurrency=1)(batch_agent(processor, settings, transactions))
+        # From the settings, not `transactions.enabled`: faust caches `app.in_transaction` on first use, and before
+        # the worker starts it is False.
+        at_least_once = kafka.processing_guarantee == "at_least_once"
+        body = batch_agent(processor, settings, transactions, commit=committer(app) if at_least_once else None)
+        app.agent(source, name=agent_name, concurrency=1)(body)
 
     def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         assigned: set[Any] = args[0]  # faust sends the whole new assignment
@@ -230,6 +237,15 @@ def _dump_tasks_on_sigusr1() -> None:
         log.warning("asyncio tasks on SIGUSR1:\n%s", "\n".join(chain(t) for t in asyncio.all_tasks()))
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump)
+
+
+def committer(app: faust.App) -> Callable[[set[tuple[str, int]]], Awaitable[object]]:
+    """Commit the acked offsets of some input partitions now (faust's commit: one at a time, followers wait)."""
+
+    async def commit(origins: set[tuple[str, int]]) -> object:
+        return await app.consumer.commit({TP(topic, partition) for topic, partition in origins})
+
+    return commit
 
 
 def output_topics(settings: Settings) -> list[str]:

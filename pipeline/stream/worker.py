@@ -448,11 +448,13 @@ def batch_agent(
     transactions: TransactionScope | None = None,
     *,
     on_failure: Callable[[BaseException], NoReturn] = exit_undelivered,
+    commit: Callable[[set[tuple[str, int]]], Awaitable[object]] | None = None,
 ) -> AgentFun:
     """The agent body for one input topic: `take_events` micro-batches, each delivered before it is acked.
 
     A batch's events are acked only after `handle` returned, i.e. after every output was acknowledged by the
-    broker; in exactly-once mode all of it happens while the batch holds its partitions' transactions.
+    broker; in exactly-once mode all of it happens while the batch holds its partitions' transactions. `commit`
+    (at-least-once) commits the batch's partitions right after.
     """
     max_events = settings.worker.batch_max_events
     within_s = settings.worker.batch_max_wait_ms / 1000
@@ -465,6 +467,9 @@ def batch_agent(
                 outputs = await processor.handle(records)
                 for event in events:  # take_events would ack them too, but after the transaction is released
                     await stream.ack(event)
+            if commit is not None:
+                # At once, not at the next periodic commit: a crash now repeats at most the batches in flight.
+                await commit(origins)
             return outputs
 
         batches: AsyncIterable[Sequence[Any]] = stream.take_events(max_events, within=within_s)
