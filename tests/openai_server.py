@@ -32,14 +32,15 @@ class Step:
     delay_s: float = 0.0
     model: str | None = None
     held: bool = False  # no answer until `release_held()` (or the server stops)
+    echo_auth: bool = False  # an error body that quotes the request's Authorization header, as debug pages do
 
 
 def answer(*, delay_s: float = 0.0, model: str | None = None) -> Step:
     return Step("answer", delay_s=delay_s, model=model)
 
 
-def status(code: int, *, retry_after: str | None = None) -> Step:
-    return Step("status", status=code, retry_after=retry_after)
+def status(code: int, *, retry_after: str | None = None, echo_auth: bool = False) -> Step:
+    return Step("status", status=code, retry_after=retry_after, echo_auth=echo_auth)
 
 
 HELD = Step("answer", held=True)
@@ -142,14 +143,18 @@ class OpenAIServer:
             await self._released.wait()
         if step.delay_s:
             await asyncio.sleep(step.delay_s)
-        response = self._respond(step, body)
+        response = self._respond(step, body, request.headers.get("Authorization", ""))
         seen.responded_at, seen.status, seen.retry_after = time.monotonic(), response.status, step.retry_after
         return response
 
-    def _respond(self, step: Step, body: dict[str, Any]) -> web.Response:
+    def _respond(self, step: Step, body: dict[str, Any], authorization: str) -> web.Response:
         if step.reply == "status":
             headers = {"Retry-After": step.retry_after} if step.retry_after is not None else {}
-            error = {"error": {"message": f"scripted {step.status}", "type": "scripted", "code": None}}
+            message = f"scripted {step.status}"
+            if step.echo_auth:
+                key = authorization.removeprefix("Bearer ")
+                message += f"; Incorrect API key provided: {key}. request headers: Authorization: {authorization}"
+            error = {"error": {"message": message, "type": "scripted", "code": None}}
             return web.json_response(error, status=step.status, headers=headers)
         if step.reply == "garbage":
             return web.Response(text="<html>upstream hiccup</html>", content_type="text/html")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -16,6 +17,10 @@ from pipeline.settings import EscalationSettings
 
 # An error body is quoted in the ProviderError message; a provider's HTML error page must not fill the logs.
 _MAX_ERROR_BODY_CHARS = 300
+# An Authorization header or a bearer token quoted anywhere: the scheme kept, the credential dropped.
+_AUTHORIZATION = re.compile(
+    r"(?i)((?:authorization|proxy-authorization)\s*[:=]\s*\"?(?:bearer|basic|token)?\s*|bearer\s+)[^\s\",;}]+"
+)
 # The usual rule of thumb for English text and JSON with BPE tokenizers: about four characters per token.
 CHARS_PER_TOKEN = 4
 
@@ -104,15 +109,24 @@ class ChatClient:
                 text = await response.text()
                 if response.status != 200:
                     raise ProviderError(
-                        f"{response.status} from {self.url}: {text[:_MAX_ERROR_BODY_CHARS]}",
+                        f"{response.status} from {self.url}: {self.scrubbed(text)[:_MAX_ERROR_BODY_CHARS]}",
                         status=response.status,
                         retry_after_s=parse_retry_after(response.headers.get("Retry-After")),
                     )
         except TimeoutError as exc:  # aiohttp's total timeout
             raise ProviderError(f"no reply from {self.url} within {self._timeout.total}s") from exc
         except aiohttp.ClientError as exc:
-            raise ProviderError(f"request to {self.url} failed: {type(exc).__name__}: {exc}") from exc
+            raise ProviderError(
+                f"request to {self.url} failed: {type(exc).__name__}: {self.scrubbed(str(exc))}"
+            ) from exc
         return _reply(text, self.model, time.monotonic() - started)
+
+    def scrubbed(self, text: str) -> str:
+        """`text` without the API key or any Authorization value: provider error bodies sometimes echo the request
+        (a proxy's debug page, "invalid key sk-..."), and the message is stored in review records and logs."""
+        if self._api_key is not None and (key := self._api_key.get_secret_value()):
+            text = text.replace(key, "[REDACTED]")
+        return _AUTHORIZATION.sub(r"\1[REDACTED]", text)
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:

@@ -111,6 +111,20 @@ def test_http_errors_become_provider_errors(code: int, retryable: bool, provider
     assert f"scripted {code}" in str(error)
 
 
+def test_an_error_body_that_quotes_the_key_is_stored_without_it() -> None:
+    """A provider (or a proxy's debug page) that echoes the key and the Authorization header: the ProviderError,
+    which ends up in review records and logs, carries neither."""
+
+    async def body(client: ChatClient, server: OpenAIServer) -> ProviderError:
+        with pytest.raises(ProviderError) as raised:
+            await client.complete(REQUEST)
+        return raised.value
+
+    error = against_server(status(401, echo_auth=True), key="sk-live-very-secret-42")(body)
+    assert "Incorrect API key provided" in str(error) and "Authorization: Bearer [REDACTED]" in str(error)
+    assert "sk-live-very-secret-42" not in str(error)
+
+
 def test_a_timeout_becomes_a_retryable_provider_error() -> None:
     async def body(client: ChatClient, server: OpenAIServer) -> ProviderError:
         with pytest.raises(ProviderError) as raised:
