@@ -59,7 +59,21 @@ def dead_letter_headers(source: Provenance, *, error: str, message: str, now: da
         (names.DLQ_ERROR_MESSAGE, text.encode()),
         (names.DLQ_FIRST_SEEN, first_seen),
         (names.DLQ_ATTEMPT, str(_attempt(source.headers)).encode()),
+        *original_headers(source.headers),
     )
+
+
+def original_headers(headers: Headers) -> Headers:
+    """The input record's own headers for its dead letter, renamed under `minnow.original.`: Minnow's headers are
+    only ever written by Minnow. Already-renamed ones (a re-driven dead letter failing again) stay as they are;
+    other `minnow.*` headers are Minnow's from an earlier dead letter and are written afresh, not copied."""
+    kept: list[tuple[str, bytes]] = []
+    for name, value in headers:
+        if name.startswith(names.ORIGINAL_HEADER_PREFIX):
+            kept.append((name, value))
+        elif not name.startswith("minnow."):
+            kept.append((names.ORIGINAL_HEADER_PREFIX + name, value))
+    return tuple(kept)
 
 
 def normalize_headers(headers: Iterable[tuple[str, bytes | None]] | Mapping[str, bytes | None] | None) -> Headers:

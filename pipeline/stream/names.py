@@ -25,6 +25,9 @@ DLQ_ERROR_CLASS = "minnow.error.class"
 DLQ_ERROR_MESSAGE = "minnow.error.message"
 DLQ_FIRST_SEEN = "minnow.first_seen"
 DLQ_ATTEMPT = "minnow.attempt"
+# The input record's own headers travel with its dead letter under this prefix, so they can never be taken for
+# Minnow's (deadletter.original_headers).
+ORIGINAL_HEADER_PREFIX = "minnow.original."
 
 # On a review record that `minnow review` put back at the end of the queue: how many times it was skipped.
 REVIEW_SKIPS = "minnow.review.skips"

@@ -142,6 +142,20 @@ def test_dead_letter_headers_name_the_source_and_start_at_attempt_one() -> None:
     }
 
 
+def test_the_input_records_own_headers_travel_renamed_and_minnows_are_never_copied() -> None:
+    """A producer's headers come with the dead letter under `minnow.original.` (so a producer's `minnow.error.class`
+    cannot pass for Minnow's); a re-driven dead letter's renamed headers stay as they are, its `minnow.*` ones are
+    written afresh, not copied."""
+    produced = (("trace-id", b"abc"), ("minnow.error.class", b"spoofed"), ("minnow.original.tenant", b"t1"))
+    headers = dead_letter_headers(Provenance("t.feeds.in", 0, 7, produced), error="schema_error", message="bad")
+    assert dict(headers)[names.DLQ_ERROR_CLASS] == b"schema_error"
+    assert [h for h in headers if h[0].startswith("minnow.original.")] == [
+        ("minnow.original.trace-id", b"abc"),
+        ("minnow.original.tenant", b"t1"),
+    ]
+    assert [name for name, _ in headers].count(names.DLQ_ERROR_CLASS) == 1
+
+
 def test_a_redriven_dead_letter_keeps_its_first_seen_time_and_counts_one_more_attempt() -> None:
     earlier = ((names.DLQ_FIRST_SEEN, b"2026-01-01T00:00:00.000+00:00"), (names.DLQ_ATTEMPT, b"2"))
     headers = dict(dead_letter_headers(Provenance("t.deadletter", 0, 7, earlier), error="decode_error", message="x"))
