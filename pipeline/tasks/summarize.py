@@ -33,8 +33,8 @@ ELLIPSIS = "…"
 CUT_MIN_WORDS = 4  # below this a cut sentence is no longer readable
 # A candidate scoring under this share of the best one is not worth its words, even when the budget has room.
 MIN_RELATIVE_SCORE = 0.3
-TOPIC_WORDS = 5
 PERSONAL_PRONOUNS = frozenset("i me my mine you your yours we us our ours".split())  # noqa: SIM905 -- reads better as words
+FIRST_PERSON = frozenset("i me my we us our".split())  # noqa: SIM905 -- reads better as words
 # Transcripts tag speakers "#Person1#": the tag names who said it, its hashes are markup.
 _TAG = re.compile(r"^#(.+)#$")
 # Words that open a chat line without adding to it ("Oh, ", "Well, ", "Yeah so "), and emoticons: a summary has no
@@ -64,9 +64,26 @@ def summarize(
     L2-normalised embeddings and `doc_vector` the document's. `sentence_ids` index into `segments` (the
     segments the chosen sentences come from).
     """
+    return summarize_with_quality(
+        segments, segment_vectors, doc_vector, speakers=speakers, settings=settings, model=model
+    )[0]
+
+
+def summarize_with_quality(
+    segments: list[str],
+    segment_vectors: Vectors,
+    doc_vector: Vectors,
+    *,
+    speakers: list[str] | None,
+    settings: SummarySettings,
+    model: SummaryModel | None = None,
+) -> tuple[Summary, NDArray[np.float64]]:
+    """`summarize`, and the quality features its confidence was read from (`summary_train` fits the estimate on
+    exactly these; all zeros for an empty input)."""
     _check_shapes(segments, segment_vectors, speakers)
     if not any(s.strip() for s in segments):
-        return Summary(text="", sentence_ids=[], confidence=0.0, reasons=["empty input: nothing to summarize"])
+        empty = Summary(text="", sentence_ids=[], confidence=0.0, reasons=["empty input: nothing to summarize"])
+        return empty, np.zeros(len(QUALITY_FEATURES))
     model = model or load_summary_model()
     pool = candidates(segments, segment_vectors, doc_vector, speakers)
     scores = model.trees.probability(pool.features)
@@ -82,12 +99,10 @@ def summarize(
     text, cut = _render_within(pool, chosen, speakers, settings)
     if cut:
         reasons.append(f"the best sentence is longer than the summary's bounds: cut with {ELLIPSIS}")
-    quality = quality_features(
-        pool, scores, chosen, vectors=segment_vectors, doc_vector=doc_vector, speakers=speakers, text=text
-    )
+    quality = quality_features(pool, scores, chosen, speakers=speakers, text=text)
     confidence = float(np.clip(model.quality.predict(quality), 0.0, 1.0))
     ids = sorted({pool.segment[j] for j in chosen})
-    return Summary(text=text, sentence_ids=ids, confidence=confidence, reasons=reasons)
+    return Summary(text=text, sentence_ids=ids, confidence=confidence, reasons=reasons), quality
 
 
 def dialogue_segments(turns: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
@@ -130,60 +145,58 @@ def quality_features(
     scores: NDArray[np.float64],
     chosen: Sequence[int],
     *,
-    vectors: Vectors,
-    doc_vector: Vectors,
     speakers: Sequence[str] | None,
     text: str,
 ) -> NDArray[np.float64]:
-    """What the quality estimate reads (QUALITY_FEATURES, in that order)."""
-    ranked = np.sort(scores)[::-1]
-    picked = sorted({pool.segment[j] for j in chosen})
-    centroid = vectors[picked].astype(np.float64).mean(axis=0) if picked else np.zeros(vectors.shape[1])
-    norm = float(np.linalg.norm(centroid))
-    coverage = float(centroid @ doc_vector.astype(np.float64) / norm) if norm > 0 else 0.0
-    words = sum(len(t) for t in pool.tokens)
-    voices = set(speakers) if speakers is not None else set()
+    """What the quality estimate reads (QUALITY_FEATURES, in that order) about the summary `text` made of the
+    candidates `chosen` (indices into `pool`), given every candidate's score.
+
+    Words are the summary's rendered tokens (speaker names included), unstemmed: the worker does not load the ROUGE
+    stemmer. Prose has no speakers: its speaker features are 0.
+    """
+    tokens = tokenize(text)
+    n = max(len(tokens), 1)
+    content = [t for t in tokens if t not in STOP_WORDS]
+    counts = Counter(t for ts in pool.tokens for t in ts)
+    voices: dict[str, set[str]] = {}
+    if speakers is not None:
+        for segment, ts in zip(pool.segment, pool.tokens, strict=True):
+            for t in ts:
+                voices.setdefault(t, set()).add(speakers[segment])
+    mass = Counter(t for ts in pool.tokens for t in ts if t not in STOP_WORDS)
+    present = set(tokens)
+    picked = {pool.segment[j] for j in chosen}
     values = [
-        float(np.log1p(len(set(pool.segment)))),
-        float(np.log1p(words)),
-        float(len(voices)),
-        float(ranked[0]) if len(ranked) else 0.0,
-        float(scores[list(chosen)].mean()) if len(chosen) else 0.0,
-        float(ranked[1]) if len(ranked) > 1 else 0.0,
-        coverage,
-        len(text.split()) / max(words, 1),
-        float(np.mean([is_filler(t) for t in pool.texts])) if pool.texts else 1.0,
-        float(bool(voices) and all(_GENERIC.match(v.strip()) for v in voices)),
-        float(scores[list(chosen)].sum() / scores.sum()) if len(chosen) and scores.sum() > 0 else 0.0,
-        _entropy(scores),
-        *_text_quality(text, pool),
+        sum(c for w, c in mass.items() if w in present) / max(sum(mass.values()), 1),
+        pseudo_reference_f1(tokens, pool.tokens, scores),
+        float(scores[list(chosen)].sum()) if len(chosen) else 0.0,
+        float(np.mean([len(voices.get(t, ())) >= 2 for t in content])) if content else 0.0,
+        sum(t in PERSONAL_PRONOUNS for t in tokens) / n,
+        sum(t in FIRST_PERSON for t in tokens) / n,
+        len({speakers[i] for i in picked}) / max(len(set(speakers)), 1) if speakers is not None else 0.0,
+        float(np.mean([np.log1p(counts[t]) for t in content])) if content else 0.0,
+        float(speakers is not None and bool(speakers) and all(_GENERIC.match(v.strip()) for v in set(speakers))),
     ]
     assert len(values) == len(QUALITY_FEATURES)
     return np.asarray(values, dtype=np.float64)
 
 
-def _entropy(scores: NDArray[np.float64]) -> float:
-    total = float(scores.sum())
-    if total <= 0:
+def pseudo_reference_f1(
+    summary: Sequence[str], candidates: Sequence[Sequence[str]], scores: NDArray[np.float64]
+) -> float:
+    """ROUGE-1 F1 of the summary's tokens against a reference-free stand-in for the human summary: every candidate's
+    tokens, each counted with its sentence's score (the trees' belief that a human would keep it)."""
+    expected: dict[str, float] = {}
+    for ts, score in zip(candidates, scores, strict=True):
+        for t in ts:
+            expected[t] = expected.get(t, 0.0) + float(score)
+    own = Counter(summary)
+    overlap = sum(min(c, expected.get(t, 0.0)) for t, c in own.items())
+    total = sum(expected.values())
+    if overlap <= 0 or total <= 0:
         return 0.0
-    share = scores / total
-    return float(-(share * np.log(share + 1e-12)).sum())
-
-
-def _text_quality(text: str, pool: Candidates) -> list[float]:
-    """pronoun_share, stopword_share, questions, topic_words and content_mass of a rendered summary."""
-    tokens = tokenize(text)
-    n = max(len(tokens), 1)
-    mass = Counter(t for ts in pool.tokens for t in ts if t not in STOP_WORDS)
-    topic = {w for w, _ in mass.most_common(TOPIC_WORDS)}
-    present = set(tokens)
-    return [
-        sum(t in PERSONAL_PRONOUNS for t in tokens) / n,
-        sum(t in STOP_WORDS for t in tokens) / n,
-        float(text.count("?")),
-        len(topic & present) / TOPIC_WORDS,
-        sum(c for w, c in mass.items() if w in present) / max(sum(mass.values()), 1),
-    ]
+    precision, recall = overlap / sum(own.values()), overlap / total
+    return 2 * precision * recall / (precision + recall)
 
 
 # ----------------------------------------------------------------------------------------------- selection

@@ -21,26 +21,23 @@ from pipeline.tasks.summary_features import FEATURES
 MODEL_PATH = Path(__file__).resolve().parent.parent / "data" / "summary_model.json"
 Matrix = NDArray[np.float64]
 
-# What the quality estimate reads about a document and its summary (summarize.quality_features builds them).
+# What the quality estimate reads about a document and its summary (summarize.quality_features builds them). Chosen
+# by forward selection on cross-validated fitting dialogues (docs/summarization.md, "Confidence"): the summary's
+# words against what the dialogue and the sentence scores say matters, and how far it reads like a retelling.
 QUALITY_FEATURES = (
-    "log_segments",
-    "log_words",  # the dialogue's words: long dialogues are harder to cover in a few sentences
-    "speakers",
-    "top_score",  # the best candidate's score
-    "mean_chosen_score",
-    "second_score",  # the runner-up: a clear winner or several near-equal ones
-    "coverage",  # cosine of the chosen turns' centroid to the document vector
-    "summary_words_share",  # summary words / the dialogue's words
-    "filler_share",  # share of candidate sentences that are filler
-    "generic_speakers",  # speaker tags such as "#Person1#" (spoken transcripts) rather than names
-    "chosen_score_mass",  # the chosen sentences' share of all candidates' scores: how much of the good part fits
-    "score_entropy",  # scores spread over many candidates: no few sentences say it all
-    "pronoun_share",  # "I", "you", "we" in the summary: human summaries are written in the third person
-    "stopword_share",
-    "questions",  # question marks in the summary: a question rarely states the outcome
-    "topic_words",  # share of the dialogue's 5 most frequent content words the summary contains
     "content_mass",  # the dialogue's content-word occurrences whose word the summary contains, as a share
+    "pseudo_reference",  # ROUGE-1 F1 of the summary against all candidates' words weighted by their scores
+    "chosen_score_sum",  # the chosen sentences' scores summed: how many oracle sentences the trees expect it holds
+    "shared_words",  # share of the summary's content words that more than one speaker uses
+    "pronoun_share",  # "I", "you", "we" in the summary: human summaries are written in the third person
+    "first_person_share",  # "I", "we" alone: a first-person line is the furthest from a retelling
+    "speakers_covered",  # share of the dialogue's speakers that have a line in the summary
+    "word_frequency",  # mean log count in the dialogue of the summary's content words
+    "generic_speakers",  # speaker tags such as "#Person1#" (spoken transcripts) rather than names
 )
+# The estimate weighs every feature twice, once for all documents and once more for documents with this feature at
+# 1 (spoken transcripts): the same signal predicts differently in chats and in transcripts.
+GROUP_FEATURE = "generic_speakers"
 
 
 @dataclass(frozen=True)
@@ -76,15 +73,25 @@ class Trees:
 
 @dataclass(frozen=True)
 class Quality:
-    """Ridge regression from QUALITY_FEATURES to the summary's expected ROUGE-1 F1 against a human summary."""
+    """Ridge regression from QUALITY_FEATURES to the summary's expected ROUGE-1 F1 against a human summary.
+
+    `coef` weighs `design(q)`: the standardised features, the same again times the group feature (raw, 0 or 1), and
+    the group feature itself.
+    """
 
     mean: Matrix
     scale: Matrix
     coef: Matrix
     intercept: float
 
+    def design(self, q: Matrix) -> Matrix:
+        """The regression's inputs for feature rows `q` (one row, or (n, len(QUALITY_FEATURES)))."""
+        z = (q - self.mean) / self.scale
+        group = q[..., QUALITY_FEATURES.index(GROUP_FEATURE), None]
+        return np.concatenate([z, z * group, group], axis=-1)
+
     def predict(self, q: Matrix) -> float:
-        return float(((q - self.mean) / self.scale) @ self.coef + self.intercept)
+        return float(self.design(q) @ self.coef + self.intercept)
 
 
 @dataclass(frozen=True)
@@ -115,7 +122,11 @@ def load_summary_model(path: Path = MODEL_PATH) -> SummaryModel:
         raise ConfigError(
             f"cannot read the summary model {path}: {exc}; reinstall, or refit with summary_train"
         ) from exc
-    if tuple(body["features"]) != FEATURES or tuple(body["quality"]["features"]) != QUALITY_FEATURES:
+    if (
+        tuple(body["features"]) != FEATURES
+        or tuple(body["quality"]["features"]) != QUALITY_FEATURES
+        or len(body["quality"]["coef"]) != 2 * len(QUALITY_FEATURES) + 1
+    ):
         raise ConfigError(
             f"{path} was fitted on other features; refit it with `python -m pipeline.tasks.summary_train`"
         )

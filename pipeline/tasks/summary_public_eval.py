@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 BASELINE_UNITS = 3
 LOWEST_SHARE = 0.2  # escalating this share of least confident summaries: what do they score, what does the rest
+BOOTSTRAP_RESAMPLES = 1000  # for the confidence's Spearman interval: a few hundred dialogues leave it wide
 METHODS = ("minnow", "lead3_turns", "longest3_turns", "lead3_sentences", "longest3_sentences", "oracle")
 
 
@@ -89,6 +90,7 @@ def evaluate(
         "rouge": {m: {k: float(np.mean([r[k] for r in rows])) for k in ROUGE_KEYS} for m, rows in per.items()},
         "mean_words": {m: float(np.mean(w)) for m, w in words.items()},
         "confidence_spearman_rouge1": float(rho),
+        "confidence_spearman_ci95": spearman_interval(conf, r1),
         "escalation": {
             "min_confidence": min_confidence,
             "escalated": int(escalated.sum()),
@@ -98,6 +100,24 @@ def evaluate(
         "lowest_fifth": _lowest_share(conf, r1, LOWEST_SHARE),
         "ms_per_dialogue": {"median": float(np.median(times)), "p95": float(np.percentile(times, 95))},
     }
+
+
+def spearman_interval(
+    x: NDArray[np.float64], y: NDArray[np.float64], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> list[float]:
+    """95% percentile-bootstrap interval of Spearman's rho between `x` and `y`, resampling dialogues."""
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(seed)
+    rhos = []
+    for _ in range(resamples):
+        pick = rng.integers(0, len(x), len(x))
+        rx, ry = rankdata(x[pick]), rankdata(y[pick])
+        if rx.std() > 0 and ry.std() > 0:
+            rhos.append(float(np.corrcoef(rx, ry)[0, 1]))
+    if not rhos:
+        return [float("nan"), float("nan")]
+    return [float(np.percentile(rhos, 2.5)), float(np.percentile(rhos, 97.5))]
 
 
 def _lowest_share(conf: NDArray[np.float64], r1: NDArray[np.float64], share: float) -> dict[str, float]:
@@ -154,7 +174,11 @@ def render(report: dict[str, Any]) -> str:
             )
         lines.append(f"| reference | | | | {body['mean_words']['reference']:.1f} |")
         e = body["escalation"]
-        lines.append(f"confidence vs ROUGE-1: Spearman {body['confidence_spearman_rouge1']:.3f}")
+        low_ci, high_ci = body["confidence_spearman_ci95"]
+        lines.append(
+            f"confidence vs ROUGE-1: Spearman {body['confidence_spearman_rouge1']:.3f} "
+            f"(bootstrap 95% interval {low_ci:.3f} to {high_ci:.3f})"
+        )
         if e["rouge1_escalated"] is not None and e["rouge1_kept"] is not None:
             lines.append(
                 f"below confidence {e['min_confidence']}: {e['escalated']} escalated, ROUGE-1 "
