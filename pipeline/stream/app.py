@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,18 +237,17 @@ def run(settings: Settings, *, verbose: bool = False) -> int:
     # Before faust: wrong credentials or an untrusted certificate are one line and an exit, not endless retries.
     asyncio.run(preflight(settings.kafka))
 
+    if settings.log_level is None and not verbose:  # a service logs what it does by default (-v: DEBUG)
+        logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     # The model loads before the consumer joins the group, so partitions are never assigned to a worker
     # that cannot process them yet.
     engine = AsyncMiniModel(MiniModel.load(settings))
     try:
         with tempfile.TemporaryDirectory(prefix="minnow-faust-") as datadir:
             app = create_app(settings, engine, datadir=Path(datadir))
-            worker = faust.Worker(
-                app,
-                loglevel=logging.DEBUG if verbose else logging.INFO,
-                logfile=sys.stderr,
-                quiet=True,
-            )
+            # Logging stays as `minnow` set it up (pipeline/logs.py): faust's own setup would add a second format.
+            worker = faust.Worker(app, quiet=True, override_logging=False)
+            worker.spinner = None  # a terminal spinner on stdout; without it faust logs "Ready" instead
             try:
                 worker.execute_from_commandline()
             except SystemExit as exc:  # mode's Worker always ends by raising SystemExit with the exit status
