@@ -63,8 +63,11 @@ def without_input(exc: ValidationError) -> str:
 
 
 def register_secrets(values: Iterable[str | None]) -> None:
-    """Values that must never reach a log line (passwords, API keys): masked by every formatter from now on."""
-    _secrets.update(value for value in values if value and len(value) >= 4)  # masking "a" would mangle every line
+    """Values that must never reach a log line (passwords, API keys): masked by every formatter from now on, as
+    they are and as they read inside a JSON string."""
+    for value in values:
+        if value and len(value) >= 4:  # masking "a" would mangle every line
+            _secrets.update({value, orjson.dumps(value).decode()[1:-1]})
 
 
 def mask(text: str) -> str:
@@ -86,10 +89,6 @@ def _timestamp(record: logging.LogRecord) -> str:
     return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _masked(value: Any) -> Any:
-    return mask(value) if isinstance(value, str) and _secrets else value
-
-
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts (ISO 8601, UTC), level, logger, message, then the structured fields."""
 
@@ -98,16 +97,17 @@ class JsonFormatter(logging.Formatter):
             "ts": _timestamp(record),
             "level": record.levelname,
             "logger": record.name,
-            "message": mask(record.getMessage()),
+            "message": record.getMessage(),
         }
         for key, value in fields_of(record).items():
-            line.setdefault(key, _masked(value))  # a field never overwrites the four above
+            line.setdefault(key, value)  # a field never overwrites the four above
         if record.exc_info:
-            line["exc"] = mask(self.formatException(record.exc_info))
+            line["exc"] = self.formatException(record.exc_info)
         if record.stack_info:
-            line["stack"] = mask(self.formatStack(record.stack_info))
-        # default=str: a field of any type still makes a line; the line is one line (exceptions escaped).
-        return orjson.dumps(line, default=str).decode()
+            line["stack"] = self.formatStack(record.stack_info)
+        # default=str: a field of any type still makes a line; the line is one line (exceptions escaped). Masked
+        # last, so a secret is caught wherever it sits (a nested field, a traceback).
+        return mask(orjson.dumps(line, default=str).decode())
 
 
 class TextFormatter(logging.Formatter):
@@ -116,13 +116,13 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = fields_of(record)
         ordered = [k for k in EVENT_FIELDS if k in fields] + [k for k in fields if k not in EVENT_FIELDS]
-        tail = "".join(f" {key}={_masked(fields[key])}" for key in ordered)
-        text = f"{_timestamp(record)} {record.levelname} {record.name}: {mask(record.getMessage())}{tail}"
+        tail = "".join(f" {key}={fields[key]}" for key in ordered)
+        text = f"{_timestamp(record)} {record.levelname} {record.name}: {record.getMessage()}{tail}"
         if record.exc_info:
-            text += "\n" + mask(self.formatException(record.exc_info))
+            text += "\n" + self.formatException(record.exc_info)
         if record.stack_info:
-            text += "\n" + mask(self.formatStack(record.stack_info))
-        return text
+            text += "\n" + self.formatStack(record.stack_info)
+        return mask(text)
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]

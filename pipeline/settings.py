@@ -242,11 +242,13 @@ class KafkaSettings(_Frozen):
             from pipeline.errors import ConfigError
 
             try:
-                return self.sasl_password_file.read_text(encoding="utf-8").strip()
+                secret = self.sasl_password_file.read_text(encoding="utf-8").strip()
             except OSError as exc:
                 raise ConfigError(
                     f"cannot read MINNOW_KAFKA__SASL_PASSWORD_FILE {self.sasl_password_file}: {exc.strerror}"
                 ) from exc
+            register_secrets([secret])  # masked in every log line, like the SecretStr settings
+            return secret
         return self.sasl_password.get_secret_value() if self.sasl_password is not None else None
 
 
