@@ -14,12 +14,14 @@ import pytest
 
 from pipeline import cli, logs
 from pipeline.errors import ConfigError
-from pipeline.models import AnyEvent, ErrorRecord, Scores
+from pipeline.escalation.escalator import Outcome
+from pipeline.models import AnyEvent, ErrorRecord, EscalationRecord, Scores
 from pipeline.settings import load_log_settings, load_settings
 from pipeline.stages.infer import MiniModel
 from pipeline.stages.validate import event_from_object
 from pipeline.stream.worker import BatchProcessor, batch_agent
 from pipeline.tasks.moderate import ModerateTask
+from tests.unit.test_escalation_stream import TP, FakeConsumer, FakeProducer, messages, run_loop, settled
 from tests.unit.test_stream_units import SETTINGS, FakeEngine, FakeSender, FakeStream, feed, record
 
 MARKER = "zebra-quartz-marker-7731"
@@ -227,6 +229,32 @@ def test_an_engine_failure_logs_the_event_id_above_debug_and_its_text_only_below
     warning = [line for line in written if line["level"] == "WARNING"]
     assert [(w["event_id"], w["message"]) for w in warning] == [("e2", "event e2 failed in the engine: ValueError")]
     assert any(MARKER in line["message"] for line in written if line["level"] == "DEBUG")
+
+
+class _BrokenEscalator:
+    """Fails to settle record p-1 with a message quoting the event, as a bug might; settles the others."""
+
+    blocked = False
+
+    async def settle(self, record: EscalationRecord, event: AnyEvent) -> Outcome:
+        if record.id == "p-1":
+            raise RuntimeError(f"cannot settle {MARKER}")
+        return settled(record)
+
+
+def test_the_escalators_lines_for_a_record_name_it_and_where_it_was_read(captured: io.StringIO) -> None:
+    """The escalator's loop: a record whose settlement fails gets an ERROR line and a dead-letter WARNING line, both
+    with its event id, topic, partition and offset; the exception's message (quoting the event) only at DEBUG."""
+    consumer, producer = FakeConsumer(messages(3)), FakeProducer()
+    assert run_loop(consumer, producer, _BrokenEscalator(), lambda: len(producer.sent) == 5) == 0
+    written = [line for line in lines(captured) if line["logger"] == "pipeline.stream.escalator"]
+    loud = [line for line in written if line["level"] in ("ERROR", "WARNING")]
+    assert [(line["level"], line["event_id"], line["topic"], line["partition"], line["offset"]) for line in loud] == [
+        ("ERROR", "p-1", TP.topic, TP.partition, 1),
+        ("WARNING", "p-1", TP.topic, TP.partition, 1),
+    ]
+    assert not [line for line in lines(captured) if line["level"] != "DEBUG" and MARKER in orjson.dumps(line).decode()]
+    assert any(MARKER in line.get("exc", "") for line in written if line["level"] == "DEBUG")
 
 
 def test_the_cli_sets_up_logging_before_the_command_runs(monkeypatch: pytest.MonkeyPatch) -> None:
