@@ -20,7 +20,14 @@ from pipeline.stream.devices import Devices
 from pipeline.stream.registry import RegistryCodec
 from pipeline.stream.state import ChangelogStore
 from pipeline.stream.transactions import Transactions
-from pipeline.stream.worker import BatchProcessor, Engine, OutputRecord, batch_agent, exit_undelivered
+from pipeline.stream.worker import (
+    BatchProcessor,
+    Engine,
+    OutputRecord,
+    batch_agent,
+    batch_scope,
+    exit_undelivered,
+)
 
 log = logging.getLogger(__name__)
 
@@ -187,14 +194,15 @@ def _keep_state(
             return  # assignments are changing; caught_up also skips partitions whose state is being rebuilt
         partitions = caught_up({tp for tp in app.assignor.assigned_actives() if tp.topic == input_topic})
         origins = [(input_topic, partition) for partition in sorted(partitions)]
-        try:
-            async with transactions.hold(origins):
-                outputs = await processor.finish(await step.sweep(partitions))
-                await processor.deliver(outputs)
-            if outputs:
-                await transactions.commit_without_input(origins)
-        except Exception as exc:
-            exit_undelivered(exc)
+        with batch_scope():  # what a sweep closes is a batch of its own in the log
+            try:
+                async with transactions.hold(origins):
+                    outputs = await processor.finish(await step.sweep(partitions))
+                    await processor.deliver(outputs)
+                if outputs:
+                    await transactions.commit_without_input(origins)
+            except Exception as exc:
+                exit_undelivered(exc)
 
     app.timer(interval, name=f"minnow.{owner}s.sweep")(sweep)
 
