@@ -512,10 +512,19 @@ def _add_topics(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     sc.set_defaults(func=cmd_topics_schemas)
 
 
+def _setup_logging(*, verbose: bool) -> None:
+    """One format on stderr for every command (MINNOW_LOG_FORMAT, MINNOW_LOG_LEVEL; docs/operations.md "Logs")."""
+    from pipeline.logs import configure
+    from pipeline.settings import load_log_settings
+
+    chosen = load_log_settings()
+    configure(chosen.log_format, logging.DEBUG if verbose else chosen.log_level or logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr)
     try:
+        _setup_logging(verbose=args.verbose)
         code: int = args.func(args)
     except MinnowError as exc:
         print(f"minnow: {exc}", file=sys.stderr)

@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from pipeline.logs import register_secrets
+
 log = logging.getLogger(__name__)
 
 Precision = Literal["int8", "fp32"]
@@ -255,11 +257,13 @@ class KafkaSettings(_Frozen):
             from pipeline.errors import ConfigError
 
             try:
-                return self.sasl_password_file.read_text(encoding="utf-8").strip()
+                secret = self.sasl_password_file.read_text(encoding="utf-8").strip()
             except OSError as exc:
                 raise ConfigError(
                     f"cannot read MINNOW_KAFKA__SASL_PASSWORD_FILE {self.sasl_password_file}: {exc.strerror}"
                 ) from exc
+            register_secrets([secret])  # masked in every log line, like the SecretStr settings
+            return secret
         return self.sasl_password.get_secret_value() if self.sasl_password is not None else None
 
 
@@ -677,7 +681,36 @@ class TopicsSettings(_Frozen):
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
-class Settings(BaseSettings):
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class LogSettings(BaseSettings):
+    """How a process logs: read on its own first (`minnow` sets up logging before anything else can log)."""
+
+    model_config = SettingsConfigDict(env_prefix="MINNOW_", env_nested_delimiter="__", frozen=True, extra="ignore")
+
+    log_format: Literal["json", "text"] | None = Field(
+        default=None,
+        description="json (one JSON object per line) or text; unset: text when stderr is a terminal, else json",
+    )
+    log_level: LogLevel | None = Field(
+        default=None,
+        description="DEBUG, INFO, WARNING, ERROR or CRITICAL; unset: INFO for worker and escalator, else WARNING "
+        "(-v: DEBUG)",
+    )
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() or None if isinstance(value, str) else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:  # `info` and `INFO` alike, as Python's logging accepts
+        return value.strip().upper() or None if isinstance(value, str) else value
+
+
+class Settings(LogSettings):
     """Everything Minnow reads from the environment. Nested fields use `__`: MINNOW_ENGINE__PRECISION=fp32."""
 
     model_config = SettingsConfigDict(env_prefix="MINNOW_", env_nested_delimiter="__", frozen=True, extra="ignore")
@@ -713,9 +746,35 @@ def load_settings() -> Settings:
     from pipeline.errors import ConfigError
 
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         raise ConfigError(f"invalid settings: {'; '.join(_problem(err) for err in exc.errors())}") from exc
+    register_secrets(_secret_values(settings))  # masked in every log line from now on (pipeline/logs.py)
+    return settings
+
+
+def load_log_settings() -> LogSettings:
+    """The two logging settings alone, so logging is set up before the rest is read (and may warn)."""
+    from pydantic import ValidationError
+
+    from pipeline.errors import ConfigError
+
+    try:
+        return LogSettings()
+    except ValidationError as exc:
+        raise ConfigError(f"invalid settings: {'; '.join(_problem(err) for err in exc.errors())}") from exc
+
+
+def _secret_values(model: BaseModel) -> list[str]:
+    """Every SecretStr value in the settings, nested models included."""
+    values: list[str] = []
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, SecretStr):
+            values.append(value.get_secret_value())
+        elif isinstance(value, BaseModel):
+            values.extend(_secret_values(value))
+    return values
 
 
 def _problem(err: Any) -> str:

@@ -64,9 +64,12 @@ class Caller:
                 if not exc.retryable or attempt >= self._policy.max_attempts:
                     raise
                 delay = self._delay(exc, attempt)
+                # A reply's body may echo the prompt: the status above DEBUG, the body below.
+                problem = str(exc) if exc.status is None else f"HTTP {exc.status}"
                 log.info(
-                    "large model: %s; attempt %d/%d, retry in %.2fs", exc, attempt, self._policy.max_attempts, delay
+                    "large model: %s; attempt %d/%d, retry in %.2fs", problem, attempt, self._policy.max_attempts, delay
                 )
+                log.debug("large model: %s", exc)
                 await self._clock.sleep(delay)
                 continue
             except AnswerError:

@@ -168,7 +168,9 @@ class Escalator:
                     raise AnswerError(f"the model refused: {reply.refusal[:200]}")
                 answer = read_answer(prompt, reply.content)
             except AnswerError as exc:
-                log.info("large model answer for %s rejected: %s", record.id, exc)
+                # The answer may quote the event: what was wrong with it only at DEBUG.
+                log.info("large model answer for %s rejected", record.id)
+                log.debug("large model answer for %s rejected: %s", record.id, exc)
                 error, answer_read = str(exc), exc.answer
                 continue
             # Stored before the item's outputs leave, so an item delivered and replayed after a crash is a hit.

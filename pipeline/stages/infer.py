@@ -83,7 +83,10 @@ class MiniModel:
             return list(self._score_batch(events))
         except Exception as exc:  # any failure, typed or not, must cost only the item that causes it
             if len(events) == 1:
-                log.warning("event %s failed in the engine: %s", events[0].id, exc)
+                # The type only above DEBUG: an engine error's message may quote the text it failed on.
+                fields = {"event_id": events[0].id}
+                log.warning("event %s failed in the engine: %s", events[0].id, type(exc).__name__, extra=fields)
+                log.debug("event %s failed in the engine: %s", events[0].id, exc, extra=fields)
                 code = exc.code if isinstance(exc, MinnowError) else InferenceError.code
                 return [ErrorRecord(error=code, message=f"{type(exc).__name__}: {exc}", id=events[0].id)]
             mid = len(events) // 2

@@ -98,10 +98,10 @@ def decode_line(
     try:
         return parse_event(raw, max_bytes=max_bytes, mapping=mapping)
     except InputError as exc:
-        return ErrorRecord(error=exc.code, message=str(exc), id=_best_effort_id(raw, mapping), line=line)
+        return ErrorRecord(error=exc.code, message=str(exc), id=best_effort_id(raw, mapping), line=line)
 
 
-def _best_effort_id(raw: bytes, mapping: FieldMapping | None = None) -> str | None:
+def best_effort_id(raw: bytes, mapping: FieldMapping | None = None) -> str | None:
     """The event's id when it can be read (through the mapping's `id` source, if any), to name the error record."""
     try:
         obj = orjson.loads(raw)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -24,7 +23,14 @@ from pipeline.stream.devices import Devices
 from pipeline.stream.registry import RegistryCodec
 from pipeline.stream.state import ChangelogStore
 from pipeline.stream.transactions import Transactions
-from pipeline.stream.worker import BatchProcessor, Engine, OutputRecord, batch_agent, exit_undelivered
+from pipeline.stream.worker import (
+    BatchProcessor,
+    Engine,
+    OutputRecord,
+    batch_agent,
+    batch_scope,
+    exit_undelivered,
+)
 
 log = logging.getLogger(__name__)
 
@@ -200,14 +206,15 @@ def _keep_state(
             return  # assignments are changing; caught_up also skips partitions whose state is being rebuilt
         partitions = caught_up({tp for tp in app.assignor.assigned_actives() if tp.topic == input_topic})
         origins = [(input_topic, partition) for partition in sorted(partitions)]
-        try:
-            async with transactions.hold(origins):
-                outputs = await processor.finish(await step.sweep(partitions))
-                await processor.deliver(outputs)
-            if outputs:
-                await transactions.commit_without_input(origins)
-        except Exception as exc:
-            exit_undelivered(exc)
+        with batch_scope():  # what a sweep closes is a batch of its own in the log
+            try:
+                async with transactions.hold(origins):
+                    outputs = await processor.finish(await step.sweep(partitions))
+                    await processor.deliver(outputs)
+                if outputs:
+                    await transactions.commit_without_input(origins)
+            except Exception as exc:
+                exit_undelivered(exc)
 
     app.timer(interval, name=f"minnow.{owner}s.sweep")(sweep)
 
@@ -272,18 +279,17 @@ def run(settings: Settings, *, verbose: bool = False) -> int:
 
     size_limits = asyncio.run(before_start())
 
+    if settings.log_level is None and not verbose:  # a service logs what it does by default (-v: DEBUG)
+        logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     # The model loads before the consumer joins the group, so partitions are never assigned to a worker
     # that cannot process them yet.
     engine = AsyncMiniModel(MiniModel.load(settings))
     try:
         with tempfile.TemporaryDirectory(prefix="minnow-faust-") as datadir:
             app = create_app(settings, engine, datadir=Path(datadir), size_limits=size_limits)
-            worker = faust.Worker(
-                app,
-                loglevel=logging.DEBUG if verbose else logging.INFO,
-                logfile=sys.stderr,
-                quiet=True,
-            )
+            # Logging stays as `minnow` set it up (pipeline/logs.py): faust's own setup would add a second format.
+            worker = faust.Worker(app, quiet=True, override_logging=False)
+            worker.spinner = None  # a terminal spinner on stdout; without it faust logs "Ready" instead
             try:
                 worker.execute_from_commandline()
             except SystemExit as exc:  # mode's Worker always ends by raising SystemExit with the exit status

@@ -17,6 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from pipeline.errors import ConfigError, StreamToolError
+from pipeline.logs import register_secrets
 from pipeline.settings import KafkaSettings
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ class FileTokenProvider(AbstractTokenProvider):  # type: ignore[misc]  # aiokafk
             stat = self._path.stat()
             if (stat.st_mtime_ns, stat.st_size) != self._seen:
                 self._token = self._path.read_text(encoding="utf-8").strip()
+                register_secrets([self._token])  # masked in every log line (pipeline/logs.py)
                 self._seen = (stat.st_mtime_ns, stat.st_size)
         except OSError as exc:
             raise ConfigError(f"cannot read MINNOW_KAFKA__SASL_OAUTH_TOKEN_FILE {self._path}: {exc.strerror}") from exc

@@ -28,6 +28,7 @@ from pipeline.codec import encode
 from pipeline.errors import DecodeError, DeliveryError, InputError, SchemaError
 from pipeline.escalation.cache import SettledRecords
 from pipeline.escalation.escalator import Escalator, Outcome
+from pipeline.logs import log_context
 from pipeline.models import EVENT_ADAPTER, AnyEvent, EscalationRecord, ToSink
 from pipeline.review.verdicts import label_key
 from pipeline.settings import Settings
@@ -106,11 +107,14 @@ class EscalationHandler:
             escalation, event = decode(record.value)
         except InputError as exc:
             return self._dead_letter(record, exc.code, str(exc))
-        try:
-            outcome = await self._escalator.settle(escalation, event)
-        except Exception as exc:  # a bug met by one record must not stop the tier: that record is set aside
-            log.exception("settling %s failed", escalation.id)
-            return self._dead_letter(record, "escalation_error", f"{type(exc).__name__}: {exc}")
+        with log_context(event_id=escalation.id):  # the large-model tier's lines for this record name it
+            try:
+                outcome = await self._escalator.settle(escalation, event)
+            except Exception as exc:  # a bug met by one record must not stop the tier: that record is set aside
+                # The type above DEBUG, the traceback below: an exception's message may quote the event.
+                log.error("settling %s failed: %s", escalation.id, type(exc).__name__)
+                log.debug("settling %s failed", escalation.id, exc_info=exc)
+                return self._dead_letter(record, "escalation_error", f"{type(exc).__name__}: {exc}")
         return self._deliveries(outcome, event.key())
 
     def _deliveries(self, outcome: Outcome, key: bytes) -> Plan:
@@ -127,6 +131,8 @@ class EscalationHandler:
         return Plan((review,), "review", outcome.reason)
 
     def _dead_letter(self, record: InputRecord, error: str, message: str) -> Plan:
+        log.warning("to the dead-letter topic: %s", error, extra={"error": error})  # where: from _settle's context
+        log.debug("dead letter %s: %s", error, message)
         headers = dead_letter_headers(record.source, error=error, message=message)
         return Plan((Delivery(self._deadletter, record.key, record.value, headers, "deadletter"),), "deadletter", error)
 
@@ -240,7 +246,9 @@ class EscalatorRunner:
                 self._ledger.finish(tp, offset)
                 metrics.ESCALATOR_OUTCOMES.labels(outcome="replayed", reason="already_settled").inc()
                 return
-            plan = await self._handler.plan(record)
+            where = record.source
+            with log_context(topic=where.topic, partition=where.partition, offset=where.offset):
+                plan = await self._handler.plan(record)
             await self._deliver(plan.deliveries)
             if self._settled is not None:
                 await self._settled.mark_settled(tp.topic, tp.partition, offset, digest)
@@ -384,5 +392,6 @@ async def _endpoints(settings: Settings) -> None:
 
 def run(settings: Settings) -> int:
     """`minnow escalator`: run until SIGTERM/SIGINT; 0 after a clean stop, 75 when outputs could not be delivered."""
-    logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    if settings.log_level is None:  # a service logs what it does by default; MINNOW_LOG_LEVEL and -v win
+        logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     return asyncio.run(_main(settings))

@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from pipeline.errors import StreamToolError
+from pipeline.logs import event_fields, without_input
 from pipeline.models import LabelRecord
 from pipeline.review.verdicts import KeyedLabel
 from pipeline.settings import KafkaSettings
@@ -72,7 +73,12 @@ async def _read_to(consumer: AIOKafkaConsumer, topic: str, ends: dict[TopicParti
                 except ValidationError as exc:
                     unreadable += 1
                     log.warning(
-                        "%s partition %d offset %d is not a label record: %s", topic, tp.partition, record.offset, exc
+                        "%s partition %d offset %d is not a label record: %s",
+                        topic,
+                        tp.partition,
+                        record.offset,
+                        without_input(exc),
+                        extra=event_fields(None, topic, tp.partition, record.offset),
                     )
                     continue
                 key = record.key.decode(errors="replace") if record.key is not None else None

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from pipeline.codec import encode
 from pipeline.errors import DeliveryError, StreamToolError
+from pipeline.logs import event_fields, without_input
 from pipeline.models import ReviewRecord
 from pipeline.review.prompt import Accept, ScriptedAnswer, ask, decide
 from pipeline.review.verdicts import Decision, Quit, Skip, Verdict, label_key, label_records
@@ -177,7 +178,8 @@ class _Session:
                 "review partition %d offset %d is not a review record; passed over: %s",
                 tp.partition,
                 record.offset,
-                exc,
+                without_input(exc) if isinstance(exc, ValidationError) else exc,  # never the record's text
+                extra=event_fields(None, tp.topic, tp.partition, record.offset),
             )
             self.tally.unreadable += 1
             await self._commit(tp, record.offset)

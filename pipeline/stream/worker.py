@@ -8,7 +8,8 @@ import logging
 import os
 import sys
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+import uuid
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,14 +17,14 @@ from typing import Any, Literal, NoReturn, Protocol
 
 from aiokafka import errors as aiokafka_errors
 
-from pipeline import metrics
+from pipeline import logs, metrics
 from pipeline.codec import encode
 from pipeline.errors import DeliveryError, InferenceError, InputError
 from pipeline.models import FAMILIES, AnyEvent, ErrorRecord, Scores, ToDeadLetter, ToSink
 from pipeline.settings import Settings
 from pipeline.stages.inputs import Input
 from pipeline.stages.route import Router
-from pipeline.stages.validate import parse_event
+from pipeline.stages.validate import best_effort_id, parse_event
 from pipeline.stream import names
 from pipeline.stream.deadletter import Headers, Provenance, dead_letter_headers, normalize_headers
 from pipeline.stream.message_sizes import record_size
@@ -187,7 +188,8 @@ class BatchProcessor:
         try:
             for record in records:
                 metrics.EVENTS_IN.labels(topic=record.source.topic).inc()
-            return await self.deliver(await self.plan(records))
+            with batch_scope():
+                return await self.deliver(await self.plan(records))
         finally:
             metrics.INFLIGHT.dec(len(records))
 
@@ -206,7 +208,8 @@ class BatchProcessor:
         outputs: list[OutputRecord] = []
         for record, item in zip(records, parsed, strict=True):
             if isinstance(item, InputError):
-                outputs.append(self._dead_letter(record, record.key, item.code, str(item)))
+                event_id = best_effort_id(record.value or b"", self._reading.mapping)
+                outputs.append(self._dead_letter(record, record.key, item.code, str(item), event_id=event_id))
             else:
                 outputs.append(self._routed(record, item, next(outcomes)))
         # What the state produced (closed conversations, windows, changelog writes) follows the batch's own outputs
@@ -328,22 +331,31 @@ class BatchProcessor:
         # event it was made into. Encoded only when it fails.
         own_bytes: Callable[[], bytes | None] = (lambda: encode(event)) if emitted else (lambda: None)
         if isinstance(routed, ToDeadLetter):
-            return self._dead_letter(record, key, routed.error.error, routed.error.message, value=own_bytes())
+            error = routed.error
+            value = own_bytes()
+            return self._dead_letter(record, key, error.error, error.message, value=value, event_id=event.id)
         if isinstance(routed, ToSink):
             topic = self._sink_topics[routed.result.kind]
             result = routed.result
             value = self._registry.sink_value(result, result.kind) if self._registry is not None else encode(result)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("to the sink %s", topic, extra=logs.event_fields(event.id, *_where(record)))
             output = OutputRecord(topic, key, value, (), "sink", (), event.event_time(), origin, input=record)
         else:
             escalation = routed.record
             reasons = tuple(escalation.reasons)
+            if log.isEnabledFor(logging.DEBUG):
+                where = _where(record)
+                log.debug(
+                    "escalated: %s", ", ".join(reasons), extra=logs.event_fields(event.id, *where, reasons=reasons)
+                )
             topic, value = self._escalation_topic, encode(escalation)
             output = OutputRecord(
                 topic, key, value, (), "escalation", reasons, event.event_time(), origin, input=record
             )
         too_large = self._oversize(output)
         if too_large:  # never sent: the broker would refuse it on every retry, and the batch with it
-            return self._dead_letter(record, key, "output_too_large", too_large, value=own_bytes())
+            return self._dead_letter(record, key, "output_too_large", too_large, value=own_bytes(), event_id=event.id)
         return output
 
     def _oversize(self, output: OutputRecord) -> str:
@@ -358,8 +370,19 @@ class BatchProcessor:
         )
 
     def _dead_letter(
-        self, record: InputRecord, key: bytes | None, error: str, message: str, *, value: bytes | None = None
+        self,
+        record: InputRecord,
+        key: bytes | None,
+        error: str,
+        message: str,
+        *,
+        value: bytes | None = None,
+        event_id: str | None = None,
     ) -> OutputRecord:
+        # The code only above DEBUG: the message may quote the event (a schema error shows the value it rejected).
+        fields = logs.event_fields(event_id, *_where(record), error=error)
+        log.warning("to the dead-letter topic: %s", error, extra=fields)
+        log.debug("dead letter %s: %s", error, message, extra=fields)
         headers = dead_letter_headers(record.source, error=error, message=message)
         origin = (record.source.topic, record.source.partition)
         body = record.value if value is None else value
@@ -388,6 +411,21 @@ class BatchProcessor:
                 metrics.ESCALATIONS.labels(task=task, reason=reason or "unspecified").inc()
             if output.event_time is not None and output.event_time.tzinfo is not None:
                 metrics.EVENT_TO_SINK.observe(max((now - output.event_time).total_seconds(), 0.0))
+
+
+def _where(record: InputRecord) -> tuple[str, int, int]:
+    """Where a record was read (topic, partition, offset), for its log lines."""
+    return record.source.topic, record.source.partition, record.source.offset
+
+
+@contextlib.contextmanager
+def batch_scope() -> Iterator[None]:
+    """Every line logged for one batch carries its `batch_id`: the one already set (the agent's), else a new one."""
+    if "batch_id" in logs.current():
+        yield
+        return
+    with logs.log_context(batch_id=uuid.uuid4().hex[:16]):
+        yield
 
 
 async def finish_even_if_cancelled(work: Coroutine[Any, Any, list[OutputRecord]]) -> list[OutputRecord]:
@@ -474,9 +512,10 @@ def batch_agent(
 
         batches: AsyncIterable[Sequence[Any]] = stream.take_events(max_events, within=within_s)
         async for events in batches:
-            try:
-                await finish_even_if_cancelled(unit(events))
-            except Exception as exc:  # CancelledError passes: the batch was finished before it propagated
-                on_failure(exc)
+            with batch_scope():  # set here, so the line of a batch that fails to deliver carries its id too
+                try:
+                    await finish_even_if_cancelled(unit(events))
+                except Exception as exc:  # CancelledError passes: the batch was finished before it propagated
+                    on_failure(exc)
 
     return agent
