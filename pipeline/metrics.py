@@ -81,7 +81,11 @@ ESCALATOR_CACHE_HITS = Counter("minnow_escalator_cache_hits_total", "Items answe
 ESCALATOR_OUTCOMES = Counter(
     "minnow_escalator_outcomes_total", "Escalation records settled and delivered, by outcome", ["outcome", "reason"]
 )
-ESCALATOR_BREAKER_OPEN = Gauge("minnow_escalator_breaker_open", "1 while the circuit breaker is open or half-open")
+ESCALATOR_BREAKER_OPEN = Gauge(
+    "minnow_escalator_breaker_open",
+    "1 while the circuit breaker is open or half-open, by the model it guards",
+    ["model"],
+)
 ESCALATOR_INFLIGHT = Gauge("minnow_escalator_inflight_records", "Escalation records consumed and not yet delivered")
 CONVERSATIONS_OPEN = Gauge("minnow_conversations_open", "Conversations gathering segments on this worker")
 CONVERSATIONS_CLOSED = Counter(
