@@ -122,6 +122,14 @@ class Budget:
     def _publish(self) -> None:
         metrics.ESCALATOR_SPEND_PERIOD.labels(period="day").set(self._spend.day_usd)
         metrics.ESCALATOR_SPEND_PERIOD.labels(period="month").set(self._spend.month_usd)
+        # The caps beside the spend, so a dashboard and an alert compare the two without copying the settings.
+        s = self._settings
+        for period, soft, hard in (
+            ("day", s.daily_soft_cap_usd, s.daily_hard_cap_usd),
+            ("month", s.monthly_soft_cap_usd, s.monthly_hard_cap_usd),
+        ):
+            metrics.ESCALATOR_BUDGET_CAP.labels(period=period, cap="soft").set(soft)
+            metrics.ESCALATOR_BUDGET_CAP.labels(period=period, cap="hard").set(hard)
 
 
 def _read_spend(path: Path) -> Spend:

@@ -38,6 +38,7 @@ class Caller:
         breaker_mode: BreakerMode,
         clock: Clock,
         uniform: Callable[[], float] = random.random,
+        model: str = "",
     ) -> None:
         self._client = client
         self._limits = limits
@@ -46,6 +47,8 @@ class Caller:
         self._mode = breaker_mode
         self._clock = clock
         self._uniform = uniform
+        self._breaker_gauge = metrics.ESCALATOR_BREAKER_OPEN.labels(model=model)
+        self._publish_breaker()  # the series exists from the start: a dashboard shows "closed", not "no data"
 
     @property
     def breaker(self) -> CircuitBreaker:
@@ -125,7 +128,7 @@ class Caller:
         return delay
 
     def _publish_breaker(self) -> None:
-        metrics.ESCALATOR_BREAKER_OPEN.set(0 if self._breaker.state == "closed" else 1)
+        self._breaker_gauge.set(0 if self._breaker.state == "closed" else 1)
 
 
 def _status_label(exc: ProviderError) -> str:

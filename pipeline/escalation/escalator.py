@@ -90,6 +90,7 @@ class Escalator:
             breaker_mode=cfg.breaker_mode,
             clock=clock,
             uniform=uniform,
+            model=cfg.model,
         )
         self.prices = PriceTable(cfg.prices, cfg.model)
         self.budget = budget or Budget(cfg, now=now)

@@ -20,6 +20,7 @@ from pipeline.stream import names
 from pipeline.stream.clients import PRODUCER_MAX_REQUEST_BYTES, faust_app
 from pipeline.stream.conversations import Conversations
 from pipeline.stream.devices import Devices
+from pipeline.stream.lag import LagReport
 from pipeline.stream.registry import RegistryCodec
 from pipeline.stream.state import ChangelogStore
 from pipeline.stream.transactions import Transactions
@@ -109,12 +110,16 @@ def create_app(
         body = batch_agent(processor, settings, transactions, commit=committer(app) if at_least_once else None)
         app.agent(source, name=agent_name, concurrency=1)(body)
 
+    lag = LagReport(kafka.group_id, inputs)  # this worker's partitions only: lag sums right across replicas
+
     def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         assigned: set[Any] = args[0]  # faust sends the whole new assignment
         PARTITIONS_ASSIGNED.set(sum(1 for tp in assigned if tp.topic in inputs))
+        lag.assigned(assigned)
 
     def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         PARTITIONS_ASSIGNED.set(0)  # eager rebalancing: everything is revoked, then the new set assigned
+        lag.revoked(args[0])
 
     async def announce() -> None:
         _dump_tasks_on_sigusr1()
@@ -139,7 +144,7 @@ def create_app(
             # A taken port crashes the app: a worker asked to expose metrics must not run blind.
             server = await start_health_server(port)
             try:
-                await track_lag(kafka, kafka.group_id, list(inputs))
+                await track_lag(kafka, lag)
             finally:  # faust cancels app tasks once the final commit is done, so probes answer while draining
                 await server.close()
 

@@ -125,7 +125,7 @@ class Devices:
             key=window.device_id.encode(),
             value=encode(window),
             headers=(),
-            destination="sink",
+            destination="window",
             reasons=(),
             event_time=window.window_end,
             origin=(self._input_topic, partition),

@@ -35,6 +35,7 @@ from pipeline.settings import Settings
 from pipeline.stream import clients, names
 from pipeline.stream.clients import PRODUCER_MAX_REQUEST_BYTES
 from pipeline.stream.deadletter import Headers, dead_letter_headers
+from pipeline.stream.lag import LagReport
 from pipeline.stream.offsets import OffsetLedger
 from pipeline.stream.registry import RegistryCodec
 from pipeline.stream.worker import EXIT_UNDELIVERED, InputRecord, input_record
@@ -142,10 +143,12 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka s
         self._runner = runner
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self._runner.lag.revoked(revoked)
         await self._runner.hand_back(set(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         metrics.PARTITIONS_ASSIGNED.set(len(assigned))
+        self._runner.lag.assigned(assigned)  # the whole new assignment: aiokafka rebalances eagerly
 
 
 class EscalatorRunner:
@@ -162,6 +165,7 @@ class EscalatorRunner:
         commit_interval_s: float = COMMIT_INTERVAL_S,
         stop_grace_s: float = STOP_GRACE_S,
         settled: SettledRecords | None = None,
+        lag: LagReport | None = None,
     ) -> None:
         self._settings = settings
         self._handler = handler
@@ -175,6 +179,7 @@ class EscalatorRunner:
         # Revocation must finish well inside the rebalance timeout (aiokafka: the session timeout).
         self._revoke_grace_s = settings.kafka.session_timeout_s * 0.6
         self.topic = settings.topic(names.ESCALATION_TOPIC)
+        self.lag = lag or lag_report(settings)  # what the lag tracker may publish: this process's partitions
         self._ledger = OffsetLedger()
         # Records finished beyond the commit point (they finish out of order): skipped when replayed after a crash.
         self._settled = settled
@@ -231,9 +236,9 @@ class EscalatorRunner:
     # ------------------------------------------------------------------------------------------ internals
     def _start(self, tp: TopicPartition, message: Any) -> None:
         self._ledger.take(tp, message.offset)
-        metrics.EVENTS_IN.labels(topic=tp.topic).inc()
+        metrics.EVENTS_IN.labels(topic=tp.topic, family="").inc()
         metrics.ESCALATOR_INFLIGHT.inc()
-        task = asyncio.create_task(self._settle(tp, input_record(message)))
+        task = asyncio.create_task(self._settle(tp, input_record(message, timestamp_ms=True)))
         self._tasks[task] = tp
         task.add_done_callback(self._tasks.pop)
 
@@ -260,7 +265,7 @@ class EscalatorRunner:
         self._ledger.finish(tp, offset)
         metrics.ESCALATOR_OUTCOMES.labels(outcome=plan.outcome, reason=plan.reason).inc()
         if plan.outcome == "deadletter":
-            metrics.DEAD_LETTERS.labels(reason=plan.reason).inc()
+            metrics.DEAD_LETTERS.labels(reason=plan.reason, family="").inc()
 
     async def _deliver(self, deliveries: Sequence[Delivery]) -> None:
         try:
@@ -275,7 +280,7 @@ class EscalatorRunner:
         except Exception as exc:  # any client failure means the outputs are not known to be delivered
             raise DeliveryError(f"delivery failed: {type(exc).__name__}: {exc}") from exc
         for delivery in deliveries:
-            metrics.EVENTS_OUT.labels(topic=delivery.topic).inc()
+            metrics.EVENTS_OUT.labels(topic=delivery.topic, family="", destination=delivery.destination).inc()
 
     def _backpressure(self) -> None:
         """Stop fetching while the breaker holds requests (mode `wait`) or the in-flight limit is reached."""
@@ -307,6 +312,11 @@ class EscalatorRunner:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def lag_report(settings: Settings) -> LagReport:
+    """The escalator group's lag series: the escalation partitions this process holds."""
+    return LagReport(settings.kafka.group_id + ESCALATOR_GROUP_SUFFIX, [settings.topic(names.ESCALATION_TOPIC)])
+
+
 def consumer_for(settings: Settings) -> AIOKafkaConsumer:
     kafka = settings.kafka
     return clients.consumer(
@@ -328,12 +338,17 @@ def producer_for(settings: Settings) -> AIOKafkaProducer:
 
 
 async def serve(
-    settings: Settings, escalator: Escalator, stop: asyncio.Event, *, settled: SettledRecords | None = None
+    settings: Settings,
+    escalator: Escalator,
+    stop: asyncio.Event,
+    *,
+    settled: SettledRecords | None = None,
+    lag: LagReport | None = None,
 ) -> int:
     """Start the Kafka clients, run until `stop`, close everything; returns the exit code."""
     consumer, producer = consumer_for(settings), producer_for(settings)
     handler = EscalationHandler(settings, escalator, RegistryCodec.configured(settings))
-    runner = EscalatorRunner(settings, handler, escalator, consumer, producer, settled=settled)
+    runner = EscalatorRunner(settings, handler, escalator, consumer, producer, settled=settled, lag=lag)
     await producer.start()
     try:
         await consumer.start()
@@ -367,11 +382,12 @@ async def _main(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
     async with client_for(settings.escalation) as client, open_cache(settings) as cache:
         escalator = Escalator(settings, client, cache=cache)
+        lag = lag_report(settings)
         endpoints: asyncio.Task[None] | None = None
         if settings.escalation.metrics_port:
-            endpoints = asyncio.create_task(_endpoints(settings))
+            endpoints = asyncio.create_task(_endpoints(settings, lag))
         try:
-            return await serve(settings, escalator, stop, settled=cache)
+            return await serve(settings, escalator, stop, settled=cache, lag=lag)
         finally:
             if endpoints is not None:
                 endpoints.cancel()
@@ -379,13 +395,12 @@ async def _main(settings: Settings) -> int:
                     await endpoints
 
 
-async def _endpoints(settings: Settings) -> None:
+async def _endpoints(settings: Settings, lag: LagReport) -> None:
     from pipeline.stream.health import start_health_server, track_lag
 
     server = await start_health_server(settings.escalation.metrics_port)
     try:
-        topic = settings.topic(names.ESCALATION_TOPIC)
-        await track_lag(settings.kafka, settings.kafka.group_id + ESCALATOR_GROUP_SUFFIX, [topic])
+        await track_lag(settings.kafka, lag)
     finally:
         await server.close()
 

@@ -1,4 +1,4 @@
-"""A worker's operational endpoints (/metrics, /healthz, /readyz) and the consumer-lag gauge that feeds them."""
+"""A worker's operational endpoints (/metrics, /healthz, /readyz) and the consumer-lag tracker that feeds them."""
 
 from __future__ import annotations
 
@@ -16,15 +16,13 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
-from pipeline.metrics import CONSUMER_LAG, PARTITIONS_ASSIGNED
+from pipeline.metrics import PARTITIONS_ASSIGNED
 from pipeline.settings import KafkaSettings
 from pipeline.stream import clients
 from pipeline.stream.clients import topic_partitions
+from pipeline.stream.lag import LagReport, Partition
 
 log = logging.getLogger(__name__)
-
-Partition = tuple[str, int]
-"""(topic, partition); aiokafka's TopicPartition is a named tuple of the same shape."""
 
 ReadyCheck = Callable[[], bool]
 
@@ -166,15 +164,16 @@ def lag_by_partition(
     return lags
 
 
-def publish_lag(lags: Mapping[Partition, int]) -> None:
-    for (topic, partition), lag in lags.items():
-        CONSUMER_LAG.labels(topic=topic, partition=str(partition)).set(lag)
-
-
 async def measure_lag(
-    consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient, group_id: str, topics: Collection[str]
+    consumer: AIOKafkaConsumer,
+    admin: AIOKafkaAdminClient,
+    group_id: str,
+    topics: Collection[str],
+    *,
+    only: Collection[Partition] | None = None,
 ) -> dict[Partition, int]:
-    """One lag reading for `group_id` on every partition of `topics`, from started aiokafka clients.
+    """One lag reading for `group_id` on every partition of `topics` (or those of them in `only`), from started
+    aiokafka clients.
 
     `consumer` is an AIOKafkaConsumer without a group (it only reads offsets); `admin` an AIOKafkaAdminClient.
     Topics the cluster does not know are left out.
@@ -182,6 +181,8 @@ async def measure_lag(
     # Fresh metadata every round, so partitions added since the last one are counted too.
     known = await topic_partitions(admin, topics)
     partitions = [TopicPartition(topic, number) for topic in sorted(known) for number in known[topic]]
+    if only is not None:
+        partitions = [tp for tp in partitions if (tp.topic, tp.partition) in only]
     if not partitions:
         return {}
     end = await consumer.end_offsets(partitions)
@@ -209,21 +210,25 @@ async def _lag_clients(kafka: KafkaSettings) -> AsyncIterator[tuple[AIOKafkaCons
         await consumer.stop()
 
 
-async def track_lag(kafka: KafkaSettings, group_id: str, topics: Collection[str], interval_s: float = 15.0) -> None:
-    """Set minnow_consumer_lag{topic,partition} for `group_id` every `interval_s` seconds, until cancelled.
+async def track_lag(kafka: KafkaSettings, report: LagReport, interval_s: float = 15.0) -> None:
+    """Set minnow_consumer_lag{group,topic,partition} every `interval_s` seconds for the partitions `report` holds
+    (this process's own, so a sum across replicas counts each once: pipeline/stream/lag.py), until cancelled.
 
     A failed round (broker away, timeout) is logged and retried with fresh clients after `interval_s`,
     so lag tracking never takes the worker down with it. Its clients come from the one factory (clients.py), with
     the cluster's security settings.
     """
+    group_id = report.group
     round_timeout = max(interval_s, _MIN_ROUND_TIMEOUT_S)
     while True:
         try:
             async with _lag_clients(kafka) as (consumer, admin):
                 while True:
-                    async with asyncio.timeout(round_timeout):
-                        lags = await measure_lag(consumer, admin, group_id, topics)
-                    publish_lag(lags)
+                    held = report.held
+                    if held:  # a replica holding nothing asks the broker nothing
+                        async with asyncio.timeout(round_timeout):
+                            lags = await measure_lag(consumer, admin, group_id, report.topics, only=held)
+                        report.publish(lags)
                     await asyncio.sleep(interval_s)
         except (KafkaError, OSError, TimeoutError) as exc:
             log.warning("consumer lag of group %s not measured (%s: %s); retrying", group_id, type(exc).__name__, exc)

@@ -20,6 +20,7 @@ from aiokafka import errors as aiokafka_errors
 from pipeline import logs, metrics
 from pipeline.codec import encode
 from pipeline.errors import DeliveryError, InferenceError, InputError
+from pipeline.escalation.counterfactual import Counterfactual, Estimate
 from pipeline.models import FAMILIES, AnyEvent, ErrorRecord, Scores, ToDeadLetter, ToSink
 from pipeline.settings import Settings
 from pipeline.stages.inputs import Input
@@ -32,7 +33,8 @@ from pipeline.stream.registry import RegistryCodec
 
 log = logging.getLogger(__name__)
 
-Destination = Literal["sink", "escalation", "deadletter", "state"]
+# `window`: an IoT window summary (a sink record that stands for no single input, so not a settled result).
+Destination = Literal["sink", "escalation", "deadletter", "window", "state"]
 
 # aiokafka retries a send until its own request timeout; a batch still unacknowledged after this long means the
 # broker is unreachable, and the worker exits so the batch is redelivered from the last commit.
@@ -58,6 +60,7 @@ class InputRecord:
     key: bytes | None
     value: bytes | None
     consumed_at: float  # time.monotonic() when the consumer handed the record over
+    produced_at: float | None = None  # the record's Kafka timestamp (epoch seconds), for produce-to-sink latency
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,9 @@ class OutputRecord:
     # The input record it stands for (None for state writes): where its dead letter comes from if the broker
     # refuses this record.
     input: InputRecord | None = field(default=None, compare=False, repr=False)
+    produced_at: float | None = None  # the input record's Kafka timestamp (epoch seconds), for produce-to-sink
+    # What asking the large model instead would have cost (sink and escalation results; for the metrics only).
+    counterfactual: Estimate | None = field(default=None, compare=False, repr=False)
 
 
 class Progress:
@@ -181,13 +187,15 @@ class BatchProcessor:
         self._escalation_topic = settings.topic(names.ESCALATION_TOPIC)
         self._deadletter_topic = settings.topic(names.DEADLETTER_TOPIC)
         self._reading = reading or Input(topic="", family="feed")
+        self._family = self._reading.family  # the label of this input's metrics
+        self._counterfactual = Counterfactual(settings)
 
     async def handle(self, records: Sequence[InputRecord]) -> list[OutputRecord]:
         """Plan and deliver one batch; returns only once every output is acknowledged by the broker."""
         metrics.INFLIGHT.inc(len(records))
         try:
             for record in records:
-                metrics.EVENTS_IN.labels(topic=record.source.topic).inc()
+                metrics.EVENTS_IN.labels(topic=record.source.topic, family=self._family).inc()
             with batch_scope():
                 return await self.deliver(await self.plan(records))
         finally:
@@ -311,11 +319,12 @@ class BatchProcessor:
         if not events:
             return []
         started = time.monotonic()
+        queue_wait = metrics.QUEUE_WAIT.labels(family=self._family)
         for record in records:
-            metrics.QUEUE_WAIT.observe(max(started - record.consumed_at, 0.0))
-        metrics.BATCH_SIZE.observe(len(events))
+            queue_wait.observe(max(started - record.consumed_at, 0.0))
+        metrics.BATCH_SIZE.labels(family=self._family).observe(len(events))
         outcomes = await self._engine.score(events)
-        metrics.INFERENCE.observe(time.monotonic() - started)
+        metrics.INFERENCE.labels(family=self._family).observe(time.monotonic() - started)
         if len(outcomes) != len(events):  # results must stay aligned with offsets, or nothing can be acked safely
             raise InferenceError(f"engine returned {len(outcomes)} outcomes for {len(events)} events")
         return outcomes
@@ -334,13 +343,27 @@ class BatchProcessor:
             error = routed.error
             value = own_bytes()
             return self._dead_letter(record, key, error.error, error.message, value=value, event_id=event.id)
+        produced = record.produced_at
         if isinstance(routed, ToSink):
             topic = self._sink_topics[routed.result.kind]
             result = routed.result
             value = self._registry.sink_value(result, result.kind) if self._registry is not None else encode(result)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("to the sink %s", topic, extra=logs.event_fields(event.id, *_where(record)))
-            output = OutputRecord(topic, key, value, (), "sink", (), event.event_time(), origin, input=record)
+            cost = self._counterfactual.estimate(event, result)
+            output = OutputRecord(
+                topic,
+                key,
+                value,
+                (),
+                "sink",
+                (),
+                event.event_time(),
+                origin,
+                input=record,
+                produced_at=produced,
+                counterfactual=cost,
+            )
         else:
             escalation = routed.record
             reasons = tuple(escalation.reasons)
@@ -350,8 +373,19 @@ class BatchProcessor:
                     "escalated: %s", ", ".join(reasons), extra=logs.event_fields(event.id, *where, reasons=reasons)
                 )
             topic, value = self._escalation_topic, encode(escalation)
+            cost = self._counterfactual.estimate(event, escalation.result)
             output = OutputRecord(
-                topic, key, value, (), "escalation", reasons, event.event_time(), origin, input=record
+                topic,
+                key,
+                value,
+                (),
+                "escalation",
+                reasons,
+                event.event_time(),
+                origin,
+                input=record,
+                produced_at=produced,
+                counterfactual=cost,
             )
         too_large = self._oversize(output)
         if too_large:  # never sent: the broker would refuse it on every retry, and the batch with it
@@ -386,31 +420,44 @@ class BatchProcessor:
         headers = dead_letter_headers(record.source, error=error, message=message)
         origin = (record.source.topic, record.source.partition)
         body = record.value if value is None else value
-        output = OutputRecord(self._deadletter_topic, key, body, headers, "deadletter", (error,), None, origin)
+        produced = record.produced_at
+        output = OutputRecord(
+            self._deadletter_topic, key, body, headers, "deadletter", (error,), None, origin, produced_at=produced
+        )
         too_large = self._oversize(output)
         if too_large:
             # Even the bytes do not fit the dead-letter topic: the dead letter names where they are instead (the
             # source coordinates in its headers), so the input is accounted for and can be read while retained.
             note = f"{message}; value left out: {too_large}, read it at its source coordinates"
             headers = dead_letter_headers(record.source, error=error, message=note)
-            return OutputRecord(self._deadletter_topic, key, None, headers, "deadletter", (error,), None, origin)
+            return OutputRecord(
+                self._deadletter_topic, key, None, headers, "deadletter", (error,), None, origin, produced_at=produced
+            )
         return output
 
-    @staticmethod
-    def _count_delivered(outputs: Sequence[OutputRecord]) -> None:
+    def _count_delivered(self, outputs: Sequence[OutputRecord]) -> None:
+        family = self._family
         now = datetime.now(UTC)
+        epoch_now = now.timestamp()
         for output in outputs:
             if output.destination == "state":
                 continue  # changelog writes are bookkeeping, not events out
-            metrics.EVENTS_OUT.labels(topic=output.topic).inc()
+            metrics.EVENTS_OUT.labels(topic=output.topic, family=family, destination=output.destination).inc()
+            if output.produced_at is not None:
+                metrics.PRODUCE_TO_SINK.labels(family=family).observe(max(epoch_now - output.produced_at, 0.0))
             if output.destination == "deadletter":
-                metrics.DEAD_LETTERS.labels(reason=output.reasons[0]).inc()
+                metrics.DEAD_LETTERS.labels(reason=output.reasons[0], family=family).inc()
                 continue
             for code in output.reasons:
                 task, _, reason = code.partition(".")
-                metrics.ESCALATIONS.labels(task=task, reason=reason or "unspecified").inc()
+                metrics.ESCALATIONS.labels(task=task, reason=reason or "unspecified", family=family).inc()
             if output.event_time is not None and output.event_time.tzinfo is not None:
-                metrics.EVENT_TO_SINK.observe(max((now - output.event_time).total_seconds(), 0.0))
+                metrics.EVENT_TO_SINK.labels(family=family).observe(max((now - output.event_time).total_seconds(), 0.0))
+            if output.counterfactual is not None:
+                cost = output.counterfactual
+                metrics.COUNTERFACTUAL_COST.labels(family=family).inc(cost.usd)
+                metrics.COUNTERFACTUAL_TOKENS.labels(family=family, direction="in").inc(cost.tokens_in)
+                metrics.COUNTERFACTUAL_TOKENS.labels(family=family, direction="out").inc(cost.tokens_out)
 
 
 def _where(record: InputRecord) -> tuple[str, int, int]:
@@ -461,9 +508,13 @@ def exit_undelivered(exc: BaseException) -> NoReturn:
     os._exit(EXIT_UNDELIVERED)
 
 
-def input_record(message: Any) -> InputRecord:
-    """A faust/aiokafka consumer message as plain data."""
+def input_record(message: Any, *, timestamp_ms: bool = False) -> InputRecord:
+    """A faust/aiokafka consumer message as plain data (faust's timestamps are seconds, aiokafka's milliseconds)."""
     time_in = getattr(message, "time_in", None)
+    timestamp = getattr(message, "timestamp", None)
+    produced_at = None
+    if isinstance(timestamp, int | float) and not isinstance(timestamp, bool) and timestamp > 0:
+        produced_at = timestamp / 1000 if timestamp_ms else float(timestamp)
     return InputRecord(
         source=Provenance(
             topic=str(message.topic),
@@ -474,6 +525,7 @@ def input_record(message: Any) -> InputRecord:
         key=message.key,
         value=message.value,
         consumed_at=float(time_in) if time_in is not None else time.monotonic(),
+        produced_at=produced_at,
     )
 
 

@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY
 
 from pipeline.cli import main
 from pipeline.stream.health import measure_lag, track_lag
+from pipeline.stream.lag import LagReport
 from tests.integration.helpers import as_kafka, create_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -186,23 +187,27 @@ def test_lag_is_end_offset_minus_the_groups_commit(kafka_bootstrap: str, random_
 
 
 def test_track_lag_keeps_the_gauge_current(kafka_bootstrap: str, random_name: Callable[[str], str]) -> None:
-    """The background tracker publishes minnow_consumer_lag per partition and stops cleanly when cancelled."""
+    """The background tracker publishes minnow_consumer_lag{group,topic,partition} for the partitions this process
+    holds (0 and 2 here, not 1) and stops cleanly when cancelled."""
     topic, group = random_name("lag"), random_name("group")
     asyncio.run(_fill_and_commit(kafka_bootstrap, topic, group))
+    report = LagReport(group, [topic])
+    report.assigned([(topic, 0), (topic, 2)])
 
     def gauge() -> list[float | None]:
         return [
-            REGISTRY.get_sample_value("minnow_consumer_lag", {"topic": topic, "partition": str(p)}) for p in range(3)
+            REGISTRY.get_sample_value("minnow_consumer_lag", {"group": group, "topic": topic, "partition": str(p)})
+            for p in range(3)
         ]
 
     async def run_tracker() -> list[float | None]:
-        tracker = asyncio.create_task(track_lag(as_kafka(kafka_bootstrap), group, [topic], interval_s=0.2))
+        tracker = asyncio.create_task(track_lag(as_kafka(kafka_bootstrap), report, interval_s=0.2))
         deadline = time.monotonic() + 60
-        while None in gauge() and time.monotonic() < deadline and not tracker.done():
+        while None in (gauge()[0], gauge()[2]) and time.monotonic() < deadline and not tracker.done():
             await asyncio.sleep(0.1)
         tracker.cancel()
         with pytest.raises(asyncio.CancelledError):
             await tracker
         return gauge()
 
-    assert asyncio.run(run_tracker()) == [6.0, 0.0, 3.0]
+    assert asyncio.run(run_tracker()) == [6.0, None, 3.0]

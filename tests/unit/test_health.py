@@ -9,14 +9,13 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from aiohttp import ClientSession
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from pipeline.metrics import EVENTS_IN, PARTITIONS_ASSIGNED
 from pipeline.stream.health import (
     HealthServer,
     lag_by_partition,
     partitions_assigned,
-    publish_lag,
     start_health_server,
 )
 
@@ -44,12 +43,12 @@ def _serve_and_get(paths: list[str], ready: Callable[[], bool] | None = None) ->
 
 
 def test_metrics_serves_the_minnow_instruments_in_prometheus_text_format() -> None:
-    EVENTS_IN.labels(topic="minnow.health-test.in").inc(3)
+    EVENTS_IN.labels(topic="minnow.health-test.in", family="feed").inc(3)
     [(status, content_type, body)] = _serve_and_get(["/metrics"])
     assert status == 200
     assert content_type == CONTENT_TYPE_LATEST
     assert "# TYPE minnow_events_in_total counter" in body
-    assert 'minnow_events_in_total{topic="minnow.health-test.in"} 3.0' in body
+    assert 'minnow_events_in_total{family="feed",topic="minnow.health-test.in"} 3.0' in body
 
 
 def test_healthz_is_200_while_the_loop_answers() -> None:
@@ -137,12 +136,3 @@ def test_uncommitted_partitions_count_from_the_first_retained_offset() -> None:
 def test_lag_is_never_negative() -> None:
     """A commit can momentarily pass the high watermark a follower reports; lag then reads 0, not -3."""
     assert lag_by_partition({("in", 0): 10}, {("in", 0): 13}) == {("in", 0): 0}
-
-
-def test_publish_lag_sets_one_gauge_series_per_partition() -> None:
-    publish_lag({("minnow.lag-unit.in", 0): 12, ("minnow.lag-unit.in", 1): 0})
-
-    def sample(partition: str) -> float | None:
-        return REGISTRY.get_sample_value("minnow_consumer_lag", {"topic": "minnow.lag-unit.in", "partition": partition})
-
-    assert (sample("0"), sample("1"), sample("2")) == (12.0, 0.0, None)

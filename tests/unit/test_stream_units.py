@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
@@ -17,7 +18,18 @@ from prometheus_client import REGISTRY
 
 from pipeline import cli
 from pipeline.errors import DeliveryError, InferenceError
-from pipeline.models import Anomaly, AnyEvent, Classification, ErrorRecord, InputInfo, ModelInfo, Scores
+from pipeline.escalation.tasks import build_prompt, tasks_for
+from pipeline.models import (
+    EVENT_ADAPTER,
+    Anomaly,
+    AnyEvent,
+    Classification,
+    ErrorRecord,
+    EscalationRecord,
+    InputInfo,
+    ModelInfo,
+    Scores,
+)
 from pipeline.settings import KafkaSettings, Settings, WorkerSettings
 from pipeline.stream import names
 from pipeline.stream.deadletter import MAX_MESSAGE_CHARS, Provenance, dead_letter_headers, normalize_headers
@@ -229,13 +241,13 @@ def test_an_engine_error_record_becomes_a_dead_letter_keyed_by_the_event() -> No
 
 
 def test_an_escalation_carries_the_result_the_original_event_and_the_reasons() -> None:
-    before = metric("minnow_escalations_total", task="anomaly", reason="high_score")
+    before = metric("minnow_escalations_total", task="anomaly", reason="high_score", family="feed")
     outputs = handle([record(reading("r9", "dev-2"), 0, topic="iot.in")], FakeEngine(escalate=["r9"]))
     body = orjson.loads(outputs[0].value or b"")
     assert body["reasons"] == ["classify.low_confidence", "anomaly.high_score"]
     assert body["result"]["id"] == "r9" and body["event"]["device_id"] == "dev-2" and body["event"]["kind"] == "iot"
     assert outputs[0].key == b"dev-2"
-    assert metric("minnow_escalations_total", task="anomaly", reason="high_score") == before + 1
+    assert metric("minnow_escalations_total", task="anomaly", reason="high_score", family="feed") == before + 1
 
 
 def test_an_output_larger_than_its_topic_takes_is_never_sent_its_input_is_a_dead_letter() -> None:
@@ -282,19 +294,20 @@ def test_a_record_the_broker_refuses_costs_one_dead_letter_not_the_batch() -> No
 
 
 def test_counters_move_only_for_what_was_delivered() -> None:
-    labels = {"topic": "t.feeds.in"}
+    labels = {"topic": "t.feeds.in", "family": "feed"}
+    sink = {"topic": "t.feeds.enriched", "family": "feed", "destination": "sink"}
     before_in, before_dl = (
         metric("minnow_events_in_total", **labels),
-        metric("minnow_dead_letters_total", reason="decode_error"),
+        metric("minnow_dead_letters_total", reason="decode_error", family="feed"),
     )
-    before_out = metric("minnow_events_out_total", topic="t.feeds.enriched")
+    before_out = metric("minnow_events_out_total", **sink)
     handle([record(feed("a"), 0), record(b"?", 1)], FakeEngine())
     assert metric("minnow_events_in_total", **labels) == before_in + 2
-    assert metric("minnow_events_out_total", topic="t.feeds.enriched") == before_out + 1
-    assert metric("minnow_dead_letters_total", reason="decode_error") == before_dl + 1
+    assert metric("minnow_events_out_total", **sink) == before_out + 1
+    assert metric("minnow_dead_letters_total", reason="decode_error", family="feed") == before_dl + 1
     with pytest.raises(DeliveryError):
         handle([record(feed("b"), 2)], FakeEngine(), FakeSender(fail=RuntimeError("broker down")))
-    assert metric("minnow_events_out_total", topic="t.feeds.enriched") == before_out + 1, "nothing counted as out"
+    assert metric("minnow_events_out_total", **sink) == before_out + 1, "nothing counted as out"
     assert metric("minnow_inflight_events") == 0
 
 
@@ -390,6 +403,58 @@ def test_a_consumer_message_becomes_an_input_record_with_its_coordinates() -> No
         topic="t.iot.in", partition=1, offset=9, key=None, value=b"v", headers=[("h", b"1")], time_in=12.5
     )
     assert input_record(message) == InputRecord(Provenance("t.iot.in", 1, 9, (("h", b"1"),)), None, b"v", 12.5)
+
+
+def test_the_kafka_timestamp_becomes_produced_at_in_seconds_from_faust_and_aiokafka() -> None:
+    """faust gives the record timestamp in seconds, aiokafka in milliseconds: both become epoch seconds."""
+    faust_message = SimpleNamespace(
+        topic="t", partition=0, offset=1, key=None, value=b"v", headers=[], time_in=1.0, timestamp=1_700_000_000.5
+    )
+    aiokafka_record = SimpleNamespace(
+        topic="t", partition=0, offset=1, key=None, value=b"v", headers=[], timestamp=1_700_000_000_500
+    )
+    assert input_record(faust_message).produced_at == 1_700_000_000.5
+    assert input_record(aiokafka_record, timestamp_ms=True).produced_at == 1_700_000_000.5
+
+
+def test_delivered_results_count_their_counterfactual_cost_and_produce_to_sink_latency() -> None:
+    """An escalated feed result adds the escalator's own estimate for asking about it (input tokens as the escalator
+    counts them for the same prompt, output as the mini result written in the answer's schema) to
+    minnow_counterfactual_cost_usd_total{family}; a dead letter adds nothing; both observe produce-to-sink from the
+    record's Kafka timestamp; a batch that fails delivery counts nothing."""
+    family = {"family": "feed"}
+    before_usd = metric("minnow_counterfactual_cost_usd_total", **family)
+    before_in = metric("minnow_counterfactual_tokens_total", direction="in", **family)
+    before_latency = metric("minnow_produce_to_sink_seconds_count", **family)
+    produced = time.time() - 2.0
+    unsure = InputRecord(Provenance(PREFIX + "feeds.in", 2, 0), None, feed("cf-1"), 0.0, produced_at=produced)
+    bad = InputRecord(Provenance(PREFIX + "feeds.in", 2, 1), None, b"?", 0.0, produced_at=produced)
+    escalated, dead = handle([unsure, bad], FakeEngine(escalate=["cf-1"]))
+    assert (escalated.destination, dead.destination) == ("escalation", "deadletter")
+    assert dead.counterfactual is None
+
+    body = orjson.loads(escalated.value or b"")
+    record_ = EscalationRecord.model_validate(body)
+    event = EVENT_ADAPTER.validate_python(body["event"])
+    prompt = build_prompt(record_, event, tasks_for(record_, SETTINGS), SETTINGS)  # what the escalator would send
+    answer = {"classification": {"label": "world", "confidence": 0.3}}
+    tokens_out = len(orjson.dumps(answer)) // 4
+    assert escalated.counterfactual is not None
+    assert (escalated.counterfactual.tokens_in, escalated.counterfactual.tokens_out) == (
+        prompt.request.estimated_input_tokens,
+        tokens_out,
+    )
+    usd = (prompt.request.estimated_input_tokens * 0.15 + tokens_out * 0.60) / 1e6  # gpt-4o-mini's default price
+    assert metric("minnow_counterfactual_cost_usd_total", **family) == pytest.approx(before_usd + usd)
+    assert metric("minnow_counterfactual_tokens_total", direction="in", **family) == (
+        before_in + prompt.request.estimated_input_tokens
+    )
+    assert metric("minnow_produce_to_sink_seconds_count", **family) == before_latency + 2
+    assert metric("minnow_produce_to_sink_seconds_bucket", le="1.0", **family) <= before_latency, "2 s old: > 1 s"
+
+    with pytest.raises(DeliveryError):
+        handle([record(feed("cf-2"), 2)], FakeEngine(escalate=["cf-2"]), FakeSender(fail=RuntimeError("down")))
+    assert metric("minnow_counterfactual_cost_usd_total", **family) == pytest.approx(before_usd + usd)
 
 
 def test_faust_commits_past_an_unacked_offset_when_acks_arrive_out_of_order() -> None:
