@@ -245,7 +245,7 @@ def test_max_replicas_is_the_partition_count(variants: dict[str, list[Manifest]]
                 "workerDefaults": {"autoscaling": {"enabled": True, "maxReplicas": 100}},
                 "workers": {
                     "iot": {"autoscaling": {"maxReplicas": 3}},
-                    "ticket": {"inputTopics": ["support.a", "support.b"], "partitions": 9},
+                    "ticket": {"inputTopics": ["support.a", "support.b"], "partitions": 9},  # 9 and 3 partitions
                 },
             },
         )
@@ -261,6 +261,47 @@ def test_max_replicas_is_the_partition_count(variants: dict[str, list[Manifest]]
         _values_file(tmp_path, {"workerDefaults": {"autoscaling": {"enabled": True, "minReplicas": 7}}})
     )
     assert "minReplicas (7) exceeds the useful replicas (6" in error
+
+
+def _busy_consumers(partitions: dict[str, int], consumers: int) -> int:
+    """How many of `consumers` group members, all subscribed to these topics, faust's assignor gives a partition."""
+    from faust.assignor.client_assignment import ClientAssignment, ClientMetadata
+    from faust.assignor.cluster_assignment import ClusterAssignment
+    from faust.assignor.copartitioned_assignor import CopartitionedAssignor
+    from faust.assignor.partition_assignor import PartitionAssignor
+
+    class Cluster:
+        def partitions_for_topic(self, topic: str) -> set[int]:
+            return set(range(partitions[topic]))
+
+    subscriptions = {f"member-{i}": list(partitions) for i in range(consumers)}
+    cluster = ClusterAssignment()
+    for member, subscribed in subscriptions.items():
+        fresh = ClientAssignment(actives={}, standbys={})
+        cluster.add_client(member, subscribed, ClientMetadata(assignment=fresh, url="", changelog_distribution={}))
+    busy = set()
+    groups = PartitionAssignor._get_copartitioned_groups(set(partitions), Cluster(), subscriptions)
+    for count, topic_groups in sorted(groups.items()):
+        for topics in topic_groups:
+            assignor = CopartitionedAssignor(
+                topics=topics,
+                cluster_asgn=cluster.copartitioned_assignments(topics),
+                num_partitions=count,
+                replicas=0,
+            )
+            busy |= {member for member, got in assignor.get_assignment().items() if got.actives}
+    return len(busy)
+
+
+def test_useful_replicas_follow_fausts_assignment() -> None:
+    """Why maxReplicaCount is the partition count, on the worker's own assignor (faust's, as the worker runs it):
+    each partition goes to one member, so members beyond the partition count get nothing; topics of one family
+    with equal counts are co-partitioned (partition n of each to one member), so two 6-partition topics still
+    keep only 6 busy - the useful replicas are the largest count among a family's topics, not the sum."""
+    assert _busy_consumers({"minnow.feeds.in": 6}, 6) == 6
+    assert _busy_consumers({"minnow.feeds.in": 6}, 7) == 6
+    assert _busy_consumers({"posts.a": 6, "posts.b": 6}, 12) == 6
+    assert _busy_consumers({"posts.a": 6, "posts.b": 3}, 9) == 6
 
 
 def test_keda_measures_the_group_and_topic_each_worker_consumes(variants: dict[str, list[Manifest]]) -> None:
@@ -411,6 +452,19 @@ def test_topics_job_can_be_skipped(tmp_path: Path) -> None:
     docs = render(_values_file(tmp_path, {"topics": {"apply": False}}))
     assert of_kind(docs, "Job") == {}
     assert not any("helm.sh/hook" in (doc["metadata"].get("annotations") or {}) for doc in docs)
+
+
+def test_topics_hook_leaves_your_input_topics_alone(variants: dict[str, list[Manifest]]) -> None:
+    """With an inputs file of your own topics, the topics hook gets it too (from a hook ConfigMap, since the
+    release's does not exist yet), so `minnow topics apply` leaves the input topics out, as the CLI does."""
+    docs = variants["everything"]
+    (job,) = of_kind(docs, "Job").values()
+    assert container_env(job)["MINNOW_WORKER__INPUTS_FILE"] == "/etc/minnow/config/inputs.yaml"
+    hook = of_kind(docs, "ConfigMap")["minnow-topics-config"]
+    assert hook["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert "social.posts.v2" in hook["data"]["inputs.yaml"]
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == "minnow-topics-config"
 
 
 @pytest.mark.parametrize(
