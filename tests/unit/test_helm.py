@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import copy
 import importlib
+import os
 import shutil
 import subprocess
 import typing
@@ -118,7 +119,11 @@ EVERYTHING: dict[str, Any] = {
         "files": {"social-posts.map.yaml": "kind: feed\nfields:\n  id: post_id\n"},
         "fileSettings": {"MINNOW_ROUTING__THRESHOLDS_FILE": "/etc/minnow/config/thresholds.yaml"},
     },
-    "env": {"MINNOW_LANGUAGE__ENABLED": "false"},
+    "env": {
+        "MINNOW_LANGUAGE__ENABLED": "false",
+        "MINNOW_REGISTRY__URL": "https://registry.example:8081",
+        "MINNOW_REGISTRY__USERNAME": "minnow",
+    },
     "secretEnv": [{"name": "MINNOW_REGISTRY__PASSWORD", "secret": "registry-auth", "key": "password"}],
     "workerDefaults": {"autoscaling": {"enabled": True}},
     "workers": {"feed": {"inputTopics": ["social.posts.v2"], "partitions": 12}},
@@ -412,6 +417,39 @@ def test_every_minnow_variable_is_a_real_setting(variants: dict[str, list[Manife
                 found |= set(container_env(doc))
             unknown = {name for name in found if name.startswith("MINNOW_")} - known
             assert not unknown, f"{doc['kind']}/{doc['metadata']['name']}: {sorted(unknown)}"
+
+
+@pytest.mark.parametrize("variant", ["default", "secure", "everything"])
+def test_each_pod_gets_a_configuration_minnow_accepts(
+    variants: dict[str, list[Manifest]], variant: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The environment each pod gets (its env ConfigMap, its own env, secrets as placeholder values, the mounted
+    files created under a temporary root) loads as Minnow's settings: the security combination, the group and the
+    file paths are ones the process accepts at start-up."""
+    from pipeline.settings import Settings
+
+    docs = variants[variant]
+    shared = next(doc["data"] for doc in docs if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "minnow-env")
+    for doc in docs:
+        if doc["kind"] not in ("Deployment", "Job"):
+            continue
+        env = dict(shared) if doc["kind"] == "Deployment" else {}
+        for name, value in container_env(doc).items():
+            env[name] = value if isinstance(value, str) else "placeholder-secret"
+        for name in [name for name in list(os.environ) if name.startswith("MINNOW_")]:
+            monkeypatch.delenv(name)
+        for name, value in env.items():
+            local = str(tmp_path / value.removeprefix("/")) if value.startswith("/etc/minnow/") else value
+            if local != value and name != "MINNOW_WORKER__INPUTS_FILE":
+                Path(local).parent.mkdir(parents=True, exist_ok=True)
+                Path(local).write_text("placeholder\n")
+            monkeypatch.setenv(name, local)
+        settings = Settings()
+        assert settings.kafka.bootstrap_servers == env["MINNOW_KAFKA__BOOTSTRAP_SERVERS"]
+        if doc["kind"] == "Deployment" and "MINNOW_WORKER__METRICS_PORT" in env:
+            assert settings.kafka.group_id.startswith("minnow-worker-")
+            if variant != "default":
+                assert settings.kafka.password() == "placeholder"
 
 
 def test_pods_are_probed_secured_and_sized(variants: dict[str, list[Manifest]]) -> None:
