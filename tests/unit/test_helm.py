@@ -505,6 +505,17 @@ def test_topics_hook_leaves_your_input_topics_alone(variants: dict[str, list[Man
     assert volumes["config"]["configMap"]["name"] == "minnow-topics-config"
 
 
+def test_values_schema_refuses_misspelled_keys(tmp_path: Path) -> None:
+    """values.schema.json closes the values: a misspelled key or an unknown protocol fails the render instead of
+    being silently ignored (a `partiions: 12` would otherwise leave KEDA at the default 6)."""
+    error = render_error(_values_file(tmp_path, {"workers": {"feed": {"partiions": 12}}}))
+    assert "additional properties 'partiions' not allowed" in error
+    error = render_error(_values_file(tmp_path, {"kafka": {"securityProtocol": "SASL"}}))
+    assert "/kafka/securityProtocol" in error
+    error = render_error(_values_file(tmp_path, {"env": {"KAFKA_BOOTSTRAP": "x"}}))
+    assert "'KAFKA_BOOTSTRAP' does not match pattern '^MINNOW_'" in error
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
