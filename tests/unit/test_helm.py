@@ -535,6 +535,10 @@ def test_values_schema_refuses_misspelled_keys(tmp_path: Path) -> None:
             },
             "KEDA cannot read a token file",
         ),
+        (
+            {"workerDefaults": {"autoscaling": {"enabled": True, "minReplicas": 0}}},
+            "workers.transcript.autoscaling.minReplicas must be at least 1",
+        ),
     ],
 )
 def test_settings_that_cannot_work_fail_the_render(tmp_path: Path, values: dict[str, Any], message: str) -> None:
