@@ -409,6 +409,11 @@ class WorkerSettings(_Frozen):
     metrics_port: int = Field(
         default=9464, ge=0, le=65535, description="Prometheus /metrics, /healthz, /readyz; 0 = off"
     )
+    metrics_host: str = Field(
+        default="0.0.0.0",
+        min_length=1,
+        description="address the /metrics, /healthz, /readyz server binds (127.0.0.1: this host only)",
+    )
     conversation_idle_s: float = Field(
         default=300.0, gt=0, description="a conversation with no segment this long is closed"
     )
@@ -615,6 +620,7 @@ class EscalationSettings(_Frozen):
         default=None, description="JSON file keeping the day's and month's spend across restarts; unset = from zero"
     )
     metrics_port: int = Field(default=9465, ge=0, le=65535, description="the escalator's /metrics etc.; 0 = off")
+    metrics_host: str = Field(default="0.0.0.0", min_length=1, description="address the escalator's /metrics etc. bind")
 
     @field_validator("cache_file", mode="before")
     @classmethod

@@ -142,7 +142,7 @@ def create_app(
             from pipeline.stream.health import start_health_server, track_lag
 
             # A taken port crashes the app: a worker asked to expose metrics must not run blind.
-            server = await start_health_server(port)
+            server = await start_health_server(port, host=settings.worker.metrics_host)
             try:
                 await track_lag(kafka, lag)
             finally:  # faust cancels app tasks once the final commit is done, so probes answer while draining

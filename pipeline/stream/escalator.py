@@ -398,7 +398,7 @@ async def _main(settings: Settings) -> int:
 async def _endpoints(settings: Settings, lag: LagReport) -> None:
     from pipeline.stream.health import start_health_server, track_lag
 
-    server = await start_health_server(settings.escalation.metrics_port)
+    server = await start_health_server(settings.escalation.metrics_port, host=settings.escalation.metrics_host)
     try:
         await track_lag(settings.kafka, lag)
     finally:

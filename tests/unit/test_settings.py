@@ -50,3 +50,12 @@ def test_token_budget_must_fit_a_window(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("MINNOW_ENGINE__MAX_SEQ_TOKENS", "400")
     with pytest.raises(ConfigError, match="max_tokens_per_batch"):
         load_settings()
+
+
+def test_the_endpoints_bind_address_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """/metrics, /healthz, /readyz: all interfaces by default (containers), the host's loopback when asked."""
+    assert load_settings().worker.metrics_host == "0.0.0.0"
+    monkeypatch.setenv("MINNOW_WORKER__METRICS_HOST", "127.0.0.1")
+    monkeypatch.setenv("MINNOW_ESCALATION__METRICS_HOST", "127.0.0.1")
+    settings = load_settings()
+    assert (settings.worker.metrics_host, settings.escalation.metrics_host) == ("127.0.0.1", "127.0.0.1")
