@@ -88,9 +88,9 @@ class Sample:
 
 @pytest.mark.timeout(UP_TIMEOUT_S + IMAGE_WAIT_S + 600)
 def test_compose_stack_settles_the_demo_sample_and_is_scraped_then_leaves_nothing() -> None:
-    """Up with --build: every demo line is in a sink, the escalation topic or the dead letters (by id or bytes),
-    the escalator (no key: review-only) sends every escalation to review, Prometheus has all five targets up
-    and the alert rules loaded; down -v leaves no container or volume of the project."""
+    """Up with --build: every demo line is in a sink, the escalation topic or the dead letters (by id or bytes);
+    the escalator, with no key, says it is review-only and sends every escalation to review; Prometheus has all
+    five targets up and the alert rules loaded; down -v leaves no container or volume of the project."""
     compose = _compose_command()
     _wait_for_images()
     project = f"minnow-compose-it-{uuid.uuid4().hex[:8]}"
@@ -105,6 +105,7 @@ def test_compose_stack_settles_the_demo_sample_and_is_scraped_then_leaves_nothin
         assert not sample.missing(out), f"not accounted for: {sample.missing(out)}"
         assert out.escalated and set(out.review) == out.escalated  # review-only: each escalation to review
         assert {tuple(reasons) for reasons in out.review.values()} == {("escalation.review_only",)}
+        assert "review-only mode (no API key is set)" in run("logs", "--no-color", "escalator")
         prometheus = f"http://127.0.0.1:{env['MINNOW_PROMETHEUS_PORT']}"
         targets = _targets_when_up(prometheus)
         assert len(targets) == TARGETS and all(t["health"] == "up" for t in targets), targets
@@ -152,7 +153,8 @@ def _environment() -> dict[str, str]:
         **dict(zip(PORTS, map(str, ports), strict=True)),
         "MINNOW_ESCALATION__API_KEY": "",
         "MINNOW_ESCALATION__MODE": "auto",
-        "MINNOW_IMAGE": "minnow-compose-it:latest",
+        # The tag tests/integration/test_image.py builds too: one build's layers serve both.
+        "MINNOW_IMAGE": os.environ.get("MINNOW_TEST_IMAGE", "minnow:test"),
     }
 
 
