@@ -2,7 +2,7 @@
 
 Run through the host-network override (docker-compose.hostnet.yml: every address 127.0.0.1, free ports picked
 now) with the stand-in images under the official tags (../shared/tools/standin-images.sh). Grafana is left out
-(no image here). Wall time on the 2-core development VM: 100-210 s with the image's layers cached (load-dependent), most
+(no image here). Wall time on the 2-core development VM: 100-210 s with the image's layers cached (by load), most
 of it the four workers loading the model; a cold build (dependencies, the model) adds 5-10 minutes.
 """
 
