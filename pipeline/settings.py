@@ -559,6 +559,7 @@ class ModelPrice(_Frozen):
 
 BreakerMode = Literal["wait", "review"]
 SoftCapAction = Literal["sink", "review"]
+EscalationMode = Literal["large-model", "review-only", "auto"]
 
 
 def _default_prices() -> dict[str, ModelPrice]:
@@ -568,6 +569,11 @@ def _default_prices() -> dict[str, ModelPrice]:
 class EscalationSettings(_Frozen):
     """The large-model tier behind `minnow escalator` (docs/escalation.md)."""
 
+    mode: EscalationMode = Field(
+        default="large-model",
+        description="large-model (ask it), review-only (every escalated item goes to the review topic, nothing is "
+        "asked), or auto (review-only when neither API_KEY nor API_KEY_FILE is set)",
+    )
     base_url: str = Field(default="https://api.openai.com/v1", description="OpenAI-compatible API root")
     model: str = Field(default="gpt-4o-mini", description="the large model asked; must have a price in PRICES")
     api_key: SecretStr | None = Field(default=None, description="bearer token for the API (never printed)")
@@ -621,6 +627,21 @@ class EscalationSettings(_Frozen):
     )
     metrics_port: int = Field(default=9465, ge=0, le=65535, description="the escalator's /metrics etc.; 0 = off")
     metrics_host: str = Field(default="0.0.0.0", min_length=1, description="address the escalator's /metrics etc. bind")
+
+    @field_validator("api_key", "api_key_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `MINNOW_ESCALATION__API_KEY=` (a compose file passing an unset .env entry on) means no key, not an empty one.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @property
+    def review_only(self) -> bool:
+        """True when no large model is asked: mode review-only, or auto without a key (docs/escalation.md)."""
+        if self.mode == "auto":
+            return self.api_key is None and self.api_key_file is None
+        return self.mode == "review-only"
 
     @field_validator("cache_file", mode="before")
     @classmethod

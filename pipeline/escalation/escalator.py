@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 
 Outcome = ToSink | ToReview  # what settling an escalated item comes to
+REVIEW_ONLY = "escalation.review_only"  # the review reason of every item in review-only mode
 
 
 @dataclass
@@ -104,6 +105,8 @@ class Escalator:
         return self._cfg.breaker_mode == "wait" and self.breaker.state == "open"
 
     async def settle(self, record: EscalationRecord, event: AnyEvent) -> Outcome:
+        if self._cfg.review_only:  # no large model to ask: a person settles every item
+            return self._review(record, REVIEW_ONLY, error="review-only mode: no large model is asked")
         tasks = tasks_for(record, self._settings, self._tasks)
         if not tasks:
             reasons = ", ".join(record.reasons) or "none"

@@ -354,19 +354,34 @@ async def serve(
         await consumer.start()
         try:
             consumer.subscribe([runner.topic], listener=runner.listener())
-            log.info(
-                "minnow escalator: group %s, topic %s, model %s at %s, breaker mode %s",
-                settings.kafka.group_id + ESCALATOR_GROUP_SUFFIX,
-                runner.topic,
-                settings.escalation.model,
-                settings.escalation.base_url,
-                settings.escalation.breaker_mode,
-            )
+            _announce(settings, runner.topic)
             return await runner.run(stop)
         finally:
             await consumer.stop()
     finally:
         await producer.stop()
+
+
+def _announce(settings: Settings, topic: str) -> None:
+    """One line at start: what this escalator does with the records of `topic`."""
+    cfg, group = settings.escalation, settings.kafka.group_id + ESCALATOR_GROUP_SUFFIX
+    if cfg.review_only:
+        why = "MINNOW_ESCALATION__MODE=review-only" if cfg.mode == "review-only" else "no API key is set"
+        log.warning(
+            "minnow escalator: review-only mode (%s): every escalated item of %s goes to %s, no large model is asked",
+            why,
+            topic,
+            settings.topic(names.REVIEW_TOPIC),
+        )
+        return
+    log.info(
+        "minnow escalator: group %s, topic %s, model %s at %s, breaker mode %s",
+        group,
+        topic,
+        cfg.model,
+        cfg.base_url,
+        cfg.breaker_mode,
+    )
 
 
 async def _main(settings: Settings) -> int:

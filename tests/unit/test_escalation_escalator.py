@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
@@ -300,3 +301,29 @@ def test_an_item_with_nothing_to_ask_goes_to_review() -> None:
     record, event = escalation(iot_event("i1", "dev-1"), ["anomaly.high_score"], with_moderation=False)
     outcomes, server = run(settle_one_by_one((record, event)))
     assert reviewed(outcomes[0]).record.review_reasons == ["large_model.no_task"] and server.requests == []
+
+
+def test_review_only_mode_sends_every_item_to_review_and_asks_nothing() -> None:
+    """MINNOW_ESCALATION__MODE=review-only: each item, whatever its reasons, is a review record; no request leaves."""
+    items = (feed("r1"), feed("r2", reasons=("moderate.flagged",)))
+    outcomes, server = run(settle_one_by_one(*items), mode="review-only")
+    assert [reviewed(o).record.review_reasons for o in outcomes] == [["escalation.review_only"]] * 2
+    assert [reviewed(o).record.id for o in outcomes] == ["r1", "r2"] and server.requests == []
+
+
+def test_auto_mode_is_review_only_exactly_when_no_key_is_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto: no key (unset, or empty as a compose file passes an unset .env entry) -> review-only; a key or a key
+    file -> the large model. The default mode asks the large model even without a key (local servers need none)."""
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-file\n")
+
+    def review_only(**values: Any) -> bool:
+        return EscalationSettings.model_validate(values).review_only
+
+    assert review_only(mode="auto") and review_only(mode="auto", api_key="  ")  # blank: as read from a compose file
+    assert not review_only(mode="auto", api_key="sk-x") and not review_only(mode="auto", api_key_file=key_file)
+    assert review_only(mode="review-only", api_key="sk-x") and not review_only()
+    monkeypatch.setenv("MINNOW_ESCALATION__MODE", "auto")
+    monkeypatch.setenv("MINNOW_ESCALATION__API_KEY", "")
+    from_env = Settings().escalation
+    assert from_env.api_key is None and from_env.review_only
