@@ -95,7 +95,7 @@ class Rows:
             texts=texts,
             labels=np.concatenate([p.labels for p in parts]),
             vectors=np.concatenate(vectors),
-            ngrams=lexical.features(texts),
+            ngrams=lexical.features(texts).to_csr(),  # row slicing for the folds: scipy's csr (training only)
             profanity=prof.probability(texts),
             source=np.array([p.name for p in parts for _ in p.texts]),
             benign=np.array([p.benign for p in parts for _ in p.texts], dtype=bool),
