@@ -1,5 +1,6 @@
-"""Moderation heads: profanity-check's linear model (pipeline/tasks/profanity.py), a hashed n-gram model and embedding heads per category, stacked
-by a calibration layer; trained offline (pipeline/tasks/moderation_train.py) and shipped as moderation_heads.npz."""
+"""Moderation heads: profanity-check's linear model (pipeline/tasks/profanity.py), a hashed n-gram model and
+embedding heads per category, stacked by a calibration layer; trained offline (pipeline/tasks/moderation_train.py)
+and shipped as moderation_heads.npz."""
 
 from __future__ import annotations
 

@@ -32,12 +32,12 @@ from pipeline.tasks.moderation_heads import (
     Floats,
     Lexical,
     ModerationHeads,
-    ProfanityModel,
     Sparse,
     _logit,
     mlp_logit,
 )
 from pipeline.tasks.moderation_public import Part, embed_part, public_parts, seed_part
+from pipeline.tasks.profanity import ProfanityModel
 
 FOLDS = 5
 SEED = 0

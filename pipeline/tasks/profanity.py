@@ -34,6 +34,7 @@ Floats = NDArray[np.float64]
 WEIGHTS_FILE = Path(__file__).resolve().parent.parent / "data" / "profanity_linear.npz"
 EXPORT_COMMAND = "python -m pipeline.tasks.profanity"
 _TOKEN = re.compile(r"(?u)\b\w\w+\b")
+_ARRAYS = ("idf", "weights", "bias", "slope", "offset")
 
 
 @dataclass(frozen=True)
