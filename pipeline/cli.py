@@ -618,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if message is None:
             raise
         print(f"minnow: {message}", file=sys.stderr)
-        return EXIT_FAILURE
+        return int(getattr(exc, "exit_code", EXIT_FAILURE))  # an error may carry its own (75: a restart can help)
     return code
 
 
