@@ -18,7 +18,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pipeline.errors import ConfigError, ModelError
-from pipeline.tasks.hashing import HashedRows, binary_l2_rows, char_wb_ngrams, hstack, word_ngrams
+from pipeline.tasks.hashing import (
+    HashedRows,
+    binary_l2_bucket_rows,
+    binary_l2_rows,
+    char_wb_buckets,
+    hstack,
+    word_ngrams,
+)
 
 Floats = NDArray[np.float64]
 Sparse = Any  # HashedRows at run time; a scipy.sparse csr_matrix in training (scipy has no type stubs here)
@@ -79,7 +86,7 @@ class Lexical:
         """(texts, LEXICAL_FEATURES) sparse rows, each half L2-normalised."""
         clean = [normalise(t) for t in texts]
         words = binary_l2_rows((word_ngrams(t, (1, 2)) for t in clean), WORD_FEATURES)
-        chars = binary_l2_rows((char_wb_ngrams(t, (2, 5)) for t in clean), CHAR_FEATURES)
+        chars = binary_l2_bucket_rows((char_wb_buckets(t, (2, 5), CHAR_FEATURES) for t in clean), CHAR_FEATURES)
         return hstack([words, chars])
 
 
