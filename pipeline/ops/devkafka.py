@@ -19,10 +19,11 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pipeline import assets
 from pipeline.errors import DevKafkaError
 from pipeline.ops import maven
 
-POM = Path(__file__).resolve().parents[2] / "deploy" / "local" / "pom.xml"
+POM = assets.kafka_pom()  # deploy/local/pom.xml, or its copy in an installed wheel
 LOG_CONFIG = POM.parent / "log4j2.yaml"
 CACHE_ENV = "MINNOW_KAFKA_CACHE"
 HOST = "127.0.0.1"

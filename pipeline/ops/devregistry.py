@@ -24,10 +24,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import assets
 from pipeline.errors import DevKafkaError
 from pipeline.ops import maven
 
-POM = Path(__file__).resolve().parents[2] / "deploy" / "local" / "registry" / "pom.xml"
+POM = assets.registry_pom()  # deploy/local/registry/pom.xml, or its copy in an installed wheel
 CACHE_ENV = "MINNOW_REGISTRY_CACHE"
 JAVA_ENV = "MINNOW_REGISTRY_JAVA"
 HOST = "127.0.0.1"

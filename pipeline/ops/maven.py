@@ -42,8 +42,12 @@ def fetch(
         raise DevKafkaError("`mvn` is not on PATH; install Maven 3.8+ (apt-get install maven)")
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
+    # Maven runs on a copy: the pom may sit in a read-only site-packages (an installed wheel's pipeline/_assets).
+    work = folder.with_name(folder.name + ".pom")
+    work.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(pom, work / "pom.xml")
     command = [
-        mvn, "-B", "-q", "-f", str(pom),
+        mvn, "-B", "-q", "-f", str(work / "pom.xml"),
         f"-Dmaven.repo.local={folder.parent / 'm2'}",
         f"-D{folder_property}={partial}",
         goal,

@@ -26,9 +26,9 @@ from pipeline.tasks.moderation_heads import (  # re-exported: the moderation tas
     Floats,
     Lexical,
     ModerationHeads,
-    ProfanityModel,
     read_labelled,
 )
+from pipeline.tasks.profanity import ProfanityModel
 
 if TYPE_CHECKING:
     from pipeline.engine.encoder import Encoder

@@ -1,15 +1,14 @@
-"""Moderation heads: profanity-check's linear model, a hashed n-gram model and embedding heads per category, stacked
-by a calibration layer; trained offline (pipeline/tasks/moderation_train.py) and shipped as moderation_heads.npz."""
+"""Moderation heads: profanity-check's linear model (pipeline/tasks/profanity.py), a hashed n-gram model and
+embedding heads per category, stacked by a calibration layer; trained offline (pipeline/tasks/moderation_train.py)
+and shipped as moderation_heads.npz."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
 import re
 import tempfile
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +18,17 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pipeline.errors import ConfigError, ModelError
+from pipeline.tasks.hashing import (
+    HashedRows,
+    binary_l2_bucket_rows,
+    binary_l2_rows,
+    char_wb_buckets,
+    hstack,
+    word_ngrams,
+)
 
 Floats = NDArray[np.float64]
-Sparse = Any  # a scipy.sparse csr_matrix (scipy has no type stubs here)
+Sparse = Any  # HashedRows at run time; a scipy.sparse csr_matrix in training (scipy has no type stubs here)
 
 CATEGORIES: tuple[str, ...] = (
     "harassment",
@@ -42,66 +49,6 @@ SEED_FILE = DATA_DIR / "moderation_seed.jsonl"
 CONFIG_FILE = DATA_DIR / "moderation.yaml"
 EVAL_FILE = DATA_DIR / "moderation_eval.jsonl"
 HEADS_FILE = DATA_DIR / "moderation_heads.npz"
-
-
-# --------------------------------------------------------------------------------------------- profanity
-class ProfanityModel:
-    """alt-profanity-check's TF-IDF and five calibrated linear SVMs, scored as one sparse product."""
-
-    def __init__(self, vectorizer: Any, model: Any) -> None:
-        self._vectorizer = vectorizer
-        self._model = model
-        self._linear = _linear_form(model)
-        probe = ["you are a fucking idiot", "have a lovely day", "kill the heat", ""]
-        # The fast path re-derives sklearn's arithmetic; if a future sklearn changes it, fall back to its call.
-        if self._linear is not None and not np.allclose(self._fast(probe), self._slow(probe), atol=1e-9):
-            self._linear = None
-
-    @classmethod
-    def load(cls) -> ProfanityModel:
-        """Load the pickled pipeline without importing the package (its import also loads them)."""
-        import joblib
-        from sklearn.exceptions import InconsistentVersionWarning
-
-        spec = importlib.util.find_spec("profanity_check")
-        if spec is None or not spec.submodule_search_locations:
-            raise ModelError("alt-profanity-check is not installed; run: pip install alt-profanity-check")
-        data = Path(next(iter(spec.submodule_search_locations))) / "data"
-        try:
-            with warnings.catch_warnings():
-                # Pickled by an older scikit-learn; the probe check in __init__ proves it still scores.
-                warnings.simplefilter("ignore", InconsistentVersionWarning)
-                return cls(joblib.load(data / "vectorizer.joblib"), joblib.load(data / "model.joblib"))
-        except (OSError, ValueError, AttributeError) as exc:
-            raise ModelError(f"cannot load profanity-check from {data}: {exc}") from exc
-
-    def probability(self, texts: Sequence[str]) -> Floats:
-        """P(offensive) per text."""
-        return self._fast(texts) if self._linear is not None else self._slow(texts)
-
-    def _slow(self, texts: Sequence[str]) -> Floats:
-        return np.asarray(self._model.predict_proba(self._vectorizer.transform(texts))[:, 1], dtype=np.float64)
-
-    def _fast(self, texts: Sequence[str]) -> Floats:
-        assert self._linear is not None
-        weights, bias, slope, offset = self._linear
-        decision = np.asarray(self._vectorizer.transform(texts) @ weights) + bias  # (n, svms)
-        return np.asarray(_sigmoid(-(decision * slope + offset)).mean(axis=1), dtype=np.float64)
-
-
-def _linear_form(model: Any) -> tuple[Floats, Floats, Floats, Floats] | None:
-    """(weights (vocab, m), biases, Platt slopes, Platt offsets) of a binary sigmoid CalibratedClassifierCV."""
-    try:
-        parts = model.calibrated_classifiers_
-        if list(model.classes_) != [0, 1] or any(p.method != "sigmoid" or len(p.calibrators) != 1 for p in parts):
-            return None
-        weights = np.stack([np.ravel(p.estimator.coef_) for p in parts], axis=1).astype(np.float64)
-        bias = np.array([float(np.ravel(p.estimator.intercept_)[0]) for p in parts])
-        slope = np.array([float(p.calibrators[0].a_) for p in parts])
-        offset = np.array([float(p.calibrators[0].b_) for p in parts])
-    except (AttributeError, TypeError, IndexError):
-        return None
-    return weights, bias, slope, offset
 
 
 def _sigmoid(x: Floats) -> Floats:
@@ -132,22 +79,15 @@ def normalise(text: str) -> str:
 
 
 class Lexical:
-    """The hashed n-gram featurizer (stateless: scikit-learn's HashingVectorizer with fixed parameters)."""
+    """The hashed n-gram featurizer: scikit-learn's HashingVectorizer with fixed parameters (binary, l2, no
+    alternate sign), computed without scikit-learn by pipeline/tasks/hashing.py."""
 
-    def __init__(self) -> None:
-        from sklearn.feature_extraction.text import HashingVectorizer
-
-        common: dict[str, Any] = {"alternate_sign": False, "norm": "l2", "binary": True, "lowercase": False}
-        self._word = HashingVectorizer(analyzer="word", ngram_range=(1, 2), n_features=WORD_FEATURES, **common)
-        self._char = HashingVectorizer(analyzer="char_wb", ngram_range=(2, 5), n_features=CHAR_FEATURES, **common)
-
-    def features(self, texts: Sequence[str]) -> Sparse:
+    def features(self, texts: Sequence[str]) -> HashedRows:
         """(texts, LEXICAL_FEATURES) sparse rows, each half L2-normalised."""
-        from scipy.sparse import hstack
-
         clean = [normalise(t) for t in texts]
-        out: Sparse = hstack([self._word.transform(clean), self._char.transform(clean)], format="csr")
-        return out
+        words = binary_l2_rows((word_ngrams(t, (1, 2)) for t in clean), WORD_FEATURES)
+        chars = binary_l2_bucket_rows((char_wb_buckets(t, (2, 5), CHAR_FEATURES) for t in clean), CHAR_FEATURES)
+        return hstack([words, chars])
 
 
 # ------------------------------------------------------------------------------------------------- heads

@@ -32,12 +32,12 @@ from pipeline.tasks.moderation_heads import (
     Floats,
     Lexical,
     ModerationHeads,
-    ProfanityModel,
     Sparse,
     _logit,
     mlp_logit,
 )
 from pipeline.tasks.moderation_public import Part, embed_part, public_parts, seed_part
+from pipeline.tasks.profanity import ProfanityModel
 
 FOLDS = 5
 SEED = 0
@@ -95,7 +95,7 @@ class Rows:
             texts=texts,
             labels=np.concatenate([p.labels for p in parts]),
             vectors=np.concatenate(vectors),
-            ngrams=lexical.features(texts),
+            ngrams=lexical.features(texts).to_csr(),  # row slicing for the folds: scipy's csr (training only)
             profanity=prof.probability(texts),
             source=np.array([p.name for p in parts for _ in p.texts]),
             benign=np.array([p.benign for p in parts for _ in p.texts], dtype=bool),

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.config_files import read_yaml
 from pipeline.errors import ConfigError
+from pipeline.tasks.beta import beta_quantile
 
 # Thresholds tested, strict (1.0) to loose (0.0), fixed before any data is seen: the grid may not depend on it.
 GRID = np.round(np.linspace(1.0, 0.0, 1001), 3)
@@ -38,11 +39,7 @@ DEFAULT_STARTS = 10
 
 def clopper_pearson_upper(errors: int, n: int, delta: float) -> float:
     """One-sided (1 - delta) upper confidence bound on a binomial proportion from `errors` out of `n`."""
-    from scipy.stats import beta
-
-    if n == 0 or errors >= n:
-        return 1.0
-    return float(beta.ppf(1.0 - delta, errors + 1, n - errors))
+    return float(clopper_pearson_upper_all(np.array([errors]), np.array([n]), delta)[0])
 
 
 @dataclass(frozen=True)
@@ -76,12 +73,19 @@ class Fitted:
 
 
 def clopper_pearson_upper_all(errors: NDArray[np.int64], n: NDArray[np.int64], delta: float) -> NDArray[np.float64]:
-    """`clopper_pearson_upper` over arrays (one bound per pair)."""
-    from scipy.stats import beta
-
+    """`clopper_pearson_upper` over arrays (one bound per pair): the (1 - delta) quantile of Beta(errors + 1,
+    n - errors). scipy's `beta.ppf` where scipy is installed (the `train` extra; fast), else the numpy bisection
+    of pipeline/tasks/beta.py (the same bounds to 1e-9, about a second per fit), so `minnow calibrate` runs on a
+    runtime-only install too."""
     out = np.ones(len(n), dtype=np.float64)
     ok = (n > 0) & (errors < n)
-    out[ok] = beta.ppf(1.0 - delta, errors[ok] + 1, n[ok] - errors[ok])
+    a, b = (errors[ok] + 1).astype(np.float64), (n[ok] - errors[ok]).astype(np.float64)
+    try:
+        from scipy.stats import beta
+    except ImportError:
+        out[ok] = beta_quantile(1.0 - delta, a, b)
+    else:
+        out[ok] = beta.ppf(1.0 - delta, a, b)
     return out
 
 

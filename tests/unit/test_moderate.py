@@ -236,7 +236,8 @@ def test_profanity_category_is_profanity_check_alone(moderator: Moderator) -> No
 
 # ----------------------------------------------------------------------------------- profanity and data
 def test_profanity_fast_path_matches_the_library(moderator: Moderator) -> None:
-    from profanity_check import predict_prob
+    """The worker's numpy profanity scores equal the library's own predict_prob (where [train] installed it)."""
+    predict_prob = pytest.importorskip("profanity_check").predict_prob
 
     texts = ["you absolute shithead", "lovely weather today", "kill the heat", "", "😀"]
     np.testing.assert_allclose(moderator.profanity.probability(texts), predict_prob(texts), atol=1e-9)
