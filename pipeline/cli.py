@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -525,9 +526,17 @@ def _add_topics(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     sc.set_defaults(func=cmd_topics_schemas)
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr)
+    # A container's PID 1 ignores signals it has no handler for: without this, a SIGTERM before the worker and the
+    # escalator install their own (while the model loads) or during a one-shot command would be dropped, and
+    # `docker stop` would wait for SIGKILL. Exits 143, as the default action would.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         code: int = args.func(args)
     except MinnowError as exc:
