@@ -28,13 +28,14 @@ RUN pip install -r /tmp/requirements.txt
 
 # The wheel, installed with its dependencies (all satisfied above); pip compiles the .pyc files, which a non-root
 # process could not write at run time. The topic specs must be where the installed package looks for them
-# (`minnow topics apply`, the registry's schemas): copied there while the wheel does not carry them.
+# (`minnow topics apply`, the registry's schemas): copied there while the wheel does not carry them (`-I`: the
+# installed package, not the source tree in the working directory).
 FROM deps AS build
 WORKDIR /src
 COPY . .
 RUN pip wheel --no-deps --wheel-dir /wheels . \
     && pip install /wheels/*.whl \
-    && spec_dir="$(python -c 'from pipeline.topic_specs import SPEC_DIR; print(SPEC_DIR)')" \
+    && spec_dir="$(python -I -c 'from pipeline.topic_specs import SPEC_DIR; print(SPEC_DIR)')" \
     && if [ ! -d "$spec_dir/schemas" ]; then mkdir -p "$spec_dir" && cp -r topics/. "$spec_dir/"; fi
 
 # The model, from only the modules and data it is built from, so that other source changes reuse this layer (the
