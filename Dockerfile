@@ -50,6 +50,11 @@ COPY pipeline/data /model/pipeline/data
 RUN cd /model && python -c "from pathlib import Path; from pipeline.engine.artifacts import build_portable; \
 print(*(m['version'] for m in build_portable(Path('/opt/minnow/cache')).values()))"
 
+# Readable by the runtime's user: the build writes its manifests 0600 (atomic writes through mkstemp). A stage of its
+# own, so that neither the model layer is rebuilt nor a second copy of the graphs lands in the runtime image.
+FROM model AS model-files
+RUN chmod -R a+rX /opt/minnow/cache
+
 # The virtualenv the runtime gets: no pip or setuptools (nothing is installed at run time).
 FROM build AS venv
 RUN pip uninstall --yes pip setuptools
@@ -73,7 +78,7 @@ RUN groupadd --gid 10001 minnow \
     && install -d -o 10001 -g 10001 /opt/minnow/cache /var/lib/minnow
 COPY --from=venv /opt/minnow/venv /opt/minnow/venv
 # Root-owned and read-only to the worker: the model is part of the image, not state.
-COPY --from=model /opt/minnow/cache/models /opt/minnow/cache/models
+COPY --from=model-files /opt/minnow/cache/models /opt/minnow/cache/models
 ENV PATH=/opt/minnow/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
