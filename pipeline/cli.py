@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -614,8 +615,16 @@ def _setup_logging(*, verbose: bool) -> None:
     configure(chosen.log_format, logging.DEBUG if verbose else chosen.log_level or logging.WARNING)
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # A container's PID 1 ignores signals it has no handler for: without this, a SIGTERM before the worker and the
+    # escalator install their own (while the model loads) or during a one-shot command would be dropped, and
+    # `docker stop` would wait for SIGKILL. Exits 143, as the default action would.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         _setup_logging(verbose=args.verbose)
         report_unknown(os.environ)

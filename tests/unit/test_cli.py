@@ -150,3 +150,19 @@ def test_eval_reports_moderation_and_summaries_when_rows_carry_them(
     assert summ["examples"] == 1
     assert 0 < summ["minnow"]["rouge1"] <= 1 and set(summ) == {"examples", "minnow", "lead3", "longest3", "escalation"}
     assert summ["escalation"]["escalated"] == 0  # the default threshold (0) escalates no summary
+
+
+def test_sigterm_ends_any_command_with_143_even_as_pid_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    """main() installs a SIGTERM handler first thing, so a container's PID 1 (which drops signals it has no handler
+    for) still stops on `docker stop` while the model loads or a one-shot command runs; the handler exits 143."""
+    import signal
+
+    from pipeline import cli
+
+    seen: dict[int, object] = {}
+    monkeypatch.setattr(signal, "signal", seen.setdefault)
+    assert main(["topics", "schemas", "--check"]) in (0, 1)
+    assert seen[signal.SIGTERM] is cli._exit_on_sigterm
+    with pytest.raises(SystemExit) as stopped:
+        cli._exit_on_sigterm(signal.SIGTERM, None)
+    assert stopped.value.code == 143
