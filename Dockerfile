@@ -33,7 +33,8 @@ RUN pip install -r /tmp/requirements.txt
 FROM deps AS bundle
 COPY --from=requirements /build-requirements.txt /tmp/build-requirements.txt
 RUN pip install -r /tmp/build-requirements.txt
-COPY pipeline/__init__.py pipeline/errors.py pipeline/settings.py pipeline/models.py pipeline/assets.py /model/pipeline/
+COPY pipeline/__init__.py pipeline/errors.py pipeline/settings.py pipeline/logs.py pipeline/models.py pipeline/assets.py \
+     /model/pipeline/
 COPY pipeline/engine /model/pipeline/engine
 COPY pipeline/data /model/pipeline/data
 RUN cd /model && python -c "from pathlib import Path; from pipeline.engine import bundle, weights; \
