@@ -5,8 +5,8 @@
 Every text of these sets is benign as far as prompt injection goes (tweets, support requests, assistant requests,
 chats, news), so any text flagged is a false alarm. The marker list was written, and adjusted, looking only at the
 `tune` part; the figures to report are the `held-out` part's: the validation split where the set has one (tweeteval,
-CLINC150, SAMSum's and DialogSum's only splits here are validation/dev ones, so those are split like the others), else
-the texts whose sha1 is odd. The texts are read by path and never copied; `--show` prints flagged ones to the terminal.
+CLINC150), else the texts whose sha1 is odd (Davidson, banking77, SAMSum's and DialogSum's validation files, BBC).
+The texts are read by path and never copied; `--show` prints flagged ones to the terminal only.
 
 A flagged text goes to review only when the large model's answer also departs from the mini model's, so the
 share of escalated items held for a person is at most this share times the escalator's disagreement rate.
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     by_marker: Counter[str] = Counter()
     shown: Counter[str] = Counter()
     for source, part, text in texts(args.data_dir):
-        if args.part != "all" and part != args.part:
+        if args.part not in ("all", part):
             continue
         seen[source] += 1
         names = markers_in(text)

@@ -214,7 +214,7 @@ class Escalator:
             tokens_out=bill.tokens_out,
             cost_usd=bill.cost_usd,
         )
-        return self._settled(record, prompt, answer, info, "large-model", bill)
+        return self._settled(record, prompt, answer, info, settled_by="large-model", bill=bill)
 
     def _from_cache(self, record: EscalationRecord, prompt: Prompt, cached: CachedAnswer) -> Outcome | None:
         """The cached answer as a settlement; None when it no longer fits the prompt (it is asked again)."""
@@ -225,7 +225,7 @@ class Escalator:
         except AnswerError:
             return None
         info = LargeModelInfo(name=cached.model, latency_ms=0.0, tokens_in=0, tokens_out=0, cost_usd=0.0, cached=True)
-        return self._settled(record, prompt, answer, info, "cache", None)
+        return self._settled(record, prompt, answer, info, settled_by="cache", bill=None)
 
     def _settled(
         self,
@@ -233,6 +233,7 @@ class Escalator:
         prompt: Prompt,
         answer: Answers,
         info: LargeModelInfo,
+        *,
         settled_by: str,
         bill: _Bill | None,
     ) -> Outcome:

@@ -8,9 +8,9 @@ Two halves (docs/escalation.md, "Prompt injection"):
 - `markers_in` names the injection markers an item text holds: a small fixed list of phrasings that address a
   language model rather than a reader ("ignore previous instructions", "system prompt", "you are now", role tags,
   chat-template tokens, our own delimiter). It runs on a normalised copy (NFKC, zero-width and other format
-  characters dropped, common Cyrillic and Greek look-alikes of Latin letters mapped, case folded), so `ＩＧＮＯＲＥ`,
-  `ig\u200bnore` and `іgnore` (Cyrillic і) match too. The escalator holds back an answer when the text has markers
-  *and* the answer disagrees with the mini model (`escalator.Escalator`).
+  characters dropped, common Cyrillic and Greek look-alikes of Latin letters mapped, case folded), so full-width
+  `IGNORE`, `ig<U+200B>nore` and `<U+0456>gnore` (a Cyrillic i) match too. The escalator holds back an answer
+  when the text has markers *and* the answer disagrees with the mini model (`escalator.Escalator`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,10 @@ from typing import Final
 
 # Characters drawn like `<` / `>` in common fonts (full-width, small, angle brackets, arrowheads): escaped as numeric
 # references, which keep the character for the model but cannot be read as a tag.
-_LOOK_ALIKES: Final = "\uff1c\uff1e\ufe64\ufe65\u2039\u203a\u2329\u232a\u27e8\u27e9\u3008\u3009\u276c\u276d\u276e\u276f\u02c2\u02c3\u1438\u1433"
+_LOOK_ALIKES: Final = (
+    "\uff1c\uff1e\ufe64\ufe65\u2039\u203a"
+    "\u2329\u232a\u27e8\u27e9\u3008\u3009\u276c\u276d\u276e\u276f\u02c2\u02c3\u1438\u1433"
+)
 _ESCAPES: Final = {"&": "&amp;", "<": "&lt;", ">": "&gt;"} | {c: f"&#x{ord(c):x};" for c in _LOOK_ALIKES}
 _ESCAPE_RE: Final = re.compile("[" + re.escape("".join(_ESCAPES)) + "]")
 _UNESCAPE_RE: Final = re.compile("|".join(re.escape(v) for v in _ESCAPES.values()))
@@ -42,12 +45,10 @@ def unescape_item(text: str) -> str:
 # Cyrillic and Greek letters drawn like Latin ones (lower case; the text is case-folded first). Not a full
 # confusables table: the letters that spell the marker words below.
 _CONFUSABLES: Final = str.maketrans(
-    {
-        "а": "a", "с": "c", "е": "e", "һ": "h", "і": "i", "ј": "j", "ӏ": "l", "о": "o", "р": "p", "ԛ": "q",
-        "ѕ": "s", "т": "t", "у": "y", "х": "x", "ԝ": "w", "ν": "v", "α": "a", "ε": "e", "ι": "i", "κ": "k",
-        "ο": "o", "ρ": "p", "τ": "t", "υ": "u", "χ": "x", "ѵ": "v", "ԁ": "d", "ɡ": "g", "ո": "n", "ս": "u",
-    }
-)  # fmt: skip
+    "\u0430\u0441\u0435\u04bb\u0456\u0458\u04cf\u043e\u0440\u051b\u0455\u0442\u0443\u0445\u051d"
+    "\u03bd\u03b1\u03b5\u03b9\u03ba\u03bf\u03c1\u03c4\u03c5\u03c7\u0475\u0501\u0261\u0578\u057d",
+    "acehijlopqstyxwvaeikoptuxvdgnu",
+)
 _W: Final = r"[\W_]+"  # between the words of a marker: any run of spaces, punctuation, dashes or underscores
 _EARLIER: Final = (
     r"(?:previous|prior|above|earlier|preceding|former|original|initial|system|your|all|any|the|those|these)"
