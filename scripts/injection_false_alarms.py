@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.escalation.injection import MARKERS, markers_in
+from pipeline.tasks.risk import clopper_pearson_upper
 
 csv.field_size_limit(sys.maxsize)
 
@@ -97,11 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no public sets found under {args.data_dir}", file=sys.stderr)
         return 2
     print(f"part {args.part}")
-    print(f"{'source':<20}{'texts':>8}{'flagged':>9}{'share':>10}")
-    for source in seen:
-        print(f"{source:<20}{seen[source]:>8}{flagged[source]:>9}{flagged[source] / seen[source]:>10.4%}")
-    total, hits = sum(seen.values()), sum(flagged.values())
-    print(f"{'all':<20}{total:>8}{hits:>9}{hits / total:>10.4%}")
+    print(f"{'source':<20}{'texts':>8}{'flagged':>9}{'share':>10}{'95% upper':>11}")
+    rows = [(source, seen[source], flagged[source]) for source in seen]
+    rows.append(("all", sum(seen.values()), sum(flagged.values())))
+    for source, n, hits in rows:
+        upper = clopper_pearson_upper(hits, n, 0.05)  # one-sided Clopper-Pearson bound on the false-alarm rate
+        print(f"{source:<20}{n:>8}{hits:>9}{hits / n:>10.4%}{upper:>11.4%}")
     print("by marker: " + (", ".join(f"{name} {by_marker[name]}" for name, _ in MARKERS if by_marker[name]) or "none"))
     return 0
 

@@ -61,7 +61,7 @@ MARKERS: Final[tuple[tuple[str, re.Pattern[str]], ...]] = tuple(
         # "ignore all previous instructions", "disregard the above rules", "forget your instructions"
         (
             "ignore_instructions",
-            rf"\b(?:ignore|disregard|forget|override|bypass|skip|discard)(?:{_W}{_EARLIER}){{1,3}}{_W}{_RULES}\b",
+            rf"\b(?:ignore|disregard|forget|override|bypass|discard)(?:{_W}{_EARLIER}){{1,3}}{_W}{_RULES}\b",
         ),
         ("new_instructions", rf"\b(?:new|updated|real|actual|hidden|secret){_W}(?:instructions|system{_W}prompt)\b"),
         ("system_prompt", rf"\bsystem{_W}(?:prompt|message|instructions?)\b"),
@@ -77,7 +77,7 @@ MARKERS: Final[tuple[tuple[str, re.Pattern[str]], ...]] = tuple(
         # an instruction about the very answer a classifier or moderator gives
         (
             "answer_steering",
-            rf"\b(?:classify|label|categori[sz]e|mark|flag|rate|tag){_W}(?:this|it|me|the{_W}(?:text|item|post|message))"
+            rf"\b(?:classify|label|categori[sz]e|mark|flag|rate|tag){_W}(?:this|it|the{_W}(?:text|item|post|message))"
             rf"{_W}as\b|\b(?:respond|reply|answer|output){_W}(?:only|just){_W}with\b",
         ),
         # role tags at the start of a line, and chat-template tokens
