@@ -622,6 +622,11 @@ class EscalationSettings(_Frozen):
         default="sink", description="past a soft cap, other items: sink (the mini result stands) or review"
     )
     redact: bool = Field(default=True, description="redact personal data before any text is sent")
+    injection_check: bool = Field(
+        default=True,
+        description="an item whose text holds injection markers and whose answer departs from the mini model goes "
+        "to review (answer.suspicious), not to the sink and the labels topic",
+    )
     spend_file: Path | None = Field(
         default=None, description="JSON file keeping the day's and month's spend across restarts; unset = from zero"
     )

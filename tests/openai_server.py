@@ -33,10 +33,14 @@ class Step:
     model: str | None = None
     held: bool = False  # no answer until `release_held()` (or the server stops)
     echo_auth: bool = False  # an error body that quotes the request's Authorization header, as debug pages do
+    label: str | None = None  # answer this label instead of the first one (it may be outside the label set)
+    category_score: float | None = None  # score every moderation category this instead of the default
 
 
-def answer(*, delay_s: float = 0.0, model: str | None = None) -> Step:
-    return Step("answer", delay_s=delay_s, model=model)
+def answer(
+    *, delay_s: float = 0.0, model: str | None = None, label: str | None = None, category_score: float | None = None
+) -> Step:
+    return Step("answer", delay_s=delay_s, model=model, label=label, category_score=category_score)
 
 
 def status(code: int, *, retry_after: str | None = None, echo_auth: bool = False) -> Step:
@@ -168,7 +172,7 @@ class OpenAIServer:
         elif step.reply == "refusal":
             content, refusal = None, "I can't help with that."
         else:
-            content = orjson.dumps(plausible_answer(schema, body)).decode()
+            content = orjson.dumps(plausible_answer(schema, body, step.label, step.category_score)).decode()
         prompt_tokens = len(orjson.dumps(body["messages"])) // 4
         completion_tokens = max(len(content or refusal or "") // 4, 1)
         return web.json_response(
@@ -193,9 +197,12 @@ class OpenAIServer:
         )
 
 
-def plausible_answer(schema: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+def plausible_answer(
+    schema: dict[str, Any], body: dict[str, Any], label: str | None = None, category_score: float | None = None
+) -> dict[str, Any]:
     """An answer that follows `schema`: the first label, confidence 0.9, every category 0.1 (0.8 for `hate` when
-    the item says "hate"), and the item's first sentence as the summary (placeholders kept, as a model would)."""
+    the item says "hate"), and the item's first sentence as the summary (placeholders kept, as a model would).
+    `label` and `category_score` replace the label and every category's score (a scripted verdict)."""
     text = str(body["messages"][-1]["content"])
     match = re.search(r"<item>\n(.*)\n</item>", text, re.DOTALL)
     item = match.group(1) if match else text
@@ -203,11 +210,16 @@ def plausible_answer(schema: dict[str, Any], body: dict[str, Any]) -> dict[str, 
     props = schema.get("properties", {})
     if "classification" in props:
         labels = props["classification"]["properties"]["label"]["enum"]
-        out["classification"] = {"label": labels[0], "confidence": 0.9}
+        out["classification"] = {"label": label or labels[0], "confidence": 0.9}
     if "moderation" in props:
         names = props["moderation"]["properties"]["categories"]["properties"]
         out["moderation"] = {
-            "categories": {name: 0.8 if name == "hate" and "hate" in item.lower() else 0.1 for name in names}
+            "categories": {
+                name: category_score
+                if category_score is not None
+                else (0.8 if name == "hate" and "hate" in item.lower() else 0.1)
+                for name in names
+            }
         }
     if "summary" in props:
         first = re.split(r"(?<=[.!?])\s", item.replace("\n", " "), maxsplit=1)[0]

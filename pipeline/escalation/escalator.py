@@ -17,6 +17,7 @@ from pipeline.escalation.budget import Budget, PriceTable
 from pipeline.escalation.cache import FINAL_REVIEW_REASONS, AnswerCache, AnswerStore, CachedAnswer, content_key
 from pipeline.escalation.caller import Caller
 from pipeline.escalation.client import CHARS_PER_TOKEN, ChatReply, ChatRequest, ChatSender
+from pipeline.escalation.injection import markers_in
 from pipeline.escalation.limits import Clock, Limits, SystemClock
 from pipeline.escalation.retry import RetryPolicy
 from pipeline.escalation.tasks import (
@@ -25,6 +26,7 @@ from pipeline.escalation.tasks import (
     Prompt,
     build_prompt,
     checked,
+    disagreements,
     final_result,
     label_records,
     read_answer,
@@ -208,7 +210,7 @@ class Escalator:
 
     def _decided(
         self, record: EscalationRecord, prompt: Prompt, answer: Answers, reply: ChatReply, bill: _Bill
-    ) -> ToSink:
+    ) -> Outcome:
         info = LargeModelInfo(
             name=reply.model,
             latency_ms=round(reply.latency_s * 1000, 3),
@@ -216,8 +218,7 @@ class Escalator:
             tokens_out=bill.tokens_out,
             cost_usd=bill.cost_usd,
         )
-        labels = label_records(record, prompt, answer, model=reply.model, now=self._now())
-        return ToSink(result=final_result(record, prompt, answer, info), labels=tuple(labels), settled_by="large-model")
+        return self._settled(record, prompt, answer, info, settled_by="large-model", bill=bill)
 
     def _from_cache(self, record: EscalationRecord, prompt: Prompt, cached: CachedAnswer) -> Outcome | None:
         """The cached answer as a settlement; None when it no longer fits the prompt (it is asked again)."""
@@ -228,8 +229,37 @@ class Escalator:
         except AnswerError:
             return None
         info = LargeModelInfo(name=cached.model, latency_ms=0.0, tokens_in=0, tokens_out=0, cost_usd=0.0, cached=True)
-        labels = label_records(record, prompt, answer, model=cached.model, now=self._now())
-        return ToSink(result=final_result(record, prompt, answer, info), labels=tuple(labels), settled_by="cache")
+        return self._settled(record, prompt, answer, info, settled_by="cache", bill=None)
+
+    def _settled(
+        self,
+        record: EscalationRecord,
+        prompt: Prompt,
+        answer: Answers,
+        info: LargeModelInfo,
+        *,
+        settled_by: str,
+        bill: _Bill | None,
+    ) -> Outcome:
+        """A valid answer: to the sink with its label records, unless it looks like the text steered it.
+
+        Text written at the model (injection markers) plus a verdict that departs from the mini model's is held for
+        a person (`answer.suspicious`): neither the result nor a label record leaves, since labels train the mini
+        model and a sink result is acted upon. The same check runs on a cached answer, so a replay is held too.
+        """
+        if self._cfg.injection_check:
+            markers = markers_in(prompt.text)
+            departures = disagreements(prompt, answer) if markers else []
+            if departures:
+                error = (
+                    f"the item text addresses the model ({', '.join(markers)}) and the answer departs from the mini "
+                    f"model ({'; '.join(departures)}): held for a person, no label written"
+                )
+                return self._review(
+                    record, "answer.suspicious", error=error, answer=restored(answer.dump(), prompt.mapping), bill=bill
+                )
+        labels = label_records(record, prompt, answer, model=info.name, now=self._now())
+        return ToSink(result=final_result(record, prompt, answer, info), labels=tuple(labels), settled_by=settled_by)
 
     def _review(
         self,
