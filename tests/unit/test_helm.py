@@ -36,7 +36,7 @@ SECURE = HELM / "examples" / "values-secure.yaml"
 # The Kubernetes release the manifests are checked against (kubernetes-validate bundles its schemas).
 KUBERNETES_VERSION = "1.33.0"
 FAMILIES = ("feed", "transcript", "iot", "ticket")
-# What the chart's comments and docs/deploy.md ("Kubernetes (Helm)") cite from docs/benchmarks.md (engine peak RSS, minnow-graph-4).
+# What the chart's comments and docs/deploy.md (Helm) cite from docs/benchmarks.md (engine peak RSS, minnow-graph-4).
 MEASURED_ENGINE_RSS_MB = 408.3
 
 Manifest = dict[str, Any]
