@@ -492,6 +492,16 @@ class DetectorSettings(_Frozen):
     cusum_limit: float = Field(
         default=0.0, ge=0, description="CUSUM sum past which a level shift escalates; 0 = level shifts off"
     )
+    burst_readings: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="readings in a row, on one side of the baseline, past burst_threshold that make a burst; "
+        "0 = burst detector off (else at least 2)",
+    )
+    burst_threshold: float = Field(
+        default=3.0, gt=0, description="robust z every reading of a burst must pass (and its record gate's floor)"
+    )
     cooldown_s: float = Field(
         default=86_400.0,
         ge=0,
@@ -506,6 +516,8 @@ class DetectorSettings(_Frozen):
                 f"season_min_readings ({self.season_min_readings}) must not exceed season_readings "
                 f"({self.season_readings}), or no bin is ever used"
             )
+        if self.burst_readings == 1:
+            raise ValueError("burst_readings must be 0 (off) or at least 2: one reading is the spike detector's")
         return self
 
 
@@ -524,6 +536,8 @@ class MetricDetectorSettings(_Frozen):
     warmup_days: int | None = Field(default=None, ge=0)
     cusum_slack: float | None = Field(default=None, ge=0)
     cusum_limit: float | None = Field(default=None, ge=0)
+    burst_readings: int | None = Field(default=None, ge=0, le=16)
+    burst_threshold: float | None = Field(default=None, gt=0)
     cooldown_s: float | None = Field(default=None, ge=0)
 
 

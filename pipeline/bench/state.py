@@ -1,7 +1,7 @@
 """How long a worker takes to rebuild its state from a changelog partition (`python -m pipeline.bench.state`).
 
 Writes N device states of realistic size (three metrics with full histories at the default sizes — 96 recent
-readings, 24 hourly bins of 24 — and an open window) to a fresh
+readings, 24 hourly bins of 24, 15 daily record peaks — and an open window) to a fresh
 one-partition topic on the local broker (or `MINNOW_KAFKA__BOOTSTRAP_SERVERS`), then times `ChangelogStore`
 replaying it, as a worker does on assignment. Prints one JSON object.
 """
@@ -49,10 +49,12 @@ def full_history(level: float) -> MetricHistory:
     """A metric's history as large as the default detector settings let it grow."""
     cfg = DetectorSettings()
     ring = [level + 0.01 * i for i in range(cfg.season_readings)]
+    today = 20_833  # the UTC day number of 1_800_000_000
     return MetricHistory(
         readings=10_000,
         recent=[level + 0.01 * i for i in range(cfg.recent_readings)],
         season={str(hour): ring for hour in range(24)},
+        peaks={str(today - d): 5.0 + 0.123 * d for d in range(cfg.record_days + 1)},
         last_alert=1_799_990_000.0,
     )
 

@@ -203,7 +203,7 @@ def report(model: MiniModel, settings: Settings, series: Sequence[Series]) -> tu
 
 
 GRID: dict[str, Sequence[Any]] = {
-    "threshold": (5.0, 8.0),
+    "burst_readings": (0, 3),
     "record_days": (14, 28),
     "record_ratio": (1.0, 1.2),
     "cusum_limit": (0.0, 30.0),

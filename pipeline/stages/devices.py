@@ -312,7 +312,8 @@ def _explain(name: str, value: float, signal: Signal) -> str:
             f"(over {signal.readings} readings)"
         )
     baseline = "this hour's usual" if signal.detector == "season" else "this device's recent median"
-    return f"{name}={value} is {signal.z:+.1f} robust standard deviations from {baseline} {signal.expected:.6g}"
+    said = f"{name}={value} is {signal.z:+.1f} robust standard deviations from {baseline} {signal.expected:.6g}"
+    return f"{said}, the last of {signal.burst} readings in a row this far out" if signal.burst else said
 
 
 def _tracked(history: Mapping[str, MetricHistory], readings: Mapping[str, float]) -> list[str]:

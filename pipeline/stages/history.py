@@ -15,9 +15,13 @@ path (`minnow infer`) fold readings the same way:
 - **level shifts and trend changes**: a two-sided CUSUM of the reading's distance from the recent median, in
   robust standard deviations, each step less a slack `cusum_slack`; it trips past `cusum_limit`, then restarts.
   A shift too small to be a spike adds up reading after reading until it trips, long before the median follows.
+- **bursts** (off by default): `burst_readings` readings in a row on one side of the baseline, each past
+  `burst_threshold`; the burst's size is the smallest |z| of the run. It has its own record gate (`burst_peaks`), and
+  a burst that beats its bar enters that record *at the bar*, so one episode does not raise the bar for two weeks.
 
 A history score is `1 - (1 - e) ** ((x / limit) ** 2)` for the spike's z (limit: `threshold`, or the record gate's
-bar when higher) and for the CUSUM (limit `cusum_limit`): 0 at the baseline, exactly the escalation score e at the
+bar when higher), for the burst (limit: `burst_threshold`, or its record gate's bar) and for the CUSUM (limit
+`cusum_limit`): 0 at the baseline, exactly the escalation score e at the
 limit, towards 1 beyond, so routing compares one number with the bounds score (pipeline/stages/devices.py
 `rescore`).
 """
@@ -61,6 +65,13 @@ class MetricHistory(BaseModel):
     )
     cusum_up: float = Field(default=0.0, ge=0)
     cusum_down: float = Field(default=0.0, ge=0)
+    last_z: list[float] = Field(
+        default_factory=list, description="the z of the last `burst_readings` - 1 judged readings (bursts only)"
+    )
+    burst_peaks: dict[str, float] = Field(
+        default_factory=dict,
+        description="UTC day number -> the largest burst of that day, at most its bar (the last `record_days` days)",
+    )
     last_alert: float | None = Field(
         default=None, description="event time (Unix seconds) this metric last escalated: the start of its cooldown"
     )
@@ -77,6 +88,7 @@ class Signal(BaseModel):
     z: float | None = Field(default=None, description="robust z of the reading: the smaller of recent and season")
     expected: float | None = Field(default=None, description="the baseline the z is taken from")
     detector: Detector | None = Field(default=None, description="the detector that gave the score")
+    burst: int = Field(default=0, ge=0, description="readings in a row the deviation held, when a burst gave the score")
 
 
 def season_bin(ts: float, season: str) -> str | None:
@@ -102,6 +114,7 @@ class _Measured:
     detector: Detector
     up: float
     down: float
+    burst: float  # the smallest |z| of the last burst_readings readings when all lie on one side; 0 otherwise
 
 
 def step(
@@ -152,7 +165,23 @@ def _measure(history: MetricHistory | None, value: float, ts: float, cfg: Detect
     step_z = max(-cfg.threshold, min(cfg.threshold, (value - level) / spread))
     up = max(0.0, history.cusum_up + step_z - cfg.cusum_slack)
     down = max(0.0, history.cusum_down - step_z - cfg.cusum_slack)
-    return _Measured(level=level, z=z, expected=expected, detector=detector, up=up, down=down)
+    return _Measured(
+        level=level, z=z, expected=expected, detector=detector, up=up, down=down, burst=_burst(history, z, cfg)
+    )
+
+
+def _burst(history: MetricHistory, z: float, cfg: DetectorSettings) -> float:
+    """The burst that ends at this reading: the smallest |z| of the run when it all lies on one side, else 0."""
+    if cfg.burst_readings < 2 or len(history.last_z) < cfg.burst_readings - 1:
+        return 0.0
+    run = [*history.last_z[-(cfg.burst_readings - 1) :], z]
+    if all(v > 0 for v in run) or all(v < 0 for v in run):
+        return min(abs(v) for v in run)
+    return 0.0
+
+
+def _burst_bar(history: MetricHistory, ts: float, cfg: DetectorSettings) -> float:
+    return max(cfg.burst_threshold, cfg.record_ratio * _record(history.burst_peaks, ts, cfg))
 
 
 def _signal(
@@ -161,9 +190,20 @@ def _signal(
     seen = history.readings if history is not None else 0
     if history is None or m is None or warming_up(history, ts, cfg):
         return Signal(warming_up=True, readings=seen)
-    limit = max(cfg.threshold, cfg.record_ratio * _record(history, ts, cfg))
+    limit = max(cfg.threshold, cfg.record_ratio * _record(history.peaks, ts, cfg))
     spike = history_score(m.z, limit, escalate_above)
     shift = history_score(max(m.up, m.down), cfg.cusum_limit, escalate_above) if cfg.cusum_limit > 0 else 0.0
+    burst = history_score(m.burst, _burst_bar(history, ts, cfg), escalate_above) if m.burst > 0 else 0.0
+    if burst > spike and burst >= shift:
+        return Signal(
+            warming_up=False,
+            readings=seen,
+            score=burst,
+            z=round(m.z, 3),
+            expected=m.expected,
+            detector=m.detector,
+            burst=cfg.burst_readings,
+        )
     if shift > spike:
         return Signal(
             warming_up=False, readings=seen, score=shift, z=round(m.z, 3), expected=m.level, detector="level_shift"
@@ -179,15 +219,23 @@ def _fold(
     if history is None:
         history = MetricHistory()
     up, down = history.cusum_up, history.cusum_down
-    peaks = history.peaks
+    peaks, last_z, burst_peaks = history.peaks, history.last_z, history.burst_peaks
     if m is not None:
         up, down = m.up, m.down
         if cfg.cusum_limit > 0 and max(up, down) > cfg.cusum_limit:
             up = down = 0.0
+        if cfg.burst_readings >= 2:
+            last_z = [*last_z[-(cfg.burst_readings - 2) :], m.z] if cfg.burst_readings > 2 else [m.z]
         if cfg.record_days > 0:
             today = _day(ts)
-            peaks = {day: peak for day, peak in peaks.items() if today - int(day) <= cfg.record_days}
+            peaks = _recent_days(peaks, today, cfg)
             peaks[str(today)] = max(peaks.get(str(today), 0.0), abs(m.z))
+            if cfg.burst_readings >= 2:
+                # A burst that beat its bar enters the record at the bar: the next episode must beat this one's bar
+                # by record_ratio again, not the height of a fault that was already escalated.
+                size = min(m.burst, _burst_bar(history, ts, cfg))
+                burst_peaks = _recent_days(burst_peaks, today, cfg)
+                burst_peaks[str(today)] = max(burst_peaks.get(str(today), 0.0), size)
     recent = [*history.recent[-(cfg.recent_readings - 1) :], value] if cfg.recent_readings > 1 else [value]
     season = history.season
     bin_key = season_bin(ts, cfg.season)
@@ -202,16 +250,22 @@ def _fold(
         peaks=peaks,
         cusum_up=up,
         cusum_down=down,
+        last_z=last_z,
+        burst_peaks=burst_peaks,
         last_alert=history.last_alert,
     )
 
 
-def _record(history: MetricHistory, ts: float, cfg: DetectorSettings) -> float:
-    """The largest |z| of the last `record_days` days (today's so far included); 0 when the gate is off."""
+def _record(peaks: dict[str, float], ts: float, cfg: DetectorSettings) -> float:
+    """The largest daily peak of the last `record_days` days (today's so far included); 0 when the gate is off."""
     if cfg.record_days == 0:
         return 0.0
     today = _day(ts)
-    return max((peak for day, peak in history.peaks.items() if today - int(day) <= cfg.record_days), default=0.0)
+    return max((peak for day, peak in peaks.items() if today - int(day) <= cfg.record_days), default=0.0)
+
+
+def _recent_days(peaks: dict[str, float], today: int, cfg: DetectorSettings) -> dict[str, float]:
+    return {day: peak for day, peak in peaks.items() if today - int(day) <= cfg.record_days}
 
 
 def _day(ts: float) -> int:

@@ -254,6 +254,22 @@ def test_an_out_of_pattern_reading_inside_the_bounds_escalates_once_the_device_h
     assert "robust standard deviations from this device's recent median" in after.anomaly.reasons[-1]
 
 
+def test_a_burst_escalates_through_track_as_a_deviation_and_says_it_is_a_run() -> None:
+    """With MINNOW_IOT__BURST_READINGS=3, three readings in a row at ~3.6 robust sigma (no single one past the
+    spike threshold) escalate on the third through `track`, tagged anomaly.deviation, and the reason names the run."""
+    cfg = SETTINGS.model_copy(update={"iot": SETTINGS.iot.model_copy(update={"burst_readings": 3})})
+    state = trained(200, cfg)
+    routes = []
+    for i in range(3):
+        state, after = tracked(state, msg(300 + i, T0 + 60 * (300 + i), temperature_c=21.8), cfg)
+        routes.append(after.route)
+    assert routes == ["sink", "sink", "escalate"]
+    assert after.escalation_reasons == ["anomaly.high_score", "anomaly.deviation"]
+    assert after.anomaly is not None and after.anomaly.reasons[-1].endswith(
+        "the last of 3 readings in a row this far out"
+    )
+
+
 def test_a_warming_up_metric_is_scored_on_bounds_only_and_says_so() -> None:
     """Before warmup_readings the history says nothing: bounds score, `warming_up`, no z-score, not escalated."""
     _, after = tracked(trained(20), msg(999, T0 + 60 * 999, temperature_c=26.0))

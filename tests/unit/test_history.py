@@ -154,3 +154,62 @@ def test_the_old_worker_variables_still_start_with_a_warning(monkeypatch: pytest
     monkeypatch.setenv("MINNOW_WORKER__IOT_HALF_LIFE", "50")
     monkeypatch.setenv("MINNOW_WORKER__IOT_ZSCORE_THRESHOLD", "4")
     assert Settings().worker.iot_window_s == 60.0
+
+
+BURST = PLAIN.model_copy(update={"burst_readings": 3, "burst_threshold": 3.0})
+
+
+def test_a_burst_of_moderate_readings_escalates_where_no_single_one_is_a_spike() -> None:
+    """Three readings in a row 3.5 sigma above the median: none is a 4-sigma spike, but the third completes a
+    burst and scores above e (the reason says it is a run); with the burst detector off nothing escalates."""
+    rng = np.random.default_rng(6)
+    calm = list(rng.normal(0, 1, 200))
+    level, spread = robust(calm[-PLAIN.recent_readings :])
+    high = level + 3.5 * spread
+    first, second = signal_after(calm, high, BURST), signal_after([*calm, high], high, BURST)
+    third = signal_after([*calm, high, high], high, BURST)
+    assert first.score < E and second.score < E
+    assert third.score > E and third.burst == 3 and third.detector == "recent"
+    assert signal_after([*calm, high, high], high, PLAIN).score < E
+
+
+def test_a_burst_must_stay_on_one_side_of_the_baseline() -> None:
+    """Readings that swing 3.5 sigma above, below, above are noise, not a burst: the run must keep its sign."""
+    rng = np.random.default_rng(7)
+    calm = list(rng.normal(0, 1, 200))
+    level, spread = robust(calm[-PLAIN.recent_readings :])
+    up, down = level + 3.5 * spread, level - 3.5 * spread
+    assert signal_after([*calm, up, down], up, BURST).score < E
+
+
+def test_bursts_have_their_own_record_gate_and_an_escalated_burst_enters_it_at_the_bar() -> None:
+    """With the record gate on, the daily three-hour burst is no news after the first days; a burst five times as
+    high is. The escalated burst enters the record at its bar (1.2 x the old record), not at its own height, so a
+    later burst need not beat the fault itself. The burst state stays bounded (k - 1 z's, record_days + 1 days)."""
+    rng = np.random.default_rng(8)
+    cfg = BURST.model_copy(update={"record_days": 7, "warmup_days": 3, "threshold": 50.0})  # spikes can't speak
+    values = list(rng.normal(100, 1, 24 * 10))
+    for day in range(10):
+        values[day * 24 + 12 : day * 24 + 15] = [106.0, 106.0, 106.0]
+    history = run(values, cfg, step=HOUR)
+    record = max(history.burst_peaks.values())
+    assert record > cfg.burst_threshold and len(history.burst_peaks) <= 8 and len(history.last_z) == 2
+    ts = T0 + len(values) * HOUR
+    usual = history
+    for i in range(3):
+        signal = judge(usual, 106.0, ts + i * HOUR, cfg, E)
+        usual = fold(usual, 106.0, ts + i * HOUR, cfg)
+    assert signal.score < E
+    big = history
+    for i in range(3):
+        signal = judge(big, 130.0, ts + i * HOUR, cfg, E)
+        big = fold(big, 130.0, ts + i * HOUR, cfg)
+    assert signal.score > E and signal.burst == 3
+    assert max(big.burst_peaks.values()) == pytest.approx(1.2 * record, rel=1e-6)
+
+
+def test_burst_readings_of_one_is_refused() -> None:
+    """One reading in a row is the spike detector's job: burst_readings must be 0 (off) or at least 2."""
+    with pytest.raises(ValueError, match="burst_readings"):
+        DetectorSettings(burst_readings=1)
+    assert DetectorSettings().burst_readings == 0  # off by default

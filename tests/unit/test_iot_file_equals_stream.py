@@ -94,11 +94,14 @@ def by_file(model: MiniModel, settings: Settings, messages: Sequence[IoTMessage]
 @pytest.mark.slow
 def test_replaying_a_file_escalates_what_streaming_it_did(mini_model: MiniModel) -> None:
     """Same messages, same order per device, different batch sizes: every route and every anomaly (scores,
-    z-scores, detectors, warm-up and repeat flags) is identical, and history did escalate some readings."""
+    z-scores, detectors, warm-up and repeat flags) is identical with every detector on (CUSUM and bursts too), and
+    history did escalate some readings."""
     settings = mini_model.settings.model_copy(
         update={
             "kafka": KafkaSettings(topic_prefix=PREFIX),
-            "iot": IoTSettings(warmup_readings=144, warmup_days=1, cooldown_s=6 * 3600.0, cusum_limit=20.0),
+            "iot": IoTSettings(
+                warmup_readings=144, warmup_days=1, cooldown_s=6 * 3600.0, cusum_limit=20.0, burst_readings=3
+            ),
         }
     )
     messages = sequence()
