@@ -11,13 +11,16 @@ from pydantic import ValidationError
 
 from pipeline.escalation.redact import (
     DEFAULT_EVAL_SET,
+    DEFAULT_EVAL_SETS,
     PiiKind,
     RedactionSettings,
+    _normalise,
     _resolve,
     evaluate,
     iban_valid,
     luhn_valid,
     main,
+    recall_by_obfuscation,
     redact,
     restore,
 )
@@ -283,6 +286,241 @@ def test_emoji_and_control_characters_keep_offsets_right() -> None:
     assert redact(text).text == "🙂🎉\x00\x07[EMAIL_1]\u200b\t[PHONE_1]\x1b"
 
 
+ZWSP, SHY, NBSP = "\u200b", "\u00ad", "\u00a0"
+
+
+def fullwidth(text: str) -> str:
+    """The full-width (East Asian IME) form of printable ASCII."""
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "john at example dot com",
+        "John.Smith AT example DOT org",
+        "maria dot lopez at mailbox dot co dot uk",
+        "john [at] example [dot] com",
+        "jane(at)example(dot)org",
+        "support{at}helpdesk{dot}io",
+        "bob<at>mail<dot>example<dot>com",
+        "attacker[@]malicious-domain[.]net",
+        "lisa.m [at] example.com",
+        "chen_y [ at ] example [ dot ] cn",
+        "ella@example[.]com",
+        "ella @ example dot com",
+    ],
+)
+def test_spelled_out_and_bracketed_emails_are_found_whole(value: str) -> None:
+    """Each spelled or defanged form of an address is one email span, brackets and words included."""
+    assert found(f"write to {value} today") == [("email", value)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Look at this dot product",
+        "Visit us at example dot com for opening hours",
+        "Jobs at the dot com boom paid well",
+        "I'm at work dot net sessions all day",
+        "We met at noon dot on time",
+        "See [at] least three examples in section [1]",
+        "email at [dot] com is not an address",
+        "john at example.com",  # a bare "at" needs a spelled or bracketed dot: "look at example.com" is English
+        "Defanged domain hxxps://evil[.]example[.]com/login was blocked",
+    ],
+)
+def test_english_with_at_and_dot_is_not_an_email(text: str) -> None:
+    """Bare "at"/"dot" in prose, a website, a defanged domain: no personal data, nothing redacted."""
+    assert found(text) == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        fullwidth("yamada@example.co.jp"),
+        "taro\uff20example.jp",
+        "josé.garcía@correo.es",
+        "пользователь@пример.рф",
+        "用户@例子.广告",
+        "info@xn--bcher-kva.de",
+        "admin@xn--e1afmkfd.xn--p1ai",
+        "Ze\u0301lie@exe\u0301mple.fr",
+    ],
+)
+def test_fullwidth_and_internationalised_emails_are_found(value: str) -> None:
+    """NFKC folds full-width forms; Unicode letters and punycode labels make a valid address."""
+    assert found(f"mail {value} now") == [("email", value)]
+
+
+def test_an_address_in_unspaced_cjk_text_stops_at_the_script_boundary() -> None:
+    """Chinese and Japanese have no spaces: the address is the ASCII run between the Han/kana characters."""
+    assert found("请发邮件到wang.fang@example.com谢谢") == [("email", "wang.fang@example.com")]
+    assert found("メールはtaro@example.jpまで") == [("email", "taro@example.jp")]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "192[.]168[.]1[.]20",
+        "198(.)51(.)100(.)7",
+        "10{.}20{.}30{.}40",
+        "45[dot]33[dot]12[dot]9",
+        "172 dot 16 dot 0 dot 12",
+        "8.8.8[.]8",
+        "66 [.] 249 [.] 66 [.] 1",
+    ],
+)
+def test_defanged_ipv4_addresses_are_found(value: str) -> None:
+    """Brackets, parentheses, braces or the word "dot" between valid octets: an IP."""
+    assert found(f"seen from {value} today") == [("ip", value)]
+
+
+def test_an_ip_in_a_defanged_url_is_redacted_and_the_rest_kept() -> None:
+    """Only the address is personal data; the scheme, port and path stay for the large model to read."""
+    result = redact("IOC: hxxps://185[.]220[.]101[.]4:8443/login")
+    assert result.text == "IOC: hxxps://[IP_1]:8443/login"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Firmware 10.2.0.1 is rolling out",
+        "driver version 4.1.2.255 fixes audio",
+        "Build 1.0.0.12 failed",
+        "see section 4.1.1.1 of the spec",
+        "§ 1.2.3.4 applies",
+        "1[.]2[.]3[.]4[.]5 is five parts",
+        "10 dot 1 dot 2 dot 3 dot 4",
+        "999[.]1[.]1[.]1 has an octet over 255",
+    ],
+)
+def test_versions_sections_and_longer_dotted_numbers_are_not_ips(text: str) -> None:
+    """A plain dotted quad after a version or numbering word is a version; a five-part or invalid one is nothing."""
+    assert found(text) == []
+
+
+def test_a_defanged_quad_after_a_version_word_is_still_an_ip() -> None:
+    """Defanging is done to addresses only, so it outweighs the version context."""
+    assert found("version 10[.]2[.]0[.]1") == [("ip", "10[.]2[.]0[.]1")]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "4111.1111.1111.1111",
+        "3714.496353.98431",
+        f"4111{NBSP}1111{NBSP}1111{NBSP}1111",
+        "5555\u202f5555\u202f5555\u202f4444",
+        "4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1",
+        "3-7-8-2-8-2-2-4-6-3-1-0-0-0-5",
+        "6.0.1.1.1.1.1.1.1.1.1.1.1.1.1.7",
+        fullwidth("4111 1111 1111 1111").replace(fullwidth(" "), "\u3000"),
+    ],
+)
+def test_cards_grouped_by_dots_odd_spaces_or_single_digits_are_found(value: str) -> None:
+    """Every separator a person or a word processor puts in a card number; Luhn still decides."""
+    assert found(f"card {value} exp 12/28") == [("card", value)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Serial 1234.5678.9012.3456 fails Luhn",
+        "bits 0 1 1 0 1 0 0 1 0 1 1 0 1 0 0 1 of the header",
+        "placeholder 0000 0000 0000 0000 in the docs",
+        "ref 5 5 5 5 1 2 3 4 read out",
+        "price list 4.111, 1.111, 1.111, 1.111 EUR",
+    ],
+)
+def test_digit_runs_that_are_not_cards_even_with_new_separators(text: str) -> None:
+    """Luhn failures, leading zeros (no issuer) and short runs stay as they are."""
+    assert found(text) == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "DE89-3704-0044-0532-0130-00",
+        "GB82-WEST-1234-5698-7654-32",
+        "es91-2100-0418-4502-0005-1332",
+        "AT61\u20111904\u20113002\u20113457\u20113201",
+        f"FR14{NBSP}2004{NBSP}1010{NBSP}0505{NBSP}0001{NBSP}3M02{NBSP}606",
+    ],
+)
+def test_ibans_with_dashes_or_odd_spaces_are_found(value: str) -> None:
+    """Dashes (ASCII or non-breaking hyphens) and NBSP between the groups; mod-97 still decides."""
+    assert found(f"wire to {value} please") == [("iban", value)]
+
+
+def test_a_dashed_iban_failing_mod97_and_a_uuid_are_kept() -> None:
+    """The dash form adds no false alarms: the check digits still have to be right."""
+    assert found("Code DE89-3704-0044-0532-0130-01 and 550e8400-e29b-41d4-a716-446655440000") == []
+
+
+def test_zero_width_characters_inside_an_email_are_replaced_in_the_original_and_restored_exactly() -> None:
+    """Matching sees "john@example.com"; the span covers the original characters, invisibles included."""
+    text = f"mail j{ZWSP}ohn@exam\u200dple.com now"
+    result = redact(text)
+    assert result.text == "mail [EMAIL_1] now"
+    assert result.mapping == {"[EMAIL_1]": f"j{ZWSP}ohn@exam\u200dple.com"}
+    (span,) = result.spans
+    assert (span.start, span.end) == (5, 5 + len(f"j{ZWSP}ohn@exam\u200dple.com"))
+    assert restore(result.text, result.mapping) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "value"),
+    [
+        (f"card 4111{ZWSP}1111{ZWSP}1111{ZWSP}1111 ok", "card", f"4111{ZWSP}1111{ZWSP}1111{ZWSP}1111"),
+        (
+            f"wire GB82{SHY}WEST{SHY}1234{SHY}5698{SHY}7654{SHY}32 ok",
+            "iban",
+            f"GB82{SHY}WEST{SHY}1234{SHY}5698{SHY}7654{SHY}32",
+        ),
+        (f"call (415) 555-{ZWSP}0132 ok", "phone", f"(415) 555-{ZWSP}0132"),
+        (f"from 10.{ZWSP}0.\u20600.5 ok", "ip", f"10.{ZWSP}0.\u20600.5"),
+        (f"to li{ZWSP}sa [at] exa{ZWSP}mple [dot] com ok", "email", f"li{ZWSP}sa [at] exa{ZWSP}mple [dot] com"),
+    ],
+)
+def test_zero_width_characters_inside_every_kind(text: str, kind: str, value: str) -> None:
+    """Zero-width, word-joiner and soft-hyphen characters do not split a value, and come back on restore."""
+    assert found(text) == [(kind, value)]
+    result = redact(text)
+    assert restore(result.text, result.mapping) == text
+
+
+def test_zero_width_characters_at_the_edges_stay_outside_the_span() -> None:
+    """An invisible character before or after a value is not part of it (and stays in the sent text)."""
+    text = f"\ufeffkim@example.net{ZWSP} ok"
+    assert found(text) == [("email", "kim@example.net")]
+    assert redact(text).text == f"\ufeff[EMAIL_1]{ZWSP} ok"
+
+
+def test_normalise_maps_every_character_back_to_its_origin() -> None:
+    """Full-width, ligatures, combining marks, invisibles and odd hyphens: each normal character knows its source."""
+    text = f"\uff41{ZWSP}\ufb01e\u0301\u2011x"  # full-width a, ZWSP, "fi" ligature, e + acute, NB hyphen
+    normal = _normalise(text)
+    assert normal.text == "afié-x"
+    assert normal.starts == [0, 2, 2, 3, 5, 6]
+    assert normal.ends == [1, 3, 3, 5, 6, 7]
+    assert normal.original(0, 6) == (0, 7)
+    assert _normalise("plain ascii").starts is None
+
+
+def test_the_same_value_with_and_without_a_zero_width_character_gets_two_placeholders() -> None:
+    """restore() must give back each original byte for byte, so differently written values are not merged."""
+    result = redact(f"a@x.com and a{ZWSP}@x.com")
+    assert result.text == "[EMAIL_1] and [EMAIL_2]"
+    assert restore(result.text, result.mapping) == f"a@x.com and a{ZWSP}@x.com"
+
+
+def test_non_breaking_spaces_and_hyphens_in_phones() -> None:
+    """A phone typed with NBSP, figure spaces or non-breaking hyphens is found and restored as typed."""
+    for value in ("415\u00a0555\u00a00132", "415\u2007555\u20070132", "415\u2011555\u20110132"):
+        assert found(f"call {value} now") == [("phone", value)]
+
+
 ADVERSARIAL = {
     "letters": "a" * 100_000,
     "digits": "1" * 100_000,
@@ -297,6 +535,16 @@ ADVERSARIAL = {
     "parentheses": "(1) " * 25_000,
     "street words": "1 " + "Aaa " * 25_000,
     "iban-like": "DE89 " + "AAAA " * 20_000,
+    "bracketed ats": "a [at] " * 15_000,
+    "bare at and dot": "a at b dot " * 10_000,
+    "defanged dots": "1[.]" * 25_000,
+    "spelled dots between digits": "1 dot " * 17_000,
+    "zero-width digits": "1\u200b" * 50_000,
+    "full-width digits": "\uff11" * 100_000,
+    "nbsp digits": "1\u00a0" * 50_000,
+    "non-ascii at signs": "\u00e9@" * 50_000,
+    "combining marks": "e\u0301" * 50_000,
+    "cjk": "\u4e2d\u6587" * 50_000,
 }
 
 
@@ -322,20 +570,26 @@ def test_ten_kilobytes_of_dense_messages_take_milliseconds() -> None:
 
 
 def test_eval_set_is_large_varied_and_consistent() -> None:
-    records = [json.loads(line) for line in DEFAULT_EVAL_SET.read_text(encoding="utf-8").splitlines()]
+    records = [json.loads(line) for path in DEFAULT_EVAL_SETS for line in path.read_text(encoding="utf-8").splitlines()]
     assert len(records) >= 150
     assert sum(not record["pii"] for record in records) >= 40
     kinds = {item["kind"] for record in records for item in record["pii"]}
     assert kinds == {kind.value for kind in PiiKind}
     assert all(item["value"] in record["text"] for record in records for item in record["pii"])
+    assert len(records) >= 300 and sum(not record["pii"] for record in records) >= 100
+    tags = {item.get("obfuscation", "plain") for record in records for item in record["pii"]}
+    assert {"spelled_at", "bracketed", "fullwidth", "idn", "zero_width", "nbsp", "card_dots"} <= tags
+    assert {"card_digits", "iban_dashes", "defanged_ip"} <= tags
 
 
 def test_eval_set_scores_meet_the_bar() -> None:
-    scores = evaluate(DEFAULT_EVAL_SET)
+    scores = evaluate(DEFAULT_EVAL_SETS)
     assert scores["overall"]["recall"] >= 0.95
-    assert scores["overall"]["precision"] >= 0.9
+    assert scores["overall"]["precision"] >= 0.98
     for kind in ("card", "iban", "email"):
         assert scores[kind]["recall"] == 1.0, kind
+    for tag, score in recall_by_obfuscation(DEFAULT_EVAL_SETS).items():
+        assert score["recall"] >= 0.9, tag
 
 
 def test_evaluate_counts_kind_and_exact_text(tmp_path: Path) -> None:
@@ -357,4 +611,5 @@ def test_the_module_command_prints_scores_and_timing(capsys: pytest.CaptureFixtu
     out = capsys.readouterr().out
     assert out.splitlines()[0].split() == ["kind", "precision", "recall", "tp", "fp", "fn"]
     assert any(line.startswith("overall") for line in out.splitlines())
-    assert "redact() on 10 KB:" in out
+    assert "redact() on 10 KB:" in out and "redact() per message:" in out
+    assert any(line.startswith("defanged_ip") for line in out.splitlines())
