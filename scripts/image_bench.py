@@ -1,5 +1,6 @@
 """Measure the container image (docs/benchmarks.md, "Container image"): its size, what is installed in it (the
-virtualenv, the baked model, the largest packages), cold start to ready, and the worker's RSS after the demo mix.
+virtualenv, the model the wheel carries, the largest packages), cold start to ready, and the worker's RSS after
+the demo mix.
 
 Start to ready: seconds from `docker run -d` to the first 200 of /readyz (the worker holds its input partitions),
 against a broker that already runs, with a new consumer group each time; the median of `--starts` runs. RSS: VmRSS
@@ -46,13 +47,16 @@ def free_port() -> int:
         return port
 
 
+# Where the installed wheel carries the int8 graphs and tokenizer (pipeline/assets.py, docs/packaging.md).
+MODEL_DIR = f"{SITE_PACKAGES}/pipeline/_assets/model"
+
+
 def sizes(image: str) -> dict[str, Any]:
     """Image size, the virtualenv and model folders, and the ten largest installed packages (bytes)."""
-    du = docker(
-        "run", "--rm", "--network", "none", "--entrypoint", "du", image,
-        "-sb", "/opt/minnow/venv", "/opt/minnow/cache/models",
-    )  # fmt: skip
-    folders = {path: int(size) for size, path in (line.split("\t") for line in du.splitlines())}
+    folders: dict[str, int] = {}
+    for folder in ("/opt/minnow/venv", MODEL_DIR):  # one du each: du counts a folder inside another only once
+        du = docker("run", "--rm", "--network", "none", "--entrypoint", "du", image, "-sb", folder)
+        folders[folder] = int(du.split("\t", 1)[0])
     listing = docker(
         "run", "--rm", "--network", "none", "--entrypoint", "sh", image, "-c", f"du -sb {SITE_PACKAGES}/*",
     )  # fmt: skip
@@ -63,7 +67,7 @@ def sizes(image: str) -> dict[str, Any]:
     return {
         "image_bytes": int(docker("image", "inspect", "--format", "{{.Size}}", image)),
         "venv_bytes": folders["/opt/minnow/venv"],
-        "models_bytes": folders["/opt/minnow/cache/models"],
+        "models_bytes": folders[MODEL_DIR],
         "largest_packages": dict(packages[:15]),
     }
 
