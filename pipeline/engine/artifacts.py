@@ -3,7 +3,6 @@ model an installed wheel carries (pipeline/engine/bundle.py)."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -63,11 +62,9 @@ def _weights_version(src: Path) -> str:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from pipeline.engine.weights import sha256  # one way to hash a file, for the weights and for the artifacts
+
+    return sha256(path)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
