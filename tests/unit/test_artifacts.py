@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
+from pipeline.engine import weights
 from pipeline.engine.artifacts import BUILD_RECIPE, WEIGHTS_DISTRIBUTION, artifact_dir, build, ensure
 
 
+def with_weights(cache_dir: Path, model_cache: Path) -> Path:
+    """`cache_dir` holding the weights `minnow models build` unpacked into the shared cache (none needed where the
+    weights package is installed: it is found first)."""
+    unpacked = weights.unpacked(model_cache)
+    if unpacked is not None:
+        shutil.copytree(unpacked, weights.folder(cache_dir))
+    return cache_dir
+
+
 @pytest.mark.slow
-def test_build_writes_manifest_and_is_idempotent(tmp_path: Path) -> None:
+def test_build_writes_manifest_and_is_idempotent(tmp_path: Path, model_cache: Path) -> None:
+    with_weights(tmp_path, model_cache)
     first = build(tmp_path)
     folder = artifact_dir(tmp_path)
     manifest = json.loads((folder / "manifest.json").read_text())

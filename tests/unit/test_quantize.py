@@ -254,8 +254,9 @@ def test_smoothing_leaves_the_fp32_function_unchanged() -> None:
 
 def test_an_artifact_built_for_another_cpu_mode_is_rebuilt(encoder: Encoder, monkeypatch: pytest.MonkeyPatch) -> None:
     """The cached manifest is valid for this CPU; a CPU wanting the other weight type invalidates it."""
-    folder = artifact_dir(encoder.files.directory.parent.parent)
-    source = _source_info(weights_dir())
+    cache = encoder.files.directory.parent.parent
+    folder = artifact_dir(cache)
+    source = _source_info(weights_dir(cache))
     assert _manifest_valid(folder, source) is not None
     here = quantize.choose_mode(quantize.cpu_flags())
     other = dataclasses.replace(here, weight_type="QInt8" if here.weight_type == "QUInt8" else "QUInt8")
