@@ -496,6 +496,15 @@ async def finish_even_if_cancelled(work: Coroutine[Any, Any, list[OutputRecord]]
         return result
 
 
+def batch_span(events: Sequence[Any]) -> str:
+    """`topic[partition]@first-last, ...` of a batch's faust events, in partition order."""
+    spans: dict[tuple[str, int], list[int]] = {}
+    for event in events:
+        message = event.message
+        spans.setdefault((str(message.topic), int(message.partition)), []).append(int(message.offset))
+    return ", ".join(f"{t}[{p}]@{min(o)}-{max(o)}" for (t, p), o in sorted(spans.items()))
+
+
 def exit_undelivered(exc: BaseException) -> NoReturn:
     """End the process at once, before faust can commit offsets for a batch whose outputs may be missing.
 
@@ -568,6 +577,8 @@ def batch_agent(
                 try:
                     await finish_even_if_cancelled(unit(events))
                 except Exception as exc:  # CancelledError passes: the batch was finished before it propagated
+                    # Where it happened, for the on-call person: the input partitions and offsets of the batch.
+                    log.critical("batch not delivered, read from %s", batch_span(events))
                     on_failure(exc)
 
     return agent

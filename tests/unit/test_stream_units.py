@@ -383,7 +383,11 @@ def _event(value: bytes, offset: int) -> Any:
     return SimpleNamespace(message=message)
 
 
-def test_the_agent_batches_by_size_and_wait_and_stops_the_process_when_delivery_fails() -> None:
+def test_the_agent_batches_by_size_and_wait_and_stops_the_process_when_delivery_fails(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A batch that cannot be delivered stops the process (on_failure) before anything is acked, and the log says
+    which input partition and offsets it was read from."""
     failures: list[BaseException] = []
 
     def on_failure(exc: BaseException) -> NoReturn:
@@ -396,6 +400,8 @@ def test_the_agent_batches_by_size_and_wait_and_stops_the_process_when_delivery_
         asyncio.run(batch_agent(processor, SETTINGS, on_failure=on_failure)(stream))
     assert stream.asked == [(4, 0.02)]
     assert len(failures) == 1 and isinstance(failures[0], DeliveryError)
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "CRITICAL"]
+    assert lines == ["batch not delivered, read from t.feeds.in[0]@0-1"], lines
 
 
 def test_a_consumer_message_becomes_an_input_record_with_its_coordinates() -> None:
