@@ -24,13 +24,10 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections import defaultdict
 from typing import Any
 
 from pipeline.ops import demo, devkafka
-from pipeline.ops.tools import produce
 from pipeline.settings import KafkaSettings
-from pipeline.stream import names
 
 READY_TIMEOUT_S = 120.0
 SITE_PACKAGES = "/opt/minnow/venv/lib/python3.11/site-packages"
@@ -113,15 +110,8 @@ class Container:
 
 async def feed_demo(kafka: KafkaSettings, prefix: str, worker: Container) -> int:
     """Send the demo mix and wait until every record is accounted for; the number accounted for."""
-    families: dict[str, demo.Tally] = defaultdict(demo.Tally)
-    for family, name in demo.SAMPLES:
-        path = demo.sample_path(name)
-        families[family].sent = demo.count_records(path)
-        if family == "transcript":
-            families[family].conversations, finished = demo.segment_conversations(path)
-            families[family].expected_assembled = len(finished)
-        await produce(kafka, prefix + names.INPUT_TOPICS[family], str(path), show_progress=False)
-    await demo._collect(kafka, prefix, families, worker)
+    families = await demo.feed(kafka, prefix)
+    await demo.collect(kafka, prefix, families, worker)
     return sum(t.accounted for t in families.values())
 
 

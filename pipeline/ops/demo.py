@@ -103,8 +103,23 @@ def start_worker(settings: Settings, kafka: KafkaSettings, prefix: str, log: Pat
         )
 
 
-async def _collect(kafka: KafkaSettings, prefix: str, families: dict[str, Tally], proc: Any) -> None:
-    """Read sinks, escalations and dead letters from the start until every sent record is accounted for."""
+async def feed(kafka: KafkaSettings, prefix: str) -> dict[str, Tally]:
+    """Send the bundled samples to `prefix`'s input topics; per family, what was sent and what must come out."""
+    families: dict[str, Tally] = defaultdict(Tally)
+    for family, name in SAMPLES:
+        path = sample_path(name)
+        families[family].sent = count_records(path)
+        if family == "transcript":
+            conversations, finished = segment_conversations(path)
+            families[family].conversations = conversations
+            families[family].expected_assembled = len(finished)
+        await produce(kafka, prefix + names.INPUT_TOPICS[family], str(path), show_progress=False)
+    return families
+
+
+async def collect(kafka: KafkaSettings, prefix: str, families: dict[str, Tally], proc: Any) -> None:
+    """Read sinks, escalations and dead letters from the start until every sent record is accounted for; `proc`
+    (a Popen, or anything with `poll()` and `returncode`: a container) must not exit meanwhile."""
     topics = sorted(
         {*names.SINK_TOPICS.values(), names.ESCALATION_TOPIC, names.DEADLETTER_TOPIC, names.IOT_WINDOWS_TOPIC}
     )
@@ -189,18 +204,10 @@ async def _run(settings: Settings, kafka: KafkaSettings, workdir: Path) -> dict[
     print(f"starting a worker (log: {log}) …", file=sys.stderr)
     proc = start_worker(settings, kafka, prefix, log)
     try:
-        families: dict[str, Tally] = defaultdict(Tally)
-        for family, name in SAMPLES:
-            path = sample_path(name)
-            families[family].sent = count_records(path)
-            if family == "transcript":
-                conversations, finished = segment_conversations(path)
-                families[family].conversations = conversations
-                families[family].expected_assembled = len(finished)
-            await produce(kafka, prefix + names.INPUT_TOPICS[family], str(path), show_progress=False)
+        families = await feed(kafka, prefix)
         total = sum(t.sent for t in families.values())
         print(f"sent {total} records; waiting for the worker …", file=sys.stderr)
-        await _collect(kafka, prefix, families, proc)
+        await collect(kafka, prefix, families, proc)
         return dict(families)
     finally:
         proc.send_signal(signal.SIGTERM)

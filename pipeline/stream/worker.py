@@ -289,14 +289,7 @@ class BatchProcessor:
     def _refused(self, output: OutputRecord, exc: Exception) -> OutputRecord:
         """The dead letter of the input behind an output the broker refused."""
         assert output.input is not None  # state writes are never refused for themselves: _send_all raises those
-        log.warning(
-            "%s record for %s[%d]@%d refused (%s); its input goes to the dead-letter topic",
-            output.destination,
-            output.input.source.topic,
-            output.input.source.partition,
-            output.input.source.offset,
-            type(exc).__name__,
-        )
+        # _dead_letter logs it (the class at WARNING with where it was read, this message at DEBUG).
         message = f"the broker refused the {output.destination} record for {output.topic}: {type(exc).__name__}: {exc}"
         return self._dead_letter(output.input, output.key, "output_rejected", message)
 

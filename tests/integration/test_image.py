@@ -14,7 +14,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,6 @@ import pytest
 from aiokafka import TopicPartition
 
 from pipeline.ops import demo
-from pipeline.ops.tools import produce
 from pipeline.settings import KafkaSettings
 from pipeline.stream import clients, names
 
@@ -100,7 +99,7 @@ def _state(cid: str) -> dict[str, Any]:
 
 
 class _Container:
-    """What demo._collect asks of the worker process (poll, returncode), answered by `docker inspect`."""
+    """What demo.collect asks of the worker process (poll, returncode), answered by `docker inspect`."""
 
     def __init__(self, cid: str) -> None:
         self.cid = cid
@@ -188,15 +187,8 @@ def test_a_worker_container_accounts_for_the_demo_mix_and_drains_on_stop(
 
 async def _feed_and_collect(kafka: KafkaSettings, prefix: str, worker: _Container) -> dict[str, demo.Tally]:
     """The demo's own feeding and collecting (pipeline/ops/demo.py), with the worker in a container."""
-    families: dict[str, demo.Tally] = defaultdict(demo.Tally)
-    for family, name in demo.SAMPLES:
-        path = demo.sample_path(name)
-        families[family].sent = demo.count_records(path)
-        if family == "transcript":
-            families[family].conversations, finished = demo.segment_conversations(path)
-            families[family].expected_assembled = len(finished)
-        await produce(kafka, prefix + names.INPUT_TOPICS[family], str(path), show_progress=False)
-    await demo._collect(kafka, prefix, families, worker)
+    families = await demo.feed(kafka, prefix)
+    await demo.collect(kafka, prefix, families, worker)
     return dict(families)
 
 
