@@ -48,6 +48,11 @@ CONSUMER_LAG = Gauge(
     ["group", "topic", "partition"],
 )
 PARTITIONS_ASSIGNED = Gauge("minnow_partitions_assigned", "Input partitions assigned to this worker")
+INPUT_STALLED = Gauge(
+    "minnow_input_stalled",
+    "1 while an input holds a batch it could not deliver after its retries (its partitions wait; the others go on)",
+    ["topic", "family"],
+)
 # What the same results would have cost asked of the large model one by one (pipeline/escalation/counterfactual.py).
 COUNTERFACTUAL_COST = Counter(
     "minnow_counterfactual_cost_usd_total",

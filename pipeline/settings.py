@@ -404,7 +404,19 @@ class WorkerSettings(_Frozen):
         description="at-least-once, offsets are committed after every delivered batch and at least this often",
     )
     delivery_timeout_s: float = Field(
-        default=120.0, gt=0, description="a batch whose outputs are not acknowledged by then stops the worker (exit 75)"
+        default=120.0,
+        gt=0,
+        description="a batch whose outputs are not acknowledged by then has failed to deliver: it is retried, then "
+        "its input stalls (at-least-once; exactly-once exits 75 at once)",
+    )
+    delivery_retries: int = Field(
+        default=2,
+        ge=0,
+        description="at-least-once, a batch that failed to deliver is sent again this often (1 s, 2 s, 4 s apart) "
+        "before its input stalls; the worker exits 75 only when every input is stalled",
+    )
+    stalled_retry_s: float = Field(
+        default=30.0, gt=0, description="a stalled input sends its batch again this often while the others go on"
     )
     metrics_port: int = Field(
         default=9464, ge=0, le=65535, description="Prometheus /metrics, /healthz, /readyz; 0 = off"

@@ -300,6 +300,9 @@ def _server_properties(port: int, controller_port: int, data_dir: Path) -> str:
         "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
         "log.dirs": str(data_dir),
         "num.partitions": "1",
+        # As in the compose stack and most production clusters: a missing topic is an error (`minnow topics apply`),
+        # never a one-partition topic with default settings created by whoever wrote to it first.
+        "auto.create.topics.enable": "false",
         # Internal topics default to 3 replicas, which a single node cannot place.
         "offsets.topic.replication.factor": "1",
         "transaction.state.log.replication.factor": "1",

@@ -22,6 +22,7 @@ from pipeline.stream.conversations import Conversations
 from pipeline.stream.devices import Devices
 from pipeline.stream.lag import LagReport
 from pipeline.stream.registry import RegistryCodec
+from pipeline.stream.stalls import Patience, Stalls
 from pipeline.stream.state import ChangelogStore
 from pipeline.stream.transactions import Transactions
 from pipeline.stream.worker import (
@@ -79,6 +80,10 @@ def create_app(
     send = FaustSender(app, transactions)
     inputs = {item.topic: item for item in worker_inputs(settings)}
     registry = RegistryCodec.configured(settings)  # one client and schema cache for every input topic
+    # From the settings, not `transactions.enabled`: faust caches `app.in_transaction` on first use, and before
+    # the worker starts it is False.
+    at_least_once = kafka.processing_guarantee == "at_least_once"
+    stalls = Stalls({name: item.family for name, item in inputs.items()})
     for name, item in inputs.items():
         family = item.family
         source = app.topic(
@@ -97,16 +102,14 @@ def create_app(
             reading=item,
             registry=registry,
             size_limits=size_limits,
+            patience=_patience(app, settings, stalls, name) if at_least_once else None,
         )
         if state is not None:
-            _keep_state(app, state, processor, transactions, input_topic=name)
+            _keep_state(app, state, processor, transactions, input_topic=name, stalls=stalls)
         # One actor per topic: take_events acks in offset order only within one actor, and faust's commit
         # logic can skip an unacked offset when acks arrive out of order.
         several = sum(i.family == family for i in inputs.values()) > 1  # agent names must differ
         agent_name = f"minnow.{family}.{name}" if several else f"minnow.{family}"
-        # From the settings, not `transactions.enabled`: faust caches `app.in_transaction` on first use, and before
-        # the worker starts it is False.
-        at_least_once = kafka.processing_guarantee == "at_least_once"
         body = batch_agent(processor, settings, transactions, commit=committer(app) if at_least_once else None)
         app.agent(source, name=agent_name, concurrency=1)(body)
 
@@ -152,6 +155,21 @@ def create_app(
     return app
 
 
+def _patience(app: faust.App, settings: Settings, stalls: Stalls, topic: str) -> Patience:
+    """How the input `topic` retries a batch that failed to deliver while the worker's other inputs go on."""
+
+    def can_wait() -> bool:
+        # faust stops the flow and waits for every consumed event to be acked before a rebalance or a stop; a batch
+        # that stays undelivered is never acked, so waiting on would hold every other input too.
+        consumer: Any = app.consumer
+        return bool(consumer.flow_active) and not app.rebalancing
+
+    worker = settings.worker
+    return Patience(
+        stalls, topic, retries=worker.delivery_retries, stalled_retry_s=worker.stalled_retry_s, can_wait=can_wait
+    )
+
+
 @dataclass(frozen=True)
 class _State:
     owner: str  # conversation | device
@@ -176,7 +194,13 @@ def _state(settings: Settings, family: str, *, input_topic: str) -> _State | Non
 
 
 def _keep_state(
-    app: faust.App, state: _State, processor: BatchProcessor, transactions: Transactions, *, input_topic: str
+    app: faust.App,
+    state: _State,
+    processor: BatchProcessor,
+    transactions: Transactions,
+    *,
+    input_topic: str,
+    stalls: Stalls,
 ) -> None:
     """Rebuild a stateful agent's state from its changelog on assignment, and sweep what closes without input."""
     step, store, owner, interval = state.step, state.store, state.owner, state.sweep_interval_s
@@ -209,6 +233,8 @@ def _keep_state(
     async def sweep() -> None:
         if app.rebalancing:
             return  # assignments are changing; caught_up also skips partitions whose state is being rebuilt
+        if stalls.is_stalled(input_topic):
+            return  # its outputs go where the stalled batch could not: closing state now would only fail too
         partitions = caught_up({tp for tp in app.assignor.assigned_actives() if tp.topic == input_topic})
         origins = [(input_topic, partition) for partition in sorted(partitions)]
         with batch_scope():  # what a sweep closes is a batch of its own in the log

@@ -30,6 +30,7 @@ from pipeline.stream import names
 from pipeline.stream.deadletter import Headers, Provenance, dead_letter_headers, normalize_headers
 from pipeline.stream.message_sizes import record_size
 from pipeline.stream.registry import RegistryCodec
+from pipeline.stream.stalls import Patience
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +172,11 @@ class BatchProcessor:
         reading: Input | None = None,
         registry: RegistryCodec | None = None,
         size_limits: Mapping[str, int] | None = None,
+        patience: Patience | None = None,
     ) -> None:
         self._settings = settings
+        # How a batch that failed to deliver is retried (at-least-once); without it a failure is raised at once.
+        self._patience = patience
         # max.message.bytes per output topic, as the broker has it (message_sizes.topic_limits); a topic not in it is
         # not checked (the producer's own limit, PRODUCER_MAX_REQUEST_BYTES, still applies).
         self._size_limits = dict(size_limits or {})
@@ -197,9 +201,29 @@ class BatchProcessor:
             for record in records:
                 metrics.EVENTS_IN.labels(topic=record.source.topic, family=self._family).inc()
             with batch_scope():
-                return await self.deliver(await self.plan(records))
+                return await self._deliver_patiently(await self.plan(records), records)
         finally:
             metrics.INFLIGHT.dec(len(records))
+
+    async def _deliver_patiently(
+        self, outputs: Sequence[OutputRecord], records: Sequence[InputRecord]
+    ) -> list[OutputRecord]:
+        """Deliver a planned batch, sending all of it again in order after a failure for as long as the patience
+        allows (the batch is planned once: its state steps must not run twice)."""
+        attempt = 0
+        while True:
+            try:
+                delivered = await self.deliver(outputs)
+            except DeliveryError as exc:
+                if self._patience is None:
+                    raise
+                attempt += 1
+                # Raises when the process must exit instead; the batch's offsets are then never committed.
+                await self._patience.wait(attempt, exc, where=span(_where(r) for r in records))
+                continue
+            if attempt and self._patience is not None:
+                self._patience.delivered()
+            return delivered
 
     async def plan(self, records: Sequence[InputRecord]) -> list[OutputRecord]:
         """Validate, score, step the state, route: one output per input record, in input order, then what the
@@ -491,10 +515,14 @@ async def finish_even_if_cancelled(work: Coroutine[Any, Any, list[OutputRecord]]
 
 def batch_span(events: Sequence[Any]) -> str:
     """`topic[partition]@first-last, ...` of a batch's faust events, in partition order."""
+    return span((str(e.message.topic), int(e.message.partition), int(e.message.offset)) for e in events)
+
+
+def span(coordinates: Iterable[tuple[str, int, int]]) -> str:
+    """`topic[partition]@first-last, ...` of records' (topic, partition, offset), in partition order."""
     spans: dict[tuple[str, int], list[int]] = {}
-    for event in events:
-        message = event.message
-        spans.setdefault((str(message.topic), int(message.partition)), []).append(int(message.offset))
+    for topic, partition, offset in coordinates:
+        spans.setdefault((topic, partition), []).append(offset)
     return ", ".join(f"{t}[{p}]@{min(o)}-{max(o)}" for (t, p), o in sorted(spans.items()))
 
 
