@@ -85,7 +85,7 @@ def cmd_models_bundle(args: argparse.Namespace) -> int:
     from pipeline.engine import bundle
     from pipeline.settings import load_settings
 
-    manifest = bundle.make(load_settings().engine.cache_dir, Path(args.out))
+    manifest = bundle.make(load_settings().engine.cache_dir, Path(args.out), args.modes or tuple(bundle.MODES))
     modes = ", ".join(manifest["variants"])
     print(f"model {manifest['name']} {manifest['version']} bundled in {args.out}: int8 for the modes {modes}")
     return 0
@@ -345,6 +345,18 @@ def positive_float(text: str) -> float:
     return value
 
 
+def int8_modes(text: str) -> tuple[str, ...]:
+    """`dot,u8`: names of pipeline.engine.bundle.MODES, or `all`."""
+    from pipeline.engine.bundle import MODES
+
+    names = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    if names == ("all",):
+        return tuple(MODES)
+    if not names or any(m not in MODES for m in names):
+        raise argparse.ArgumentTypeError(f"expected all or a comma list of {', '.join(MODES)}, got {text!r}")
+    return names
+
+
 def version() -> str:
     """The installed distribution's version; a checkout run from PYTHONPATH is not installed."""
     from importlib.metadata import PackageNotFoundError
@@ -420,6 +432,12 @@ def _add_models(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     b.set_defaults(func=cmd_models_build)
     bu = msub.add_parser("bundle", help="the int8 model for every CPU mode, for a wheel to carry (`make wheel`)")
     bu.add_argument("--out", default="build/model-bundle", help="folder to write (default build/model-bundle)")
+    bu.add_argument(
+        "--modes",
+        type=int8_modes,
+        metavar="MODES",
+        help="int8 graphs to carry: u8 (portable: every CPU), dot (int8 dot product CPUs only), or all (default)",
+    )
     bu.set_defaults(func=cmd_models_bundle)
 
 

@@ -7,8 +7,8 @@ against a broker that already runs, with a new consumer group each time; the med
 of the worker (PID 1 in its container) once the demo mix is accounted for.
 
 Usage: python scripts/image_bench.py --image minnow:image-helper [--bootstrap-servers HOST:PORT] [--starts 3]
-Without --bootstrap-servers it starts a local broker of its own (minnow dev kafka, instance image-bench) and stops
-it after. Containers use host networking and are removed by id.
+[--name image-bench]. Without --bootstrap-servers it starts a local broker of its own (minnow dev kafka, instance
+NAME) and stops it after. Containers (named minnow-NAME-<random>) use host networking and are removed by id.
 """
 
 from __future__ import annotations
@@ -69,11 +69,11 @@ def sizes(image: str) -> dict[str, Any]:
     }
 
 
-def start_worker(image: str, bootstrap: str, prefix: str, port: int) -> tuple[str, float]:
+def start_worker(image: str, bootstrap: str, prefix: str, port: int, name: str) -> tuple[str, float]:
     """A worker container on `prefix`'s topics with a fresh group; (its id, time.monotonic() before `docker run`)."""
     started = time.monotonic()
     cid = docker(
-        "run", "-d", "--network", "host", "--name", f"minnow-image-bench-{uuid.uuid4().hex[:8]}",
+        "run", "-d", "--network", "host", "--name", f"minnow-{name}-{uuid.uuid4().hex[:8]}",
         "-e", f"MINNOW_KAFKA__BOOTSTRAP_SERVERS={bootstrap}", "-e", f"MINNOW_KAFKA__TOPIC_PREFIX={prefix}",
         "-e", f"MINNOW_KAFKA__GROUP_ID={prefix}{uuid.uuid4().hex[:8]}", "-e", f"MINNOW_WORKER__METRICS_PORT={port}",
         image, "worker",
@@ -121,7 +121,7 @@ def rss_bytes(cid: str) -> int:
     return int(kib) * 1024
 
 
-def measure(image: str, bootstrap: str, starts: int) -> dict[str, Any]:
+def measure(image: str, bootstrap: str, starts: int, name: str = "image-bench") -> dict[str, Any]:
     report: dict[str, Any] = {"image": image, **sizes(image)}
     prefix = f"minnow-bench-{uuid.uuid4().hex[:8]}."
     env = ["-e", f"MINNOW_KAFKA__BOOTSTRAP_SERVERS={bootstrap}", "-e", f"MINNOW_KAFKA__TOPIC_PREFIX={prefix}"]
@@ -129,7 +129,7 @@ def measure(image: str, bootstrap: str, starts: int) -> dict[str, Any]:
     times = []
     for _ in range(starts):
         port = free_port()
-        cid, started = start_worker(image, bootstrap, prefix, port)
+        cid, started = start_worker(image, bootstrap, prefix, port, name)
         try:
             times.append(wait_ready(port, started))
         finally:
@@ -137,7 +137,7 @@ def measure(image: str, bootstrap: str, starts: int) -> dict[str, Any]:
     report["start_to_ready_s"] = [round(t, 2) for t in times]
     report["start_to_ready_median_s"] = round(statistics.median(times), 2)
     port = free_port()
-    cid, started = start_worker(image, bootstrap, prefix, port)
+    cid, started = start_worker(image, bootstrap, prefix, port, name)
     try:
         wait_ready(port, started)
         report["rss_ready_bytes"] = rss_bytes(cid)
@@ -155,16 +155,21 @@ def main() -> int:
     parser.add_argument("--image", default="minnow:image-helper")
     parser.add_argument("--bootstrap-servers", help="a running broker (default: start one, then stop it)")
     parser.add_argument("--starts", type=int, default=3, help="cold starts to time (median reported)")
+    parser.add_argument(
+        "--name",
+        default="image-bench",
+        help="the local broker's instance and the containers' name part (default %(default)s)",
+    )
     args = parser.parse_args()
     if args.bootstrap_servers:
-        print(json.dumps(measure(args.image, args.bootstrap_servers, args.starts), indent=2))
+        print(json.dumps(measure(args.image, args.bootstrap_servers, args.starts, args.name), indent=2))
         return 0
     cache = devkafka.default_cache_dir()
-    info = devkafka.start(cache, instance="image-bench")
+    info = devkafka.start(cache, instance=args.name)
     try:
-        print(json.dumps(measure(args.image, info.bootstrap_servers, args.starts), indent=2))
+        print(json.dumps(measure(args.image, info.bootstrap_servers, args.starts, args.name), indent=2))
     finally:
-        devkafka.stop(cache, instance="image-bench", forget=True)
+        devkafka.stop(cache, instance=args.name, forget=True)
     return 0
 
 

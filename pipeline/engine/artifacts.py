@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,8 +107,9 @@ def _manifest_valid(folder: Path, source: dict[str, Any]) -> dict[str, Any] | No
     return manifest
 
 
-def _quantization_current(recorded: Any) -> bool:
-    """The int8 graph was built for this CPU's mode and from today's calibration texts.
+def _quantization_current(recorded: Any, flags: Sequence[str] | None = None) -> bool:
+    """The int8 graph was built for the mode of a CPU with `flags` (default: this CPU's) and from today's
+    calibration texts.
 
     A cache copied to (or shared with) a machine whose CPU wants another mode (see quantize.choose_mode), or a
     package upgrade that changed the bundled calibration texts, rebuilds the int8 graph.
@@ -116,7 +118,7 @@ def _quantization_current(recorded: Any) -> bool:
 
     if not isinstance(recorded, dict):
         return False
-    wanted = quantize.choose_mode(quantize.cpu_flags()).manifest()
+    wanted = quantize.choose_mode(quantize.cpu_flags() if flags is None else flags).manifest()
     same_mode = all(recorded.get(k) == v for k, v in wanted.items() if k != "cpu_flags")
     calibration = recorded.get("calibration") or {}
     return same_mode and calibration.get("sha256") == quantize.digest(quantize.calibration_texts())

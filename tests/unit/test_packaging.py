@@ -102,6 +102,75 @@ def test_a_carried_model_is_chosen_for_this_cpu_or_refused(tmp_path: Path, model
     assert bundle.carried(tmp_path / "absent") is None
 
 
+def _one_mode_bundle(folder: Path, model_cache: Path, mode: str) -> None:
+    """A bundle folder carrying only `mode`'s graph (a placeholder file: carried() reads the manifest, not it)."""
+    from pipeline.engine.artifacts import build
+    from pipeline.engine.quantize import choose_mode
+
+    manifest = build(model_cache)
+    source = model_cache / "models" / manifest["name"]
+    (folder / "tokenizer.json").write_bytes((source / "tokenizer.json").read_bytes())
+    (folder / f"encoder-int8-{mode}.onnx").write_bytes(b"x" * 10)
+    quantization = choose_mode(bundle.MODES[mode]).manifest() | {"calibration": manifest["quantization"]["calibration"]}
+    variant = {"file": f"encoder-int8-{mode}.onnx", "bytes": 10, "sha256": "0", "quantization": quantization}
+    fields = {k: manifest[k] for k in ("name", "version", "recipe", "source", "config", "onnx_opset")}
+    tokenizer = {"file": "tokenizer.json", "bytes": 1, "sha256": "0"}
+    (folder / "manifest.json").write_text(json.dumps(fields | {"tokenizer": tokenizer, "variants": {mode: variant}}))
+
+
+def test_a_cpu_with_a_dot_product_runs_a_portable_only_bundle(
+    tmp_path: Path, model_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default image carries the u8 graph only: a CPU with an int8 dot product runs it (u8 x u8 is exact
+    everywhere) instead of trying to build its own graph from weights the image does not have."""
+    from pipeline.engine import quantize
+
+    _one_mode_bundle(tmp_path, model_cache, "u8")
+    monkeypatch.setattr(quantize, "cpu_flags", lambda: ("avx2", "avx512f", "avx512_vnni"))
+    chosen = bundle.carried(tmp_path)
+    assert chosen is not None and chosen.onnx_path.name == "encoder-int8-u8.onnx"
+    assert chosen.manifest["quantization"]["weight_type"] == "QUInt8"
+    monkeypatch.setattr(quantize, "cpu_flags", lambda: ("avx2",))
+    chosen = bundle.carried(tmp_path)
+    assert chosen is not None and chosen.onnx_path.name == "encoder-int8-u8.onnx"
+
+
+def test_a_dot_only_bundle_is_refused_on_a_cpu_without_the_dot_product(
+    tmp_path: Path, model_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The s8 graph computes wrong where u8 x s8 products saturate (AVX2): a dot-only image there stops with one
+    line naming the portable image, and runs on a CPU that has the dot product."""
+    from pipeline.engine import quantize
+    from pipeline.errors import ModelError
+
+    _one_mode_bundle(tmp_path, model_cache, "dot")
+    monkeypatch.setattr(quantize, "cpu_flags", lambda: ("avx2", "avx512f"))
+    with pytest.raises(ModelError, match=r"graph for dot only .*INT8_MODES=u8") as refused:
+        bundle.carried(tmp_path)
+    assert "\n" not in str(refused.value)
+    monkeypatch.setattr(quantize, "cpu_flags", lambda: ("avx2", "avx_vnni"))
+    chosen = bundle.carried(tmp_path)
+    assert chosen is not None and chosen.onnx_path.name == "encoder-int8-dot.onnx"
+
+
+@pytest.mark.parametrize(
+    ("text", "modes"), [("u8", ("u8",)), ("dot", ("dot",)), ("dot,u8", ("dot", "u8")), ("all", ("dot", "u8"))]
+)
+def test_models_bundle_takes_the_modes_to_carry(text: str, modes: tuple[str, ...]) -> None:
+    """`minnow models bundle --modes` (the image's INT8_MODES) names the graphs to build; default all."""
+    args = build_parser().parse_args(["models", "bundle", "--modes", text])
+    assert args.modes == modes
+    assert build_parser().parse_args(["models", "bundle"]).modes is None
+
+
+def test_models_bundle_refuses_an_unknown_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    """A mode name that is not a graph is a one-line usage error (exit 2)."""
+    with pytest.raises(SystemExit) as done:
+        main(["models", "bundle", "--modes", "avx2"])
+    assert done.value.code == 2
+    assert "expected all or a comma list of dot, u8, got 'avx2'" in capsys.readouterr().err
+
+
 def _subcommands(parser: argparse.ArgumentParser, path: str = "minnow") -> list[tuple[str, str | None]]:
     found: list[tuple[str, str | None]] = []
     for action in parser._actions:
