@@ -454,6 +454,7 @@ _MOVED_WORKER_NAMES = {
 }
 
 Season = Literal["none", "day", "week"]
+Scale = Literal["none", "sqrt", "log"]
 
 
 class DetectorSettings(_Frozen):
@@ -467,6 +468,11 @@ class DetectorSettings(_Frozen):
     )
     threshold: float = Field(
         default=5.0, gt=0, description="robust z beyond which a reading is a spike (escalates above it)"
+    )
+    scale: Scale = Field(
+        default="none",
+        description="the scale readings are judged on: none, sqrt or log (log1p), both signed; sqrt or log suit "
+        "counts, whose noise grows with their level",
     )
     season: Season = Field(
         default="day", description="seasonal profile: none, day (hour of day) or week (hour of week), in UTC"
@@ -527,6 +533,7 @@ class MetricDetectorSettings(_Frozen):
     warmup_readings: int | None = Field(default=None, ge=2)
     recent_readings: int | None = Field(default=None, ge=3, le=1024)
     threshold: float | None = Field(default=None, gt=0)
+    scale: Scale | None = None
     season: Season | None = None
     season_readings: int | None = Field(default=None, ge=1, le=256)
     season_min_readings: int | None = Field(default=None, ge=1)

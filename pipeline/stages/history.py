@@ -15,6 +15,9 @@ path (`minnow infer`) fold readings the same way:
 - **level shifts and trend changes**: a two-sided CUSUM of the reading's distance from the recent median, in
   robust standard deviations, each step less a slack `cusum_slack`; it trips past `cusum_limit`, then restarts.
   A shift too small to be a spike adds up reading after reading until it trips, long before the median follows.
+- **scale** (off by default): readings can be judged on a square-root or log scale (`scale`), where a count's noise
+  no longer grows with its level; the history keeps the scaled readings and reports its baseline in the metric's
+  units.
 - **bursts** (off by default): `burst_readings` readings in a row on one side of the baseline, each past
   `burst_threshold`; the burst's size is the smallest |z| of the run. It has its own record gate (`burst_peaks`), and
   a burst that beats its bar enters that record *at the bar*, so one episode does not raise the bar for two weeks.
@@ -28,6 +31,7 @@ limit, towards 1 beyond, so routing compares one number with the bounds score (p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,7 +39,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.settings import DetectorSettings
+from pipeline.settings import DetectorSettings, Scale
 
 Detector = Literal["recent", "season", "level_shift"]
 # 1.4826 * MAD estimates the standard deviation of normal data; 1.2533 * mean absolute deviation does too, and is
@@ -55,6 +59,7 @@ class MetricHistory(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     readings: int = Field(default=0, ge=0, description="finite readings folded in")
+    scale: Scale = Field(default="none", description="the scale `recent` and `season` hold the readings on")
     recent: list[float] = Field(default_factory=list, description="the last readings, oldest first (bounded)")
     season: dict[str, list[float]] = Field(
         default_factory=dict, description="seasonal bin (hour of day or of week) -> its last readings (bounded)"
@@ -121,6 +126,7 @@ def step(
     history: MetricHistory | None, value: float, ts: float, cfg: DetectorSettings, escalate_above: float
 ) -> tuple[Signal, MetricHistory]:
     """The signal of one finite reading against the history before it, and the history with the reading in."""
+    history, value = _on_scale(history, cfg), to_scale(value, cfg.scale)
     measured = _measure(history, value, ts, cfg)
     return _signal(history, measured, ts, cfg, escalate_above), _fold(history, value, ts, cfg, measured)
 
@@ -129,12 +135,40 @@ def judge(
     history: MetricHistory | None, value: float, ts: float, cfg: DetectorSettings, escalate_above: float
 ) -> Signal:
     """The signal of one finite reading against the history before it."""
+    history, value = _on_scale(history, cfg), to_scale(value, cfg.scale)
     return _signal(history, _measure(history, value, ts, cfg), ts, cfg, escalate_above)
 
 
 def fold(history: MetricHistory | None, value: float, ts: float, cfg: DetectorSettings) -> MetricHistory:
     """The history with one finite reading folded in (the CUSUM restarts once it has tripped)."""
+    history, value = _on_scale(history, cfg), to_scale(value, cfg.scale)
     return _fold(history, value, ts, cfg, _measure(history, value, ts, cfg))
+
+
+def to_scale(value: float, scale: Scale) -> float:
+    """A reading on the scale it is judged on; signed, so a negative reading keeps its order."""
+    if scale == "sqrt":
+        return math.copysign(math.sqrt(abs(value)), value)
+    if scale == "log":
+        return math.copysign(math.log1p(abs(value)), value)
+    return value
+
+
+def from_scale(value: float, scale: Scale) -> float:
+    """The inverse of `to_scale`: a baseline back in the metric's units."""
+    if scale == "sqrt":
+        return math.copysign(value * value, value)
+    if scale == "log":
+        return math.copysign(math.expm1(abs(value)), value)
+    return value
+
+
+def _on_scale(history: MetricHistory | None, cfg: DetectorSettings) -> MetricHistory | None:
+    """The history, or a fresh one (warming up again) when it holds readings on another scale than `cfg.scale`:
+    a median of square roots is no baseline for a raw reading. Only the cooldown carries over."""
+    if history is None or history.scale == cfg.scale:
+        return history
+    return MetricHistory(scale=cfg.scale, last_alert=history.last_alert)
 
 
 def warming_up(history: MetricHistory, ts: float, cfg: DetectorSettings) -> bool:
@@ -200,16 +234,26 @@ def _signal(
             readings=seen,
             score=burst,
             z=round(m.z, 3),
-            expected=m.expected,
+            expected=from_scale(m.expected, cfg.scale),
             detector=m.detector,
             burst=cfg.burst_readings,
         )
     if shift > spike:
         return Signal(
-            warming_up=False, readings=seen, score=shift, z=round(m.z, 3), expected=m.level, detector="level_shift"
+            warming_up=False,
+            readings=seen,
+            score=shift,
+            z=round(m.z, 3),
+            expected=from_scale(m.level, cfg.scale),
+            detector="level_shift",
         )
     return Signal(
-        warming_up=False, readings=seen, score=spike, z=round(m.z, 3), expected=m.expected, detector=m.detector
+        warming_up=False,
+        readings=seen,
+        score=spike,
+        z=round(m.z, 3),
+        expected=from_scale(m.expected, cfg.scale),
+        detector=m.detector,
     )
 
 
@@ -245,6 +289,7 @@ def _fold(
     # Built without validation: every field comes from a validated history or from arithmetic on finite readings.
     return MetricHistory.model_construct(
         readings=history.readings + 1,
+        scale=cfg.scale,
         recent=recent,
         season=season,
         peaks=peaks,
