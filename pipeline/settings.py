@@ -508,6 +508,15 @@ class DetectorSettings(_Frozen):
     burst_threshold: float = Field(
         default=3.0, gt=0, description="robust z every reading of a burst must pass (and its record gate's floor)"
     )
+    departure_threshold: float = Field(
+        default=0.0,
+        ge=0,
+        description="robust z from its hour's usual past which a reading is a departure from the daily pattern even "
+        "when near its recent level (own record gate); 0 = departure detector off",
+    )
+    departure_ratio: float = Field(
+        default=1.5, gt=0, description="how far a departure must beat the largest departure of the last record_days"
+    )
     cooldown_s: float = Field(
         default=86_400.0,
         ge=0,
@@ -545,6 +554,8 @@ class MetricDetectorSettings(_Frozen):
     cusum_limit: float | None = Field(default=None, ge=0)
     burst_readings: int | None = Field(default=None, ge=0, le=16)
     burst_threshold: float | None = Field(default=None, gt=0)
+    departure_threshold: float | None = Field(default=None, ge=0)
+    departure_ratio: float | None = Field(default=None, gt=0)
     cooldown_s: float | None = Field(default=None, ge=0)
 
 

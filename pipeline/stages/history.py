@@ -18,6 +18,9 @@ path (`minnow infer`) fold readings the same way:
 - **scale** (off by default): readings can be judged on a square-root or log scale (`scale`), where a count's noise
   no longer grows with its level; the history keeps the scaled readings and reports its baseline in the metric's
   units.
+- **departures** (off by default): a reading far from its hour's usual (`departure_threshold`) although near its
+  recent level — the daily rise that did not come, a night that reads like a day — which the season rule above
+  lets pass. They have their own record gate (`season_peaks`, ratio `departure_ratio`).
 - **bursts** (off by default): `burst_readings` readings in a row on one side of the baseline, each past
   `burst_threshold`; the burst's size is the smallest |z| of the run. It has its own record gate (`burst_peaks`), and
   a burst that beats its bar enters that record *at the bar*, so one episode does not raise the bar for two weeks.
@@ -77,6 +80,11 @@ class MetricHistory(BaseModel):
         default_factory=dict,
         description="UTC day number -> the largest burst of that day, at most its bar (the last `record_days` days)",
     )
+    season_peaks: dict[str, float] = Field(
+        default_factory=dict,
+        description="UTC day number -> the largest |z| from the hour's usual that day (departures only; the last "
+        "`record_days` days)",
+    )
     last_alert: float | None = Field(
         default=None, description="event time (Unix seconds) this metric last escalated: the start of its cooldown"
     )
@@ -120,6 +128,8 @@ class _Measured:
     up: float
     down: float
     burst: float  # the smallest |z| of the last burst_readings readings when all lie on one side; 0 otherwise
+    season_z: float  # the z against the hour's usual alone; 0 when the bin is not usable yet
+    season_level: float
 
 
 def step(
@@ -177,8 +187,13 @@ def warming_up(history: MetricHistory, ts: float, cfg: DetectorSettings) -> bool
         return True
     if cfg.record_days == 0:
         return False
+    return _days_before(history.peaks, ts) < cfg.warmup_days
+
+
+def _days_before(peaks: dict[str, float], ts: float) -> int:
+    """Days of a record before the day of `ts`."""
     today = _day(ts)
-    return sum(1 for day in history.peaks if int(day) < today) < cfg.warmup_days
+    return sum(1 for day in peaks if int(day) < today)
 
 
 def _measure(history: MetricHistory | None, value: float, ts: float, cfg: DetectorSettings) -> _Measured | None:
@@ -190,6 +205,7 @@ def _measure(history: MetricHistory | None, value: float, ts: float, cfg: Detect
     z, expected = _z(value, level, spread), level
     bin_key = season_bin(ts, cfg.season)
     past = history.season.get(bin_key) if bin_key is not None else None
+    s_z, s_level = 0.0, level
     if past is not None and len(past) >= cfg.season_min_readings:
         s_level, s_spread = robust(past)
         s_z = _z(value, s_level, max(s_spread, spread * cfg.season_spread_floor))
@@ -200,7 +216,15 @@ def _measure(history: MetricHistory | None, value: float, ts: float, cfg: Detect
     up = max(0.0, history.cusum_up + step_z - cfg.cusum_slack)
     down = max(0.0, history.cusum_down - step_z - cfg.cusum_slack)
     return _Measured(
-        level=level, z=z, expected=expected, detector=detector, up=up, down=down, burst=_burst(history, z, cfg)
+        level=level,
+        z=z,
+        expected=expected,
+        detector=detector,
+        up=up,
+        down=down,
+        burst=_burst(history, z, cfg),
+        season_z=s_z,
+        season_level=s_level,
     )
 
 
@@ -218,6 +242,17 @@ def _burst_bar(history: MetricHistory, ts: float, cfg: DetectorSettings) -> floa
     return max(cfg.burst_threshold, cfg.record_ratio * _record(history.burst_peaks, ts, cfg))
 
 
+def _departure(history: MetricHistory, m: _Measured, ts: float, cfg: DetectorSettings, escalate_above: float) -> float:
+    """The departure score: the z from the hour's usual against max(threshold, ratio x its own record). Judged once
+    its record spans `warmup_days` earlier days (the bins fill later than the recent ring)."""
+    if cfg.departure_threshold == 0 or m.season_z == 0:
+        return 0.0
+    if cfg.record_days > 0 and _days_before(history.season_peaks, ts) < cfg.warmup_days:
+        return 0.0
+    bar = max(cfg.departure_threshold, cfg.departure_ratio * _record(history.season_peaks, ts, cfg))
+    return history_score(m.season_z, bar, escalate_above)
+
+
 def _signal(
     history: MetricHistory | None, m: _Measured | None, ts: float, cfg: DetectorSettings, escalate_above: float
 ) -> Signal:
@@ -228,6 +263,16 @@ def _signal(
     spike = history_score(m.z, limit, escalate_above)
     shift = history_score(max(m.up, m.down), cfg.cusum_limit, escalate_above) if cfg.cusum_limit > 0 else 0.0
     burst = history_score(m.burst, _burst_bar(history, ts, cfg), escalate_above) if m.burst > 0 else 0.0
+    departure = _departure(history, m, ts, cfg, escalate_above)
+    if departure > max(spike, shift, burst):
+        return Signal(
+            warming_up=False,
+            readings=seen,
+            score=departure,
+            z=round(m.season_z, 3),
+            expected=from_scale(m.season_level, cfg.scale),
+            detector="season",
+        )
     if burst > spike and burst >= shift:
         return Signal(
             warming_up=False,
@@ -264,6 +309,7 @@ def _fold(
         history = MetricHistory()
     up, down = history.cusum_up, history.cusum_down
     peaks, last_z, burst_peaks = history.peaks, history.last_z, history.burst_peaks
+    season_peaks = history.season_peaks
     if m is not None:
         up, down = m.up, m.down
         if cfg.cusum_limit > 0 and max(up, down) > cfg.cusum_limit:
@@ -280,6 +326,9 @@ def _fold(
                 size = min(m.burst, _burst_bar(history, ts, cfg))
                 burst_peaks = _recent_days(burst_peaks, today, cfg)
                 burst_peaks[str(today)] = max(burst_peaks.get(str(today), 0.0), size)
+            if cfg.departure_threshold > 0 and m.season_z != 0:
+                season_peaks = _recent_days(season_peaks, today, cfg)
+                season_peaks[str(today)] = max(season_peaks.get(str(today), 0.0), abs(m.season_z))
     recent = [*history.recent[-(cfg.recent_readings - 1) :], value] if cfg.recent_readings > 1 else [value]
     season = history.season
     bin_key = season_bin(ts, cfg.season)
@@ -297,6 +346,7 @@ def _fold(
         cusum_down=down,
         last_z=last_z,
         burst_peaks=burst_peaks,
+        season_peaks=season_peaks,
         last_alert=history.last_alert,
     )
 

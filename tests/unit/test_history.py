@@ -288,3 +288,45 @@ def test_scale_is_a_per_metric_setting() -> None:
     assert iot.detector("requests").scale == "sqrt" and iot.detector("temperature_c").scale == "none"
     with pytest.raises(ValueError, match="scale"):
         IoTSettings.model_validate({"scale": "cube"})
+
+
+def test_a_departure_from_the_daily_pattern_escalates_where_the_season_rule_lets_it_pass() -> None:
+    """At 12:00 the daily rise to 30 does not come: 10 is the recent level, so the spike detector (the nearer of
+    recent and season) says nothing. With departures on, the reading is far from its hour's usual and escalates,
+    `detector: season`, z negative, `expected` the hour's usual; a usual noon reading does not."""
+    values = daily(6) + daily(1)[:72]  # six days, then up to 12:00 of the seventh
+    seasonal = DetectorSettings(warmup_readings=50, season="day", season_min_readings=4, record_days=0)
+    departures = seasonal.model_copy(update={"departure_threshold": 6.0})
+    assert signal_after(values, 10.0, seasonal, step=600).score < E
+    missed = signal_after(values, 10.0, departures, step=600)
+    assert missed.score > E and missed.detector == "season"
+    assert missed.z is not None and missed.z < -6 and missed.expected == pytest.approx(30, abs=0.5)
+    assert signal_after(values, 30.0, departures, step=600).score < 0.2
+
+
+def test_departures_have_their_own_bounded_record_gate() -> None:
+    """With the record gate on, departures are judged once their own record spans warmup_days earlier days, a
+    departure no larger than the recent ones (ratio x record) is no news, a far larger one is; the record holds at
+    most record_days + 1 days and stays empty while departures are off."""
+    cfg = DetectorSettings(
+        warmup_readings=50,
+        season="day",
+        season_min_readings=4,
+        record_days=3,
+        warmup_days=2,
+        threshold=1e6,  # spikes cannot speak
+        departure_threshold=3.0,
+        departure_ratio=1.5,
+    )
+    values = daily(9)
+    history = run(values, cfg, step=600)
+    assert 1 <= len(history.season_peaks) <= cfg.record_days + 1
+    assert not run(values, cfg.model_copy(update={"departure_threshold": 0.0}), step=600).season_peaks
+    record = max(history.season_peaks.values())
+    assert 1.0 < record < 6.0  # the noise of nine ordinary days, in the bins' spreads
+    noon = T0 + 9 * DAY + 12 * HOUR
+    assert judge(history, 29.5, noon, cfg, E).score < E  # an ordinary noon
+    missed = judge(history, 10.0, noon, cfg, E)  # the rise that did not come
+    assert missed.score > E and missed.z is not None and abs(missed.z) > cfg.departure_ratio * record
+    young = run(values[: int(1.5 * DAY / 600)], cfg, step=600)
+    assert judge(young, 10.0, T0 + 1.5 * DAY, cfg, E).score < E  # warming up: too few days of departures
