@@ -26,10 +26,10 @@ path (`minnow infer`) fold readings the same way:
   a burst that beats its bar enters that record *at the bar*, so one episode does not raise the bar for two weeks.
 
 A history score is `1 - (1 - e) ** ((x / limit) ** 2)` for the spike's z (limit: `threshold`, or the record gate's
-bar when higher), for the burst (limit: `burst_threshold`, or its record gate's bar) and for the CUSUM (limit
-`cusum_limit`): 0 at the baseline, exactly the escalation score e at the
-limit, towards 1 beyond, so routing compares one number with the bounds score (pipeline/stages/devices.py
-`rescore`).
+bar when higher), for the burst (limit: `burst_threshold`, or its record gate's bar), for the departure (limit:
+`departure_threshold`, or its record gate's bar) and for the CUSUM (limit `cusum_limit`): 0 at the baseline,
+exactly the escalation score e at the limit, towards 1 beyond, so routing compares one number with the bounds score
+(pipeline/stages/devices.py `rescore`).
 """
 
 from __future__ import annotations

@@ -290,6 +290,35 @@ def test_a_count_on_a_sqrt_scale_escalates_through_track_with_its_baseline_in_un
     assert "robust standard deviations (on a sqrt scale) from this device's recent median" in after.anomaly.reasons[-1]
 
 
+def test_a_departure_from_the_daily_pattern_escalates_through_track_as_a_deviation() -> None:
+    """With MINNOW_IOT__DEPARTURE_THRESHOLD set, a noon reading at the night level (the daily rise that did not
+    come) escalates through `track`, tagged anomaly.deviation, its reason measured against this hour's usual."""
+    iot = SETTINGS.iot.model_copy(
+        update={"season": "day", "season_min_readings": 4, "warmup_readings": 50, "departure_threshold": 6.0}
+    )
+    cfg = SETTINGS.model_copy(update={"iot": iot})
+    start = 1_700_006_400.0  # 00:00 UTC
+    rng = np.random.default_rng(12)
+    state: DeviceState | None = None
+    for i in range(6 * 144):  # six days, one reading every 10 minutes: 10 at night, 30 from 12:00 to 14:00
+        ts = start + 600 * i
+        value = (30.0 if 12 <= (ts % 86_400) / 3600 < 14 else 10.0) + float(rng.normal(0, 0.3))
+        state, _ = tracked(state, msg(i, ts, level=value), cfg)
+    noon = start + 6 * 86_400 + 12 * 3600
+    _, after = tracked(state, msg(9999, noon, level=10.0), cfg)
+    assert after.route == "escalate" and after.anomaly is not None
+    assert after.escalation_reasons == ["anomaly.high_score", "anomaly.deviation"]
+    metric = after.anomaly.metrics["level"]
+    assert metric.detector == "season" and metric.zscore is not None and metric.zscore < -6
+    assert "from this hour's usual 30" in after.anomaly.reasons[-1]
+    _, off = tracked(
+        state,
+        msg(9999, noon, level=10.0),
+        SETTINGS.model_copy(update={"iot": iot.model_copy(update={"departure_threshold": 0.0})}),
+    )
+    assert off.route == "sink"
+
+
 def test_a_warming_up_metric_is_scored_on_bounds_only_and_says_so() -> None:
     """Before warmup_readings the history says nothing: bounds score, `warming_up`, no z-score, not escalated."""
     _, after = tracked(trained(20), msg(999, T0 + 60 * 999, temperature_c=26.0))
