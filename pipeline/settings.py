@@ -509,7 +509,7 @@ class DetectorSettings(_Frozen):
         default=3.0, gt=0, description="robust z every reading of a burst must pass (and its record gate's floor)"
     )
     departure_threshold: float = Field(
-        default=0.0,
+        default=12.0,
         ge=0,
         description="robust z from its hour's usual past which a reading is a departure from the daily pattern even "
         "when near its recent level (own record gate); 0 = departure detector off",

@@ -226,6 +226,15 @@ def test_burst_readings_of_one_is_refused() -> None:
     assert DetectorSettings().burst_readings == 0  # off by default
 
 
+def test_departures_are_on_by_default_at_12_sigma_and_ratio_1_5() -> None:
+    """The defaults chosen on the NAB tune split (docs/iot.md): departures on at 12 robust sigma from the hour's
+    usual, 1.5 x their own record; 0 turns them off, per metric too."""
+    cfg = DetectorSettings()
+    assert (cfg.departure_threshold, cfg.departure_ratio) == (12.0, 1.5)
+    iot = IoTSettings.model_validate({"metrics": {"rpm": {"departure_threshold": 0}}})
+    assert iot.detector("rpm").departure_threshold == 0 and iot.detector("t").departure_threshold == 12.0
+
+
 def test_scales_are_signed_monotone_and_invertible() -> None:
     """sqrt and log keep the order of any finite reading (negative ones too) and come back to it exactly enough;
     `none` is the identity. A reading at the history's limit (1e150) stays finite on every scale."""
@@ -295,9 +304,11 @@ def test_a_departure_from_the_daily_pattern_escalates_where_the_season_rule_lets
     recent and season) says nothing. With departures on, the reading is far from its hour's usual and escalates,
     `detector: season`, z negative, `expected` the hour's usual; a usual noon reading does not."""
     values = daily(6) + daily(1)[:72]  # six days, then up to 12:00 of the seventh
-    seasonal = DetectorSettings(warmup_readings=50, season="day", season_min_readings=4, record_days=0)
+    seasonal = DetectorSettings(
+        warmup_readings=50, season="day", season_min_readings=4, record_days=0, departure_threshold=0.0
+    )
     departures = seasonal.model_copy(update={"departure_threshold": 6.0})
-    assert signal_after(values, 10.0, seasonal, step=600).score < E
+    assert signal_after(values, 10.0, seasonal, step=600).score < E  # departures off
     missed = signal_after(values, 10.0, departures, step=600)
     assert missed.score > E and missed.detector == "season"
     assert missed.z is not None and missed.z < -6 and missed.expected == pytest.approx(30, abs=0.5)
