@@ -466,6 +466,7 @@ _MOVED_WORKER_NAMES = {
 }
 
 Season = Literal["none", "day", "week"]
+Scale = Literal["none", "sqrt", "log"]
 
 
 class DetectorSettings(_Frozen):
@@ -479,6 +480,11 @@ class DetectorSettings(_Frozen):
     )
     threshold: float = Field(
         default=5.0, gt=0, description="robust z beyond which a reading is a spike (escalates above it)"
+    )
+    scale: Scale = Field(
+        default="none",
+        description="the scale readings are judged on: none, sqrt or log (log1p), both signed; sqrt or log suit "
+        "counts, whose noise grows with their level",
     )
     season: Season = Field(
         default="day", description="seasonal profile: none, day (hour of day) or week (hour of week), in UTC"
@@ -514,6 +520,15 @@ class DetectorSettings(_Frozen):
     burst_threshold: float = Field(
         default=3.0, gt=0, description="robust z every reading of a burst must pass (and its record gate's floor)"
     )
+    departure_threshold: float = Field(
+        default=12.0,
+        ge=0,
+        description="robust z from its hour's usual past which a reading is a departure from the daily pattern even "
+        "when near its recent level (own record gate); 0 = departure detector off",
+    )
+    departure_ratio: float = Field(
+        default=1.5, gt=0, description="how far a departure must beat the largest departure of the last record_days"
+    )
     cooldown_s: float = Field(
         default=86_400.0,
         ge=0,
@@ -539,6 +554,7 @@ class MetricDetectorSettings(_Frozen):
     warmup_readings: int | None = Field(default=None, ge=2)
     recent_readings: int | None = Field(default=None, ge=3, le=1024)
     threshold: float | None = Field(default=None, gt=0)
+    scale: Scale | None = None
     season: Season | None = None
     season_readings: int | None = Field(default=None, ge=1, le=256)
     season_min_readings: int | None = Field(default=None, ge=1)
@@ -550,6 +566,8 @@ class MetricDetectorSettings(_Frozen):
     cusum_limit: float | None = Field(default=None, ge=0)
     burst_readings: int | None = Field(default=None, ge=0, le=16)
     burst_threshold: float | None = Field(default=None, gt=0)
+    departure_threshold: float | None = Field(default=None, ge=0)
+    departure_ratio: float | None = Field(default=None, gt=0)
     cooldown_s: float | None = Field(default=None, ge=0)
 
 

@@ -1,7 +1,7 @@
 """How long a worker takes to rebuild its state from a changelog partition (`python -m pipeline.bench.state`).
 
 Writes N device states of realistic size (three metrics with full histories at the default sizes — 96 recent
-readings, 24 hourly bins of 24, 15 daily record peaks — and an open window) to a fresh
+readings, 24 hourly bins of 24, 15 daily record peaks and 15 departure peaks — and an open window) to a fresh
 one-partition topic on the local broker (or `MINNOW_KAFKA__BOOTSTRAP_SERVERS`), then times `ChangelogStore`
 replaying it, as a worker does on assignment. Prints one JSON object.
 """
@@ -55,6 +55,7 @@ def full_history(level: float) -> MetricHistory:
         recent=[level + 0.01 * i for i in range(cfg.recent_readings)],
         season={str(hour): ring for hour in range(24)},
         peaks={str(today - d): 5.0 + 0.123 * d for d in range(cfg.record_days + 1)},
+        season_peaks={str(today - d): 4.0 + 0.123 * d for d in range(cfg.record_days + 1)},
         last_alert=1_799_990_000.0,
     )
 

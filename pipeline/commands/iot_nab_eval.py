@@ -203,8 +203,8 @@ def report(model: MiniModel, settings: Settings, series: Sequence[Series]) -> tu
 
 
 GRID: dict[str, Sequence[Any]] = {
+    "scale": ("none", "sqrt"),
     "burst_readings": (0, 3),
-    "record_days": (14, 28),
     "record_ratio": (1.0, 1.2),
     "cusum_limit": (0.0, 30.0),
 }

@@ -31,7 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.models import Anomaly, AnyEvent, ErrorRecord, IoTMessage, IoTWindow, MetricWindow, Scores
-from pipeline.settings import DetectorSettings, IoTSettings, Settings
+from pipeline.settings import DetectorSettings, IoTSettings, Scale, Settings
 from pipeline.stages.history import MetricHistory, Signal, step
 
 Placement = Literal["window", "late", "future"]
@@ -260,7 +260,7 @@ def rescore(anomaly: Anomaly, signals: Mapping[str, Signal], escalate_above: flo
         if signal.score > metric.score:
             update |= {"score": signal.score, "detector": signal.detector}
             if signal.score > escalate_above:
-                reasons.append(_explain(name, metric.value, signal))
+                reasons.append(_explain(name, metric.value, signal, detectors(name).scale))
         metrics[name] = metric.model_copy(update=update)
     return Anomaly(score=max(m.score for m in metrics.values()), metrics=metrics, reasons=reasons)
 
@@ -305,14 +305,15 @@ def bounded(anomaly: Anomaly) -> Anomaly:
     return anomaly.model_copy(update={"metrics": metrics, "reasons": reasons, "omitted": omitted})
 
 
-def _explain(name: str, value: float, signal: Signal) -> str:
+def _explain(name: str, value: float, signal: Signal, scale: Scale) -> str:
     if signal.detector == "level_shift":
         return (
             f"{name}={value} continues a level shift away from this device's median {signal.expected:.6g} "
             f"(over {signal.readings} readings)"
         )
     baseline = "this hour's usual" if signal.detector == "season" else "this device's recent median"
-    said = f"{name}={value} is {signal.z:+.1f} robust standard deviations from {baseline} {signal.expected:.6g}"
+    on = f" (on a {scale} scale)" if scale != "none" else ""
+    said = f"{name}={value} is {signal.z:+.1f} robust standard deviations{on} from {baseline} {signal.expected:.6g}"
     return f"{said}, the last of {signal.burst} readings in a row this far out" if signal.burst else said
 
 

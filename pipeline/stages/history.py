@@ -15,19 +15,26 @@ path (`minnow infer`) fold readings the same way:
 - **level shifts and trend changes**: a two-sided CUSUM of the reading's distance from the recent median, in
   robust standard deviations, each step less a slack `cusum_slack`; it trips past `cusum_limit`, then restarts.
   A shift too small to be a spike adds up reading after reading until it trips, long before the median follows.
+- **scale** (off by default): readings can be judged on a square-root or log scale (`scale`), where a count's noise
+  no longer grows with its level; the history keeps the scaled readings and reports its baseline in the metric's
+  units.
+- **departures** (off by default): a reading far from its hour's usual (`departure_threshold`) although near its
+  recent level — the daily rise that did not come, a night that reads like a day — which the season rule above
+  lets pass. They have their own record gate (`season_peaks`, ratio `departure_ratio`).
 - **bursts** (off by default): `burst_readings` readings in a row on one side of the baseline, each past
   `burst_threshold`; the burst's size is the smallest |z| of the run. It has its own record gate (`burst_peaks`), and
   a burst that beats its bar enters that record *at the bar*, so one episode does not raise the bar for two weeks.
 
 A history score is `1 - (1 - e) ** ((x / limit) ** 2)` for the spike's z (limit: `threshold`, or the record gate's
-bar when higher), for the burst (limit: `burst_threshold`, or its record gate's bar) and for the CUSUM (limit
-`cusum_limit`): 0 at the baseline, exactly the escalation score e at the
-limit, towards 1 beyond, so routing compares one number with the bounds score (pipeline/stages/devices.py
-`rescore`).
+bar when higher), for the burst (limit: `burst_threshold`, or its record gate's bar), for the departure (limit:
+`departure_threshold`, or its record gate's bar) and for the CUSUM (limit `cusum_limit`): 0 at the baseline,
+exactly the escalation score e at the limit, towards 1 beyond, so routing compares one number with the bounds score
+(pipeline/stages/devices.py `rescore`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,7 +42,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.settings import DetectorSettings
+from pipeline.settings import DetectorSettings, Scale
 
 Detector = Literal["recent", "season", "level_shift"]
 # 1.4826 * MAD estimates the standard deviation of normal data; 1.2533 * mean absolute deviation does too, and is
@@ -55,6 +62,7 @@ class MetricHistory(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     readings: int = Field(default=0, ge=0, description="finite readings folded in")
+    scale: Scale = Field(default="none", description="the scale `recent` and `season` hold the readings on")
     recent: list[float] = Field(default_factory=list, description="the last readings, oldest first (bounded)")
     season: dict[str, list[float]] = Field(
         default_factory=dict, description="seasonal bin (hour of day or of week) -> its last readings (bounded)"
@@ -71,6 +79,11 @@ class MetricHistory(BaseModel):
     burst_peaks: dict[str, float] = Field(
         default_factory=dict,
         description="UTC day number -> the largest burst of that day, at most its bar (the last `record_days` days)",
+    )
+    season_peaks: dict[str, float] = Field(
+        default_factory=dict,
+        description="UTC day number -> the largest |z| from the hour's usual that day (departures only; the last "
+        "`record_days` days)",
     )
     last_alert: float | None = Field(
         default=None, description="event time (Unix seconds) this metric last escalated: the start of its cooldown"
@@ -115,12 +128,15 @@ class _Measured:
     up: float
     down: float
     burst: float  # the smallest |z| of the last burst_readings readings when all lie on one side; 0 otherwise
+    season_z: float  # the z against the hour's usual alone; 0 when the bin is not usable yet
+    season_level: float
 
 
 def step(
     history: MetricHistory | None, value: float, ts: float, cfg: DetectorSettings, escalate_above: float
 ) -> tuple[Signal, MetricHistory]:
     """The signal of one finite reading against the history before it, and the history with the reading in."""
+    history, value = _on_scale(history, cfg), to_scale(value, cfg.scale)
     measured = _measure(history, value, ts, cfg)
     return _signal(history, measured, ts, cfg, escalate_above), _fold(history, value, ts, cfg, measured)
 
@@ -129,12 +145,40 @@ def judge(
     history: MetricHistory | None, value: float, ts: float, cfg: DetectorSettings, escalate_above: float
 ) -> Signal:
     """The signal of one finite reading against the history before it."""
+    history, value = _on_scale(history, cfg), to_scale(value, cfg.scale)
     return _signal(history, _measure(history, value, ts, cfg), ts, cfg, escalate_above)
 
 
 def fold(history: MetricHistory | None, value: float, ts: float, cfg: DetectorSettings) -> MetricHistory:
     """The history with one finite reading folded in (the CUSUM restarts once it has tripped)."""
+    history, value = _on_scale(history, cfg), to_scale(value, cfg.scale)
     return _fold(history, value, ts, cfg, _measure(history, value, ts, cfg))
+
+
+def to_scale(value: float, scale: Scale) -> float:
+    """A reading on the scale it is judged on; signed, so a negative reading keeps its order."""
+    if scale == "sqrt":
+        return math.copysign(math.sqrt(abs(value)), value)
+    if scale == "log":
+        return math.copysign(math.log1p(abs(value)), value)
+    return value
+
+
+def from_scale(value: float, scale: Scale) -> float:
+    """The inverse of `to_scale`: a baseline back in the metric's units."""
+    if scale == "sqrt":
+        return math.copysign(value * value, value)
+    if scale == "log":
+        return math.copysign(math.expm1(abs(value)), value)
+    return value
+
+
+def _on_scale(history: MetricHistory | None, cfg: DetectorSettings) -> MetricHistory | None:
+    """The history, or a fresh one (warming up again) when it holds readings on another scale than `cfg.scale`:
+    a median of square roots is no baseline for a raw reading. Only the cooldown carries over."""
+    if history is None or history.scale == cfg.scale:
+        return history
+    return MetricHistory(scale=cfg.scale, last_alert=history.last_alert)
 
 
 def warming_up(history: MetricHistory, ts: float, cfg: DetectorSettings) -> bool:
@@ -143,8 +187,13 @@ def warming_up(history: MetricHistory, ts: float, cfg: DetectorSettings) -> bool
         return True
     if cfg.record_days == 0:
         return False
+    return _days_before(history.peaks, ts) < cfg.warmup_days
+
+
+def _days_before(peaks: dict[str, float], ts: float) -> int:
+    """Days of a record before the day of `ts`."""
     today = _day(ts)
-    return sum(1 for day in history.peaks if int(day) < today) < cfg.warmup_days
+    return sum(1 for day in peaks if int(day) < today)
 
 
 def _measure(history: MetricHistory | None, value: float, ts: float, cfg: DetectorSettings) -> _Measured | None:
@@ -156,6 +205,7 @@ def _measure(history: MetricHistory | None, value: float, ts: float, cfg: Detect
     z, expected = _z(value, level, spread), level
     bin_key = season_bin(ts, cfg.season)
     past = history.season.get(bin_key) if bin_key is not None else None
+    s_z, s_level = 0.0, level
     if past is not None and len(past) >= cfg.season_min_readings:
         s_level, s_spread = robust(past)
         s_z = _z(value, s_level, max(s_spread, spread * cfg.season_spread_floor))
@@ -166,7 +216,15 @@ def _measure(history: MetricHistory | None, value: float, ts: float, cfg: Detect
     up = max(0.0, history.cusum_up + step_z - cfg.cusum_slack)
     down = max(0.0, history.cusum_down - step_z - cfg.cusum_slack)
     return _Measured(
-        level=level, z=z, expected=expected, detector=detector, up=up, down=down, burst=_burst(history, z, cfg)
+        level=level,
+        z=z,
+        expected=expected,
+        detector=detector,
+        up=up,
+        down=down,
+        burst=_burst(history, z, cfg),
+        season_z=s_z,
+        season_level=s_level,
     )
 
 
@@ -184,6 +242,17 @@ def _burst_bar(history: MetricHistory, ts: float, cfg: DetectorSettings) -> floa
     return max(cfg.burst_threshold, cfg.record_ratio * _record(history.burst_peaks, ts, cfg))
 
 
+def _departure(history: MetricHistory, m: _Measured, ts: float, cfg: DetectorSettings, escalate_above: float) -> float:
+    """The departure score: the z from the hour's usual against max(threshold, ratio x its own record). Judged once
+    its record spans `warmup_days` earlier days (the bins fill later than the recent ring)."""
+    if cfg.departure_threshold == 0 or m.season_z == 0:
+        return 0.0
+    if cfg.record_days > 0 and _days_before(history.season_peaks, ts) < cfg.warmup_days:
+        return 0.0
+    bar = max(cfg.departure_threshold, cfg.departure_ratio * _record(history.season_peaks, ts, cfg))
+    return history_score(m.season_z, bar, escalate_above)
+
+
 def _signal(
     history: MetricHistory | None, m: _Measured | None, ts: float, cfg: DetectorSettings, escalate_above: float
 ) -> Signal:
@@ -194,22 +263,42 @@ def _signal(
     spike = history_score(m.z, limit, escalate_above)
     shift = history_score(max(m.up, m.down), cfg.cusum_limit, escalate_above) if cfg.cusum_limit > 0 else 0.0
     burst = history_score(m.burst, _burst_bar(history, ts, cfg), escalate_above) if m.burst > 0 else 0.0
+    departure = _departure(history, m, ts, cfg, escalate_above)
+    if departure > max(spike, shift, burst):
+        return Signal(
+            warming_up=False,
+            readings=seen,
+            score=departure,
+            z=round(m.season_z, 3),
+            expected=from_scale(m.season_level, cfg.scale),
+            detector="season",
+        )
     if burst > spike and burst >= shift:
         return Signal(
             warming_up=False,
             readings=seen,
             score=burst,
             z=round(m.z, 3),
-            expected=m.expected,
+            expected=from_scale(m.expected, cfg.scale),
             detector=m.detector,
             burst=cfg.burst_readings,
         )
     if shift > spike:
         return Signal(
-            warming_up=False, readings=seen, score=shift, z=round(m.z, 3), expected=m.level, detector="level_shift"
+            warming_up=False,
+            readings=seen,
+            score=shift,
+            z=round(m.z, 3),
+            expected=from_scale(m.level, cfg.scale),
+            detector="level_shift",
         )
     return Signal(
-        warming_up=False, readings=seen, score=spike, z=round(m.z, 3), expected=m.expected, detector=m.detector
+        warming_up=False,
+        readings=seen,
+        score=spike,
+        z=round(m.z, 3),
+        expected=from_scale(m.expected, cfg.scale),
+        detector=m.detector,
     )
 
 
@@ -220,6 +309,7 @@ def _fold(
         history = MetricHistory()
     up, down = history.cusum_up, history.cusum_down
     peaks, last_z, burst_peaks = history.peaks, history.last_z, history.burst_peaks
+    season_peaks = history.season_peaks
     if m is not None:
         up, down = m.up, m.down
         if cfg.cusum_limit > 0 and max(up, down) > cfg.cusum_limit:
@@ -236,6 +326,9 @@ def _fold(
                 size = min(m.burst, _burst_bar(history, ts, cfg))
                 burst_peaks = _recent_days(burst_peaks, today, cfg)
                 burst_peaks[str(today)] = max(burst_peaks.get(str(today), 0.0), size)
+            if cfg.departure_threshold > 0 and m.season_z != 0:
+                season_peaks = _recent_days(season_peaks, today, cfg)
+                season_peaks[str(today)] = max(season_peaks.get(str(today), 0.0), abs(m.season_z))
     recent = [*history.recent[-(cfg.recent_readings - 1) :], value] if cfg.recent_readings > 1 else [value]
     season = history.season
     bin_key = season_bin(ts, cfg.season)
@@ -245,6 +338,7 @@ def _fold(
     # Built without validation: every field comes from a validated history or from arithmetic on finite readings.
     return MetricHistory.model_construct(
         readings=history.readings + 1,
+        scale=cfg.scale,
         recent=recent,
         season=season,
         peaks=peaks,
@@ -252,6 +346,7 @@ def _fold(
         cusum_down=down,
         last_z=last_z,
         burst_peaks=burst_peaks,
+        season_peaks=season_peaks,
         last_alert=history.last_alert,
     )
 

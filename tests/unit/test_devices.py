@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.models import InputInfo, IoTMessage, ModelInfo, Result, Scores
-from pipeline.settings import IoTSettings, Settings
+from pipeline.settings import IoTSettings, MetricDetectorSettings, Settings
 from pipeline.stages.devices import (
     MAX_DETAIL_METRICS,
     MAX_METRICS,
@@ -268,6 +268,55 @@ def test_a_burst_escalates_through_track_as_a_deviation_and_says_it_is_a_run() -
     assert after.anomaly is not None and after.anomaly.reasons[-1].endswith(
         "the last of 3 readings in a row this far out"
     )
+
+
+def test_a_count_on_a_sqrt_scale_escalates_through_track_with_its_baseline_in_units() -> None:
+    """With a per-metric `scale: sqrt`, a surge of a count escalates through `track`; `expected` is the count's
+    median in requests (not its square root), and the reason says which scale the z was measured on."""
+    cfg = SETTINGS.model_copy(
+        update={"iot": SETTINGS.iot.model_copy(update={"metrics": {"requests": MetricDetectorSettings(scale="sqrt")}})}
+    )
+    state: DeviceState | None = None
+    counts = np.random.default_rng(11).poisson(100, 200)
+    for i, count in enumerate(counts):
+        state, _ = tracked(state, msg(i, T0 + 60 * i, requests=float(count)), cfg)
+    assert state is not None and state.history["requests"].scale == "sqrt"
+    _, after = tracked(state, msg(500, T0 + 60 * 500, requests=400.0), cfg)
+    assert after.route == "escalate" and after.anomaly is not None
+    metric = after.anomaly.metrics["requests"]
+    # 96 readings: the median of the square roots is the midpoint of two middle ones, so it is the count's median
+    # only to within their gap.
+    assert metric.expected == pytest.approx(float(np.median(counts[-96:])), abs=0.5)
+    assert "robust standard deviations (on a sqrt scale) from this device's recent median" in after.anomaly.reasons[-1]
+
+
+def test_a_departure_from_the_daily_pattern_escalates_through_track_as_a_deviation() -> None:
+    """With MINNOW_IOT__DEPARTURE_THRESHOLD set, a noon reading at the night level (the daily rise that did not
+    come) escalates through `track`, tagged anomaly.deviation, its reason measured against this hour's usual."""
+    iot = SETTINGS.iot.model_copy(
+        update={"season": "day", "season_min_readings": 4, "warmup_readings": 50, "departure_threshold": 6.0}
+    )
+    cfg = SETTINGS.model_copy(update={"iot": iot})
+    start = 1_700_006_400.0  # 00:00 UTC
+    rng = np.random.default_rng(12)
+    state: DeviceState | None = None
+    for i in range(6 * 144):  # six days, one reading every 10 minutes: 10 at night, 30 from 12:00 to 14:00
+        ts = start + 600 * i
+        value = (30.0 if 12 <= (ts % 86_400) / 3600 < 14 else 10.0) + float(rng.normal(0, 0.3))
+        state, _ = tracked(state, msg(i, ts, level=value), cfg)
+    noon = start + 6 * 86_400 + 12 * 3600
+    _, after = tracked(state, msg(9999, noon, level=10.0), cfg)
+    assert after.route == "escalate" and after.anomaly is not None
+    assert after.escalation_reasons == ["anomaly.high_score", "anomaly.deviation"]
+    metric = after.anomaly.metrics["level"]
+    assert metric.detector == "season" and metric.zscore is not None and metric.zscore < -6
+    assert "from this hour's usual 30" in after.anomaly.reasons[-1]
+    _, off = tracked(
+        state,
+        msg(9999, noon, level=10.0),
+        SETTINGS.model_copy(update={"iot": iot.model_copy(update={"departure_threshold": 0.0})}),
+    )
+    assert off.route == "sink"
 
 
 def test_a_warming_up_metric_is_scored_on_bounds_only_and_says_so() -> None:

@@ -6,7 +6,18 @@ import numpy as np
 import pytest
 
 from pipeline.settings import DetectorSettings, IoTSettings, Settings
-from pipeline.stages.history import MetricHistory, Signal, fold, history_score, judge, robust, season_bin
+from pipeline.stages.history import (
+    MetricHistory,
+    Signal,
+    fold,
+    from_scale,
+    history_score,
+    judge,
+    robust,
+    season_bin,
+    step,
+    to_scale,
+)
 
 E = 0.8  # MINNOW_ROUTING__ANOMALY_ESCALATE_ABOVE
 HOUR = 3600.0
@@ -213,3 +224,120 @@ def test_burst_readings_of_one_is_refused() -> None:
     with pytest.raises(ValueError, match="burst_readings"):
         DetectorSettings(burst_readings=1)
     assert DetectorSettings().burst_readings == 0  # off by default
+
+
+def test_departures_are_on_by_default_at_12_sigma_and_ratio_1_5() -> None:
+    """The defaults chosen on the NAB tune split (docs/iot.md): departures on at 12 robust sigma from the hour's
+    usual, 1.5 x their own record; 0 turns them off, per metric too."""
+    cfg = DetectorSettings()
+    assert (cfg.departure_threshold, cfg.departure_ratio) == (12.0, 1.5)
+    iot = IoTSettings.model_validate({"metrics": {"rpm": {"departure_threshold": 0}}})
+    assert iot.detector("rpm").departure_threshold == 0 and iot.detector("t").departure_threshold == 12.0
+
+
+def test_scales_are_signed_monotone_and_invertible() -> None:
+    """sqrt and log keep the order of any finite reading (negative ones too) and come back to it exactly enough;
+    `none` is the identity. A reading at the history's limit (1e150) stays finite on every scale."""
+    values = [-1e150, -50.0, -1.0, -0.25, 0.0, 0.25, 1.0, 4.0, 50.0, 1e6, 1e150]
+    for scale in ("none", "sqrt", "log"):
+        scaled = [to_scale(v, scale) for v in values]
+        assert scaled == sorted(scaled) and len(set(scaled)) == len(values)
+        for v, u in zip(values, scaled, strict=True):
+            assert from_scale(u, scale) == pytest.approx(v, rel=1e-9, abs=1e-12)
+    assert to_scale(16.0, "sqrt") == 4.0 and to_scale(-16.0, "sqrt") == -4.0 and to_scale(7.0, "none") == 7.0
+
+
+def test_a_metric_on_a_scale_is_judged_on_it_and_reports_its_baseline_in_units() -> None:
+    """With scale sqrt the z is the robust z of the reading's square root against the square roots the history
+    holds, and `expected` is the median back in the metric's units (a monotone scale keeps the median)."""
+    cfg = PLAIN.model_copy(update={"scale": "sqrt", "recent_readings": 21})
+    counts = [float(c) for c in np.random.default_rng(10).poisson(40, 60)]
+    history = run(counts, cfg)
+    assert history.scale == "sqrt" and history.recent == [to_scale(c, "sqrt") for c in counts[-21:]]
+    signal = judge(history, 90.0, T0 + 60 * 60.0, cfg, E)
+    level, spread = robust(history.recent)
+    assert signal.z == pytest.approx((90.0**0.5 - level) / spread, abs=1e-3)
+    assert signal.expected == pytest.approx(float(np.median(counts[-21:])), rel=1e-9)
+
+
+def test_a_log_scale_stops_multiplicative_noise_paging_and_still_sees_a_tenfold_surge() -> None:
+    """Readings with multiplicative noise (100 x lognormal, sigma 0.3): on the raw scale the long right tail puts
+    some ordinary readings past 5 robust sigma; on the log scale none is, and a tenfold surge still escalates."""
+    values = [float(v) for v in 100 * np.exp(np.random.default_rng(9).normal(0, 0.3, 3000))]
+    raw = DetectorSettings(warmup_readings=96, season="none", record_days=0, threshold=5.0)
+    logged = raw.model_copy(update={"scale": "log"})
+
+    def escalations(cfg: DetectorSettings) -> int:
+        history: MetricHistory | None = None
+        count = 0
+        for i, value in enumerate(values):
+            signal, history = step(history, value, T0 + i * 60.0, cfg, E)
+            count += signal.score > E
+        return count
+
+    assert escalations(raw) >= 2
+    assert escalations(logged) == 0
+    assert signal_after(values, 1000.0, logged).score > E
+
+
+def test_changing_a_metrics_scale_restarts_its_history_but_keeps_its_cooldown() -> None:
+    """A history kept on one scale is no baseline on another: after `scale` changes the metric warms up again,
+    and the start of its cooldown (last_alert) carries over, so the change itself pages no one twice."""
+    history = run([10.0] * 50, PLAIN).model_copy(update={"last_alert": T0})
+    moved = PLAIN.model_copy(update={"scale": "log"})
+    signal, after = step(history, 10.0, T0 + 50 * 60.0, moved, E)
+    assert signal.warming_up and signal.readings == 0
+    assert (after.readings, after.scale, after.last_alert) == (1, "log", T0)
+    assert after.recent == [to_scale(10.0, "log")]
+
+
+def test_scale_is_a_per_metric_setting() -> None:
+    """MINNOW_IOT__METRICS can put one metric on a scale and leave the others raw; an unknown scale is refused."""
+    iot = IoTSettings.model_validate({"metrics": {"requests": {"scale": "sqrt"}}})
+    assert iot.detector("requests").scale == "sqrt" and iot.detector("temperature_c").scale == "none"
+    with pytest.raises(ValueError, match="scale"):
+        IoTSettings.model_validate({"scale": "cube"})
+
+
+def test_a_departure_from_the_daily_pattern_escalates_where_the_season_rule_lets_it_pass() -> None:
+    """At 12:00 the daily rise to 30 does not come: 10 is the recent level, so the spike detector (the nearer of
+    recent and season) says nothing. With departures on, the reading is far from its hour's usual and escalates,
+    `detector: season`, z negative, `expected` the hour's usual; a usual noon reading does not."""
+    values = daily(6) + daily(1)[:72]  # six days, then up to 12:00 of the seventh
+    seasonal = DetectorSettings(
+        warmup_readings=50, season="day", season_min_readings=4, record_days=0, departure_threshold=0.0
+    )
+    departures = seasonal.model_copy(update={"departure_threshold": 6.0})
+    assert signal_after(values, 10.0, seasonal, step=600).score < E  # departures off
+    missed = signal_after(values, 10.0, departures, step=600)
+    assert missed.score > E and missed.detector == "season"
+    assert missed.z is not None and missed.z < -6 and missed.expected == pytest.approx(30, abs=0.5)
+    assert signal_after(values, 30.0, departures, step=600).score < 0.2
+
+
+def test_departures_have_their_own_bounded_record_gate() -> None:
+    """With the record gate on, departures are judged once their own record spans warmup_days earlier days, a
+    departure no larger than the recent ones (ratio x record) is no news, a far larger one is; the record holds at
+    most record_days + 1 days and stays empty while departures are off."""
+    cfg = DetectorSettings(
+        warmup_readings=50,
+        season="day",
+        season_min_readings=4,
+        record_days=3,
+        warmup_days=2,
+        threshold=1e6,  # spikes cannot speak
+        departure_threshold=3.0,
+        departure_ratio=1.5,
+    )
+    values = daily(9)
+    history = run(values, cfg, step=600)
+    assert 1 <= len(history.season_peaks) <= cfg.record_days + 1
+    assert not run(values, cfg.model_copy(update={"departure_threshold": 0.0}), step=600).season_peaks
+    record = max(history.season_peaks.values())
+    assert 1.0 < record < 6.0  # the noise of nine ordinary days, in the bins' spreads
+    noon = T0 + 9 * DAY + 12 * HOUR
+    assert judge(history, 29.5, noon, cfg, E).score < E  # an ordinary noon
+    missed = judge(history, 10.0, noon, cfg, E)  # the rise that did not come
+    assert missed.score > E and missed.z is not None and abs(missed.z) > cfg.departure_ratio * record
+    young = run(values[: int(1.5 * DAY / 600)], cfg, step=600)
+    assert judge(young, 10.0, T0 + 1.5 * DAY, cfg, E).score < E  # warming up: too few days of departures
