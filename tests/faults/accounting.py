@@ -20,6 +20,8 @@ class Tally:
     lost: list[str]  # inputs with no output at all
     duplicates: int  # outputs beyond one per input
     duplicated_inputs: int  # inputs with more than one output
+    repeated: frozenset[str]  # those inputs
+    most_copies: int  # the most outputs one input had
     split: list[str]  # inputs whose outputs went to more than one kind of destination
     strays: list[str]  # outputs that stand for no input produced
     destinations: Counter[str]  # inputs per destination kind
@@ -27,8 +29,8 @@ class Tally:
     def line(self) -> str:
         return (
             f"{self.inputs} inputs: lost {len(self.lost)}, duplicate outputs {self.duplicates} "
-            f"(of {self.duplicated_inputs} inputs), split across destinations {len(self.split)}; "
-            f"{dict(self.destinations)}"
+            f"(of {self.duplicated_inputs} inputs, at most {self.most_copies} copies of one), split across "
+            f"destinations {len(self.split)}; {dict(self.destinations)}"
         )
 
 
@@ -80,6 +82,8 @@ def tally(sent: list[Sent], records: list[ConsumerRecord[bytes, bytes]], prefix:
         lost=lost,
         duplicates=sum(extra.values()),
         duplicated_inputs=len(extra),
+        repeated=frozenset(extra),
+        most_copies=max((len(kinds) for kinds in places.values()), default=0),
         split=sorted(m for m, kinds in places.items() if len(set(kinds)) > 1),
         strays=strays,
         destinations=Counter(kinds[0] for kinds in places.values() if kinds),
