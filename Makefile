@@ -4,10 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run try test test-unit lint typecheck check bench wheel clean
+.PHONY: help setup run try test test-unit test-faults lint typecheck check bench wheel clean
 
 help: ## list the commands
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ test: setup ## run every test (unit and integration)
 
 test-unit: setup ## run the fast unit tests only
 	$(BIN)/python -m pytest tests/unit -m "not slow"
+
+test-faults: setup ## the fault suite only: kills, broker restarts, hostile inputs (docs/faults.md; `make test` runs it too)
+	$(BIN)/python -m pytest -m faults -s
 
 LINTED := pipeline tests scripts
 

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from pipeline import assets
@@ -155,6 +155,25 @@ def start(
         return info
 
 
+def restart(cache_dir: Path, info: BrokerInfo, *, instance: str = "", timeout_s: float = 120.0) -> BrokerInfo:
+    """Start again a broker whose process is gone (killed, crashed) on its own run folder: the same data, cluster id
+    and ports, so clients that knew it find it where it was (the fault tests kill and restart one). A broker of
+    `instance` that still runs is returned as it is; wait till ready."""
+    with maven.locked(cache_dir):
+        running = _read_live_state(cache_dir, instance)
+        if running is not None:
+            return running
+        restarted = replace(info, pid=_run_broker(_find_java(), _resolve(cache_dir), info.run_dir))
+        _state_file(cache_dir, instance).write_text(restarted.to_json())
+        try:
+            _wait_ready(restarted, timeout_s)
+        except DevKafkaError:
+            _terminate(restarted.pid, timeout_s=10.0)
+            _state_file(cache_dir, instance).unlink(missing_ok=True)
+            raise
+        return restarted
+
+
 def stop(cache_dir: Path, *, timeout_s: float = 30.0, instance: str = "", forget: bool = False) -> bool:
     """SIGTERM the broker, SIGKILL it after timeout_s; forget its state. True when a broker was running.
 
@@ -233,20 +252,8 @@ def _launch(
     if done.returncode != 0:
         output = maven.tail(done.stdout + done.stderr)
         raise DevKafkaError(f"kafka-storage format failed (exit {done.returncode}):\n{output}")
-    console = run_dir / "console.log"
-    with console.open("wb") as out:
-        # A session of its own: Ctrl-C in the dev shell or pytest must not reach the broker.
-        child = subprocess.Popen(
-            [*jvm, *classpath, "kafka.Kafka", str(properties)],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=run_dir,
-            start_new_session=True,
-        )
-    _children[child.pid] = child
     return BrokerInfo(
-        pid=child.pid,
+        pid=_run_broker(java, lib, run_dir),
         port=broker_port,
         controller_port=controller_port,
         cluster_id=cluster_id,
@@ -257,6 +264,24 @@ def _launch(
         sasl_ssl_port=secure_ports[0] if secure_ports else None,
         ssl_port=secure_ports[1] if secure_ports else None,
     )
+
+
+def _run_broker(java: str, lib: Path, run_dir: Path) -> int:
+    """Start the broker JVM on the run folder's server.properties (already formatted); its pid."""
+    logs_dir = run_dir / "logs"
+    jvm = [java, *JVM_OPTIONS, f"-Dlog4j2.configurationFile={LOG_CONFIG}", f"-Dkafka.logs.dir={logs_dir}"]
+    with (run_dir / "console.log").open("ab") as out:
+        # A session of its own: Ctrl-C in the dev shell or pytest must not reach the broker.
+        child = subprocess.Popen(
+            [*jvm, "-cp", str(lib / "*"), "kafka.Kafka", str(run_dir / "server.properties")],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=run_dir,
+            start_new_session=True,
+        )
+    _children[child.pid] = child
+    return child.pid
 
 
 _SCRAM_LOGIN = "org.apache.kafka.common.security.scram.ScramLoginModule required;"

@@ -362,6 +362,7 @@ async def committed_offsets(bootstrap: Cluster, group: str) -> dict[TopicPartiti
         await admin.close()
 
 
+@pytest.mark.faults
 def test_a_killed_escalator_does_not_pay_again_for_what_it_settled(
     kafka_bootstrap: str, random_name: Callable[[str], str], tmp_path: Path
 ) -> None:

@@ -40,7 +40,7 @@ from tests.integration.test_worker_e2e import (  # noqa: F401  # worker_env, wor
     workers,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(300)]
 
 # Quick to fail and to retry, so the test sees the stall, the other family's progress and the recovery in seconds.
 PATIENCE = {

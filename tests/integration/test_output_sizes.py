@@ -32,7 +32,7 @@ from tests.integration.test_worker_e2e import (  # noqa: F401  # worker_env, wor
     workers,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(300)]
 
 SINK_LIMIT = 2500  # a feed's result is ~1.1 KB; one that carries a 3 KB field of its producer's is not
 

@@ -26,7 +26,7 @@ from tests.integration.test_worker_e2e import (  # noqa: F401  # worker_env, wor
     workers,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(300)]
 
 
 class Forwarder:

@@ -454,6 +454,7 @@ def test_every_input_comes_out_once_across_a_graceful_restart(  # noqa: PLR0915 
     _assert_idempotent_outputs(kafka_bootstrap, prefix)
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_a_killed_worker_loses_nothing_after_restart(
     guarantee: str, kafka_bootstrap: str, worker_env: dict[str, str], workers: Callable[..., WorkerProcess]
@@ -547,6 +548,7 @@ def talk(n: int, seq: int, *, final: bool) -> Planned:
     return Planned("transcripts.in", key, _json(body), body["id"], out_key=key, order=(conversation, float(seq)))
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_conversations_are_emitted_whole_once_across_a_sigkill(
     guarantee: str, kafka_bootstrap: str, worker_env: dict[str, str], workers: Callable[..., WorkerProcess]
