@@ -145,14 +145,7 @@ def start(
         java = _find_java()
         lib = _resolve(cache_dir)
         info = _launch(cache_dir, java, lib, port, secure=secure, instance=instance)
-        _state_file(cache_dir, instance).write_text(info.to_json())
-        try:
-            _wait_ready(info, timeout_s)
-        except DevKafkaError:
-            _terminate(info.pid, timeout_s=10.0)
-            _state_file(cache_dir, instance).unlink(missing_ok=True)
-            raise
-        return info
+        return _recorded_when_ready(cache_dir, info, instance=instance, timeout_s=timeout_s)
 
 
 def restart(cache_dir: Path, info: BrokerInfo, *, instance: str = "", timeout_s: float = 120.0) -> BrokerInfo:
@@ -164,14 +157,19 @@ def restart(cache_dir: Path, info: BrokerInfo, *, instance: str = "", timeout_s:
         if running is not None:
             return running
         restarted = replace(info, pid=_run_broker(_find_java(), _resolve(cache_dir), info.run_dir))
-        _state_file(cache_dir, instance).write_text(restarted.to_json())
-        try:
-            _wait_ready(restarted, timeout_s)
-        except DevKafkaError:
-            _terminate(restarted.pid, timeout_s=10.0)
-            _state_file(cache_dir, instance).unlink(missing_ok=True)
-            raise
-        return restarted
+        return _recorded_when_ready(cache_dir, restarted, instance=instance, timeout_s=timeout_s)
+
+
+def _recorded_when_ready(cache_dir: Path, info: BrokerInfo, *, instance: str, timeout_s: float) -> BrokerInfo:
+    """Record a just-launched broker's state and wait till it answers; one that never does is stopped, forgotten."""
+    _state_file(cache_dir, instance).write_text(info.to_json())
+    try:
+        _wait_ready(info, timeout_s)
+    except DevKafkaError:
+        _terminate(info.pid, timeout_s=10.0)
+        _state_file(cache_dir, instance).unlink(missing_ok=True)
+        raise
+    return info
 
 
 def stop(cache_dir: Path, *, timeout_s: float = 30.0, instance: str = "", forget: bool = False) -> bool:
