@@ -113,10 +113,9 @@ class Transactions:
             try:
                 async with asyncio.timeout(within_s):
                     for tid in sorted(tids):  # one order everywhere, so two holders cannot wait on each other
+                        # A partition revoked meanwhile has no lock; its send fails and the batch is retried.
                         lock: asyncio.Lock | None = locks.get(tid)
-                        if (
-                            lock is not None
-                        ):  # a partition revoked meanwhile has none; its send fails, the batch retries
+                        if lock is not None:
                             await stack.enter_async_context(lock)
             except TimeoutError as exc:
                 raise DeliveryError(
