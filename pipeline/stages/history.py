@@ -264,41 +264,23 @@ def _signal(
     shift = history_score(max(m.up, m.down), cfg.cusum_limit, escalate_above) if cfg.cusum_limit > 0 else 0.0
     burst = history_score(m.burst, _burst_bar(history, ts, cfg), escalate_above) if m.burst > 0 else 0.0
     departure = _departure(history, m, ts, cfg, escalate_above)
-    if departure > max(spike, shift, burst):
-        return Signal(
-            warming_up=False,
-            readings=seen,
-            score=departure,
-            z=round(m.season_z, 3),
-            expected=from_scale(m.season_level, cfg.scale),
-            detector="season",
-        )
-    if burst > spike and burst >= shift:
-        return Signal(
-            warming_up=False,
-            readings=seen,
-            score=burst,
-            z=round(m.z, 3),
-            expected=from_scale(m.expected, cfg.scale),
-            detector=m.detector,
-            burst=cfg.burst_readings,
-        )
-    if shift > spike:
-        return Signal(
-            warming_up=False,
-            readings=seen,
-            score=shift,
-            z=round(m.z, 3),
-            expected=from_scale(m.level, cfg.scale),
-            detector="level_shift",
-        )
+    # The strongest detector speaks for the reading; on a tie the earlier in this list: (score, z, expected level on
+    # the detector's scale, detector, readings in a row).
+    candidates: list[tuple[float, float, float, Detector, int]] = [
+        (spike, m.z, m.expected, m.detector, 0),
+        (burst, m.z, m.expected, m.detector, cfg.burst_readings),
+        (shift, m.z, m.level, "level_shift", 0),
+        (departure, m.season_z, m.season_level, "season", 0),
+    ]
+    score, z, expected, detector, burst_readings = max(candidates, key=lambda candidate: candidate[0])
     return Signal(
         warming_up=False,
         readings=seen,
-        score=spike,
-        z=round(m.z, 3),
-        expected=from_scale(m.expected, cfg.scale),
-        detector=m.detector,
+        score=score,
+        z=round(z, 3),
+        expected=from_scale(expected, cfg.scale),
+        detector=detector,
+        burst=burst_readings,
     )
 
 
