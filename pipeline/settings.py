@@ -188,6 +188,13 @@ class KafkaSettings(_Frozen):
         gt=0,
         description="one connection attempt (TCP, TLS, SASL, metadata) must succeed within this",
     )
+    stable_offsets_wait_s: float = Field(
+        default=90.0,
+        ge=0,
+        description="how long a consumer waits for committed offsets that a transaction still holds (KIP-447) before "
+        "it starts from the last stable ones with a warning: the broker completes or aborts a real transaction "
+        "within the producers' 60 s transaction timeout",
+    )
     startup_wait_s: float = Field(
         default=60.0,
         ge=0,

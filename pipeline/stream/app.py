@@ -204,6 +204,7 @@ def _keep_state(
 ) -> None:
     """Rebuild a stateful agent's state from its changelog on assignment, and sweep what closes without input."""
     step, store, owner, interval = state.step, state.store, state.owner, state.sweep_interval_s
+    delivery_timeout_s = processor.delivery_timeout_s
 
     def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         store.assign({tp.partition for tp in args[0] if tp.topic == input_topic})
@@ -239,7 +240,7 @@ def _keep_state(
         origins = [(input_topic, partition) for partition in sorted(partitions)]
         with batch_scope():  # what a sweep closes is a batch of its own in the log
             try:
-                async with transactions.hold(origins):
+                async with transactions.hold(origins, within_s=delivery_timeout_s):
                     outputs = await processor.finish(await step.sweep(partitions))
                     await processor.deliver(outputs)
                 if outputs:

@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError
 from pipeline.errors import ConfigError, StreamToolError
 from pipeline.logs import register_secrets
 from pipeline.settings import KafkaSettings
+from pipeline.stream import stable_offsets
 
 if TYPE_CHECKING:
     import faust
@@ -128,7 +129,9 @@ def broker_credentials(kafka: KafkaSettings) -> CredentialsT | None:
 
 # ------------------------------------------------------------------------------------------------ clients
 def consumer(kafka: KafkaSettings, *topics: str, **options: Any) -> AIOKafkaConsumer:
-    """An aiokafka consumer of `kafka`'s cluster; `options` are aiokafka's (group_id, isolation_level, ...)."""
+    """An aiokafka consumer of `kafka`'s cluster; `options` are aiokafka's (group_id, isolation_level, ...). Its group
+    reads committed offsets only once they are stable (`stable_offsets`)."""
+    stable_offsets.install(kafka.stable_offsets_wait_s)
     return AIOKafkaConsumer(*topics, bootstrap_servers=kafka.bootstrap_servers, **security_options(kafka), **options)
 
 
@@ -160,6 +163,8 @@ def faust_app(kafka: KafkaSettings, **conf: Any) -> faust.App:
     its producers make the same delivery promise as every other Minnow producer (`delivery_options`)."""
     from pipeline.stream.faust_delivery import DeliveryApp
 
+    # faust's consumer is aiokafka's: a restarted exactly-once worker waits for offsets a transaction still holds
+    stable_offsets.install(kafka.stable_offsets_wait_s)
     return DeliveryApp(
         kafka.group_id,
         broker=broker_urls(kafka.bootstrap_servers),

@@ -26,6 +26,8 @@ from collections.abc import AsyncIterator, Awaitable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+from pipeline.errors import DeliveryError
+
 if TYPE_CHECKING:
     import faust
 
@@ -53,13 +55,18 @@ class Transactions:
         return f"{self._app.conf.id}-{group}-{partition}"
 
     @asynccontextmanager
-    async def hold(self, origins: Iterable[tuple[str, int]]) -> AsyncIterator[None]:
-        """Keep faust from committing these partitions' transactions until the block is done."""
+    async def hold(self, origins: Iterable[tuple[str, int]], *, within_s: float | None = None) -> AsyncIterator[None]:
+        """Keep faust from committing these partitions' transactions until the block is done.
+
+        A commit holds the locks while it waits for the transaction coordinator, which it does without a bound when
+        the broker is gone; `within_s` bounds the wait for them (then DeliveryError: the worker exits 75).
+        """
         if not self.enabled:
             yield
             return
         self.install()
-        async with self._locked({self.transactional_id(topic, partition) for topic, partition in origins}):
+        tids = {self.transactional_id(topic, partition) for topic, partition in origins}
+        async with self._locked(tids, within_s=within_s):
             yield
 
     def install(self) -> None:
@@ -100,13 +107,21 @@ class Transactions:
         producer.commit_transactions = commit_transactions
 
     @asynccontextmanager
-    async def _locked(self, tids: set[str]) -> AsyncIterator[None]:
+    async def _locked(self, tids: set[str], *, within_s: float | None = None) -> AsyncIterator[None]:
         locks = self._producer()._trn_locks
         async with AsyncExitStack() as stack:
-            for tid in sorted(tids):  # one order everywhere, so two holders cannot wait on each other
-                lock: asyncio.Lock | None = locks.get(tid)
-                if lock is not None:  # a partition revoked meanwhile has none; its send fails and the batch retries
-                    await stack.enter_async_context(lock)
+            try:
+                async with asyncio.timeout(within_s):
+                    for tid in sorted(tids):  # one order everywhere, so two holders cannot wait on each other
+                        # A partition revoked meanwhile has no lock; its send fails and the batch is retried.
+                        lock: asyncio.Lock | None = locks.get(tid)
+                        if lock is not None:
+                            await stack.enter_async_context(lock)
+            except TimeoutError as exc:
+                raise DeliveryError(
+                    f"the input partitions' transactions were not free within {within_s:.0f}s: a commit waits for "
+                    "the transaction coordinator"
+                ) from exc
             yield
 
     async def send(self, record: OutputRecord) -> Awaitable[Any]:

@@ -145,7 +145,9 @@ class StatefulStep(Protocol):
 class TransactionScope(Protocol):
     """Holds the transactions of input partitions while a batch is delivered (a no-op under at-least-once)."""
 
-    def hold(self, origins: Iterable[tuple[str, int]]) -> AbstractAsyncContextManager[None]: ...
+    def hold(
+        self, origins: Iterable[tuple[str, int]], *, within_s: float | None = None
+    ) -> AbstractAsyncContextManager[None]: ...
 
 
 class Sender(Protocol):
@@ -193,6 +195,10 @@ class BatchProcessor:
         self._reading = reading or Input(topic="", family="feed")
         self._family = self._reading.family  # the label of this input's metrics
         self._counterfactual = Counterfactual(settings)
+
+    @property
+    def delivery_timeout_s(self) -> float:
+        return self._delivery_timeout_s
 
     async def handle(self, records: Sequence[InputRecord]) -> list[OutputRecord]:
         """Plan and deliver one batch; returns only once every output is acknowledged by the broker."""
@@ -578,17 +584,16 @@ def batch_agent(
     """
     max_events = settings.worker.batch_max_events
     within_s = settings.worker.batch_max_wait_ms / 1000
-    # At-least-once, the commit waits for the group coordinator without a bound of its own while the broker is gone;
-    # a worker that cannot commit for as long as it may wait for a delivery exits 75 instead of hanging. Not in
-    # exactly-once (docs/architecture-stream.md, "One input cannot stop the others"): a worker restarted while the
-    # broker is still completing its last transaction may read stale offsets, so there it waits for the broker.
+    # A commit waits for the group or transaction coordinator without a bound of its own while the broker is gone;
+    # a worker that cannot commit for as long as it may wait for a delivery exits 75 instead of hanging.
     commit_within_s = settings.worker.delivery_timeout_s
 
     async def agent(stream: Any) -> None:
         async def unit(events: Sequence[Any]) -> list[OutputRecord]:
             records = [input_record(e.message) for e in events]
             origins = {(r.source.topic, r.source.partition) for r in records}
-            async with transactions.hold(origins) if transactions is not None else contextlib.nullcontext():
+            held = transactions.hold(origins, within_s=commit_within_s) if transactions is not None else None
+            async with held if held is not None else contextlib.nullcontext():
                 outputs = await processor.handle(records)
                 for event in events:  # take_events would ack them too, but after the transaction is released
                     await stream.ack(event)

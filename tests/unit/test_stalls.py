@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any, NoReturn
 
 import pytest
 
 from pipeline.errors import DeliveryError
 from pipeline.stream.stalls import Patience, Stalls
+from pipeline.stream.transactions import Transactions
 from pipeline.stream.worker import BatchProcessor, InputRecord, batch_agent
 from tests.unit.test_stream_units import (
     SETTINGS,
@@ -176,3 +178,28 @@ def test_a_commit_that_never_returns_ends_the_process_after_the_delivery_timeout
     with pytest.raises(_StopError):
         asyncio.run(asyncio.wait_for(agent(stream), 5))
     assert len(failures) == 1 and "offsets not committed within" in str(failures[0])
+
+
+def test_waiting_for_a_transaction_that_a_stuck_commit_holds_is_bounded() -> None:
+    """Exactly-once: faust's commit holds the partitions' transaction locks while it waits for the transaction
+    coordinator; a batch waits for them at most `within_s`, then fails (the agent exits 75)."""
+    lock = asyncio.Lock()
+    producer = SimpleNamespace(_trn_locks={"app-0-1": lock}, _transaction_producers={}, commit_transactions=None)
+    consumer = SimpleNamespace(transactions=SimpleNamespace(producer=producer), commit=None)
+    app: Any = SimpleNamespace(
+        in_transaction=True,
+        consumer=consumer,
+        conf=SimpleNamespace(id="app"),
+        assignor=SimpleNamespace(group_for_topic=lambda topic: 0),
+    )
+    transactions = Transactions(app)
+
+    async def scenario() -> str:
+        await lock.acquire()  # a commit in progress, waiting for the coordinator
+        try:
+            async with transactions.hold([("t.feeds.in", 1)], within_s=0.1):
+                return "entered"
+        except DeliveryError as exc:
+            return str(exc)
+
+    assert "transactions were not free within" in asyncio.run(asyncio.wait_for(scenario(), 5))
