@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, TypeAlias
 
 from aiokafka import errors as kafka_errors
@@ -147,23 +148,30 @@ def partition_rows(response: Any) -> list[Row]:
     return rows
 
 
-class _Patience:
-    """Since when each (group, partition) has been answered UNSTABLE_OFFSET_COMMIT, and how long that is waited for.
+class Patience:
+    """How long each consumer group has been waiting for offsets a transaction holds, and how long it may.
 
-    A transaction the broker never completes (a hanging transaction: seen once in the broker-kill test, after the
-    broker came back with its transaction log recovered uncleanly) would otherwise keep a worker from starting for
-    ever; the Java consumer has that problem too (KIP-664). Past `wait_s` the partition starts from its last stable
-    offset, which can repeat the outputs of the transaction's batches should it ever commit - said in a WARNING.
+    A transaction the broker never completes (a hanging transaction: seen in 2 of 11 runs of the broker-kill test
+    that SIGKILLs the only broker, whose transaction log then came back without the transaction's offsets partition
+    while the group's log kept the pending offsets) would otherwise keep a worker from starting for ever; the Java
+    consumer has that problem too (KIP-664). Past `wait_s` a partition starts from its last stable offset, which can
+    repeat the outputs of the transaction's batches should it ever commit - said in a WARNING.
+
+    The clock is the group's, not each partition's: faust asks for its partitions' offsets one after another, and
+    the partitions of one hanging transaction would otherwise wait `wait_s` each. A wait ends once the group has had
+    no unstable answer for `wait_s`; the next one starts a new clock.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.wait_s = 90.0
-        self._since: dict[tuple[str, TopicPartition], float] = {}
+        self._clock = clock
+        self._since: dict[str, float] = {}  # group -> when its current wait began
+        self._last: dict[str, float] = {}  # group -> its latest unstable answer
 
     def overdue(self, group_id: str, tp: TopicPartition) -> bool:
-        now = time.monotonic()
-        if (group_id, tp) not in self._since:
-            self._since[(group_id, tp)] = now
+        now = self._clock()
+        if group_id not in self._since or now - self._last[group_id] > self.wait_s:
+            self._since[group_id] = now
             log.warning(
                 "committed offset of %s[%d] (group %s) is held by a transaction the broker has not completed; "
                 "waiting up to %.0f s for it (MINNOW_KAFKA__STABLE_OFFSETS_WAIT_S)",
@@ -172,13 +180,11 @@ class _Patience:
                 group_id,
                 self.wait_s,
             )
-        return now - self._since[(group_id, tp)] >= self.wait_s
-
-    def settled(self, group_id: str, tp: TopicPartition) -> None:
-        self._since.pop((group_id, tp), None)
+        self._last[group_id] = now
+        return now - self._since[group_id] >= self.wait_s
 
 
-PATIENCE = _Patience()
+PATIENCE = Patience()
 
 
 async def _fetch(coordinator: Any, partitions: list[TopicPartition], *, require_stable: bool) -> list[Row]:
@@ -208,7 +214,6 @@ async def _fetch_stable_offsets(self: Any, partitions: list[TopicPartition]) -> 
         rows += await _fetch(self, overdue, require_stable=False)
     offsets = {}
     for tp, offset, metadata, error_code in rows:
-        PATIENCE.settled(group_id, tp)
         error_type = kafka_errors.for_code(error_code)
         if error_type is not kafka_errors.NoError:
             if error_type is kafka_errors.GroupLoadInProgressError:
