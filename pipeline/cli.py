@@ -215,6 +215,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.families:
         worker = WorkerSettings.model_validate(settings.worker.model_dump() | {"families": args.families})
         settings = settings.model_copy(update={"worker": worker})
+    from pipeline.stream import family_processes
+
+    if family_processes.wanted(settings):
+        return family_processes.run(settings)
     return app.run(settings, verbose=args.verbose)
 
 

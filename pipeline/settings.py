@@ -425,6 +425,11 @@ class WorkerSettings(_Frozen):
     stalled_retry_s: float = Field(
         default=30.0, gt=0, description="a stalled input sends its batch again this often while the others go on"
     )
+    family_processes: Literal["auto", "off"] = Field(
+        default="auto",
+        description="auto: under exactly-once a worker given several families runs each in its own process and "
+        "consumer group (<group>-<family>), so one family's failure cannot stop the others; off: one process",
+    )
     metrics_port: int = Field(
         default=9464, ge=0, le=65535, description="Prometheus /metrics, /healthz, /readyz; 0 = off"
     )

@@ -20,6 +20,7 @@ from pipeline.ops import devkafka
 from pipeline.stream.worker import EXIT_UNDELIVERED
 from tests.faults.accounting import tally
 from tests.integration.test_worker_e2e import (  # noqa: F401  # worker_env, workers: fixtures used by name
+    ONE_PROCESS,
     OutputReader,
     Planned,
     Sent,
@@ -140,7 +141,7 @@ def test_a_broker_killed_and_restarted_mid_stream_loses_nothing(  # noqa: PLR091
         wave("q", range(300), range(5, 20)),
         wave("r", range(50), range(20, 25)),
     )
-    env = {"MINNOW_KAFKA__PROCESSING_GUARANTEE": guarantee, **OUTAGES[outage]}
+    env = {"MINNOW_KAFKA__PROCESSING_GUARANTEE": guarantee, **ONE_PROCESS, **OUTAGES[outage]}
     isolation = "read_committed" if guarantee == "exactly_once" else "read_uncommitted"
     figures: dict[str, float] = {}
     outcomes: list[str] = []  # what the worker did: stayed up, stalled, or exit 75 and restarted

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from aiokafka.errors import TopicAlreadyExistsError
@@ -187,3 +189,110 @@ def test_a_worker_whose_only_input_stalls_exits_75_naming_the_batch(
     assert "every input of this worker is stalled" in log and f"{prefix}feeds.in[" in log, worker.tail()
     committed = asyncio.run(committed_offsets(kafka_bootstrap, group))
     assert all(committed.get(tp, 0) < end for tp, end in _end_offsets(sent).items()), committed
+
+
+def _readyz(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+def test_exactly_once_runs_each_family_in_its_own_process_so_one_cannot_stop_another(  # noqa: PLR0915 - one story
+    kafka_bootstrap: str,
+    worker_env: dict[str, str],  # noqa: F811  # the fixture imported above
+    workers: Callable[..., WorkerProcess],  # noqa: F811
+) -> None:
+    """Exactly-once, a worker given feeds and IoT runs each in its own process and consumer group (<group>-<family>).
+    With the feed sink deleted the feed process exits 75 and is started again with backoff, while IoT messages sent
+    before and during it come out exactly once (read_committed) and are committed in the IoT group, and the parent
+    stays up. Its /metrics carries both processes' series (label worker_family), /readyz is 200 once both are ready.
+    The sink created again, every feed comes out exactly once; SIGTERM ends every process with 0 and every offset is
+    committed in its family's group."""
+    prefix, group = worker_env["MINNOW_KAFKA__TOPIC_PREFIX"], worker_env["MINNOW_KAFKA__GROUP_ID"]
+    feed_sink = names.SINK_TOPICS["feed"]
+    others = [topic for topic in OUTPUT_TOPICS if topic != feed_sink]
+    port = _free_port()
+
+    async def run() -> None:  # noqa: PLR0915 - one story, told in order
+        sent = await _create_and_produce(kafka_bootstrap, prefix, [iot("dev-eos", 0)])
+        worker = workers(
+            MINNOW_KAFKA__PROCESSING_GUARANTEE="exactly_once",
+            MINNOW_WORKER__FAMILIES="feed,iot",
+            MINNOW_WORKER__METRICS_PORT=str(port),
+            **PATIENCE,
+        )
+        async with OutputReader(kafka_bootstrap, prefix, topics=others, isolation_level="read_committed") as reader:
+            by_place = {(s.topic, s.partition, s.offset): s for s in sent}
+            assert await reader.read_until(all_seen(Counter(s.marker for s in sent), by_place), 120), worker.tail()
+            assert await wait_for(lambda: _readyz(port) == 200, 60), "both families ready\n" + worker.tail()
+            families = {s.labels.get("worker_family") for s in _samples(port, "minnow_partitions_assigned")}
+            assert families == {"feed", "iot"}, families
+
+            await delete_topic(kafka_bootstrap, prefix + feed_sink)
+            feeds = await produce(kafka_bootstrap, prefix, [feed(n, wave="e") for n in range(6)])
+            sent += feeds + await produce(kafka_bootstrap, prefix, [iot("dev-eos", n) for n in range(1, 8)])
+            iot_sent = [s for s in sent if s.plan.topic == "iot.in"]
+            by_place = {(s.topic, s.partition, s.offset): s for s in sent}
+            assert await reader.read_until(all_seen(Counter(s.marker for s in iot_sent), by_place), 120), worker.tail()
+            restarted = "family feed: its worker exited 75"
+            assert await wait_for(lambda: restarted in worker.log_path.read_text(), 120), worker.tail()
+
+            # IoT goes on while the feed process fails: new messages come out and are committed in the IoT group.
+            later = await produce(kafka_bootstrap, prefix, [iot("dev-eos", n) for n in range(8, 14)])
+            sent += later
+            iot_sent += later
+            by_place = {(s.topic, s.partition, s.offset): s for s in sent}
+            assert await reader.read_until(all_seen(Counter(s.marker for s in iot_sent), by_place), 60), worker.tail()
+            iot_ends = _end_offsets(iot_sent)
+            deadline = time.monotonic() + 60
+            while True:
+                committed = await committed_offsets(kafka_bootstrap, f"{group}-iot")
+                if all(committed.get(tp) == end for tp, end in iot_ends.items()):
+                    break
+                assert time.monotonic() < deadline, "IoT offsets committed while feeds fail\n" + worker.tail()
+                await asyncio.sleep(0.5)
+            feed_committed = await committed_offsets(kafka_bootstrap, f"{group}-feed")
+            assert all(feed_committed.get((s.topic, s.partition), 0) <= s.offset for s in feeds), feed_committed
+            assert worker.process is not None and worker.process.poll() is None, "still running\n" + worker.tail()
+
+            await recreate_topic(kafka_bootstrap, prefix + feed_sink)
+            async with OutputReader(
+                kafka_bootstrap, prefix, topics=[feed_sink], isolation_level="read_committed"
+            ) as sink:
+                expected = Counter(s.marker for s in sent)
+
+                def everything() -> bool:
+                    return all_seen(expected, by_place)(reader.records + sink.records)
+
+                deadline = time.monotonic() + 180  # the feed process may be in a backoff of up to a minute
+                while not everything():
+                    assert time.monotonic() < deadline, "feeds out after the sink is back\n" + worker.tail()
+                    await reader.read_until(lambda _: True, 0)
+                    await sink.read_until(lambda _: True, 0)
+                    await reader.read_to_end()
+                    await sink.read_to_end()
+                await asyncio.sleep(3)  # a late repeat would show by now
+                await reader.read_to_end()
+                await sink.read_to_end()
+                seen = output_markers(reader.records + sink.records, by_place)
+            restarts = worker.log_path.read_text().count(restarted)
+            print(f"\n[family isolation, exactly-once] {len(sent)} inputs; feed process restarted {restarts} times")
+            assert all(seen[s.marker] == 1 for s in sent if s.marker), "exactly once, every family"
+        assert worker.stop(signal.SIGTERM) == 0, worker.tail()
+        committed = {
+            **await committed_offsets(kafka_bootstrap, f"{group}-feed"),
+            **await committed_offsets(kafka_bootstrap, f"{group}-iot"),
+        }
+        assert committed == _end_offsets(sent), "every input committed in its family's group"
+
+    asyncio.run(run())
+
+
+def _samples(port: int, name: str) -> list[Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return [s for family in text_string_to_metric_families(text) for s in family.samples if s.name == name]

@@ -295,6 +295,12 @@ class WorkerProcess:
         return "\n".join(text.splitlines()[-lines:])
 
 
+# The kill tests SIGKILL one worker process running every family. Exactly-once would otherwise split it into one
+# process per family (pipeline/stream/family_processes.py), each of which is such a worker for its one family; the
+# split itself is tested in test_family_isolation.py.
+ONE_PROCESS = {"MINNOW_WORKER__FAMILY_PROCESSES": "off"}
+
+
 @pytest.fixture
 def worker_env(kafka_bootstrap: str, random_name: Callable[[str], str], model_cache: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MINNOW_")}
@@ -480,7 +486,7 @@ def test_a_killed_worker_loses_nothing_after_restart(
         [iot(f"dev-{d}", n) for n in range(80, 90) for d in range(10)],
     )
 
-    env = {"MINNOW_KAFKA__PROCESSING_GUARANTEE": guarantee}
+    env = {"MINNOW_KAFKA__PROCESSING_GUARANTEE": guarantee, **ONE_PROCESS}
     isolation = "read_committed" if guarantee == "exactly_once" else "read_uncommitted"
 
     async def run() -> tuple[list[Sent], list[ConsumerRecord[bytes, bytes]], dict[str, float]]:
@@ -574,7 +580,7 @@ def test_conversations_are_emitted_whole_once_across_a_sigkill(
     ]
     isolation = "read_committed" if guarantee == "exactly_once" else "read_uncommitted"
     # Long enough that nothing idles out before the kill, short enough to keep the test brief.
-    env = {"MINNOW_WORKER__CONVERSATION_IDLE_S": "15", "MINNOW_KAFKA__PROCESSING_GUARANTEE": guarantee}
+    env = {"MINNOW_WORKER__CONVERSATION_IDLE_S": "15", "MINNOW_KAFKA__PROCESSING_GUARANTEE": guarantee, **ONE_PROCESS}
     conversations = {f"talk-{n}" for n in range(n_conversations)}
 
     def conversation_records(records: list[ConsumerRecord[bytes, bytes]]) -> list[dict[str, Any]]:
