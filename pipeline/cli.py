@@ -217,6 +217,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"worker": worker})
     from pipeline.stream import family_processes
 
+    family_processes.die_with_parent()
     if family_processes.wanted(settings):
         return family_processes.run(settings)
     return app.run(settings, verbose=args.verbose)

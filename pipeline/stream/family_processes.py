@@ -49,6 +49,7 @@ _STEADY_S = 60.0  # a child that ran this long before it exited starts again aft
 _POLL_S = 2.0  # how often the parent asks each child whether it is ready
 _SCRAPE_TIMEOUT_S = 2.0
 _PR_SET_PDEATHSIG = 1
+PARENT_PID = "MINNOW_FAMILY_PARENT_PID"  # internal: set for a family's worker by its parent, read by die_with_parent
 _LIVE_GROUP_STATES = {"PreparingRebalance", "CompletingRebalance", "Stable", "Reconciling", "Assigning"}
 
 
@@ -165,13 +166,8 @@ class Child:
     async def start(self) -> None:
         self.ready = False
         # Its own session: a terminal's Ctrl-C reaches the parent only, which stops the children once, in order.
-        # PDEATHSIG: a parent that is killed takes its children with it, never leaving one reading on its own.
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *self.argv,
-            env=self.env,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
+            sys.executable, *self.argv, env={**self.env, PARENT_PID: str(os.getpid())}, start_new_session=True
         )
 
     def signal(self, signum: int) -> None:
@@ -206,11 +202,17 @@ class ChildMetrics(Collector):
         yield from merged.values()
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the parent dies (Linux; elsewhere nothing)."""
+def die_with_parent() -> None:
+    """In a family's worker (`minnow worker` started by this module): SIGTERM when the parent dies, so a killed parent
+    never leaves a child reading on its own (Linux's PR_SET_PDEATHSIG; elsewhere nothing). Set by the child itself,
+    not between fork and exec, where the parent's threads make it unsafe; a parent already gone ends it at once."""
+    parent = os.environ.get(PARENT_PID)
+    if parent is None:
+        return
     with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(parent):
+        raise SystemExit(0)  # the parent died before the line above: nobody supervises this family any more
 
 
 def free_port() -> int:
@@ -281,14 +283,14 @@ async def supervise(settings: Settings) -> int:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
 
-    def stop(signum: int) -> None:
-        log.warning("signal %d: stopping every family's worker (each drains and commits)", signum)
+    def stop(reason: str) -> None:
+        log.warning("%s: stopping every family's worker (each drains and commits)", reason)
         stopping.set()
         for child in children:
             child.signal(signal.SIGTERM)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop, signum)
+        loop.add_signal_handler(signum, stop, signal.Signals(signum).name)
     server = None
     watcher = None
     if worker.metrics_port:
@@ -309,9 +311,12 @@ async def supervise(settings: Settings) -> int:
         ended = None
         if not stopping.is_set():  # a child ended for good (not 75): the others stop too; its status is the parent's
             ended = next(iter(done)).result()
-            stop(signal.SIGTERM)
+            stop("a family's worker ended for good")
         codes = await asyncio.gather(*runs)
         return ended if ended is not None else max(codes, default=0)
+    except BaseException:  # the parent itself failed: no child goes on without it
+        stop("the parent failed")
+        raise
     finally:
         if watcher is not None:
             watcher.cancel()

@@ -5,6 +5,11 @@ whose sink is gone restarts alone while the others deliver) is tests/integration
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
@@ -110,3 +115,59 @@ def test_a_stop_during_the_backoff_starts_nothing_more(tmp_path: Path) -> None:
 
     assert asyncio.run(scenario()) == 0
     assert child.exits == [75]
+
+
+_ORPHAN = """
+import os, subprocess, sys, time
+child = subprocess.Popen(
+    [sys.executable, "-c", "from pipeline.stream.family_processes import die_with_parent; "
+     "die_with_parent(); print('watching', flush=True); import time; time.sleep(60)"],
+    env={**os.environ, "MINNOW_FAMILY_PARENT_PID": str(os.getpid())}, stdout=subprocess.PIPE, text=True,
+)
+assert child.stdout is not None and child.stdout.readline().strip() == "watching"
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_family_worker_dies_with_its_parent_and_never_outlives_it() -> None:
+    """A family's worker asks for SIGTERM on its parent's death (PR_SET_PDEATHSIG, set in the child itself): a
+    parent SIGKILLed takes it along within seconds; one started for a parent that is already gone ends at once."""
+    with subprocess.Popen([sys.executable, "-c", _ORPHAN], stdout=subprocess.PIPE, text=True) as parent:
+        try:
+            assert parent.stdout is not None
+            grandchild = int(parent.stdout.readline())
+            parent.send_signal(signal.SIGKILL)
+            parent.wait(10)
+            deadline = time.monotonic() + 10
+            while _alive(grandchild):
+                assert time.monotonic() < deadline, "the family's worker outlived its parent"
+                time.sleep(0.1)
+        finally:
+            parent.kill()
+    orphan = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from pipeline.stream.family_processes import die_with_parent; die_with_parent(); print('went on')",
+        ],
+        env={**os.environ, "MINNOW_FAMILY_PARENT_PID": "1"},  # not its parent: as if the parent died before
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=30,
+    )
+    assert orphan.returncode == 0 and "went on" not in orphan.stdout
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (killed, not yet reaped by init) counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
