@@ -93,7 +93,57 @@ async def wait_for(check: Callable[[], bool], timeout_s: float) -> bool:
     return True
 
 
-def test_a_family_that_cannot_deliver_stalls_alone_and_recovers(  # noqa: PLR0915 - one story, told in order
+async def wait_for_commits(
+    bootstrap: str, group: str, ends: dict[tuple[str, int], int], worker: WorkerProcess, timeout_s: float
+) -> dict[tuple[str, int], int]:
+    """Wait until `group` has committed `ends` (input partition -> next offset); returns all its committed offsets."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        committed = await committed_offsets(bootstrap, group)
+        if all(committed.get(tp) == end for tp, end in ends.items()):
+            return committed
+        assert time.monotonic() < deadline, f"{group} committed {ends}\n" + worker.tail()
+        await asyncio.sleep(0.5)
+
+
+async def read_everything(
+    reader: OutputReader,
+    sink: OutputReader,
+    *,
+    sent: list[Sent],
+    by_place: dict[tuple[str, int, int], Sent],
+    worker: WorkerProcess,
+    timeout_s: float,
+) -> Counter[str]:
+    """Read both readers until every input of `sent` has come out; returns how often each one did."""
+    expected = Counter(s.marker for s in sent)
+    deadline = time.monotonic() + timeout_s
+    while not all_seen(expected, by_place)(reader.records + sink.records):
+        assert time.monotonic() < deadline, "every input out after the sink is back\n" + worker.tail()
+        await reader.read_until(lambda _: True, 0)
+        await sink.read_until(lambda _: True, 0)
+        await reader.read_to_end()
+        await sink.read_to_end()
+    await asyncio.sleep(3)  # a late repeat would show by now
+    await reader.read_to_end()
+    await sink.read_to_end()
+    return output_markers(reader.records + sink.records, by_place)
+
+
+async def cut_the_feed_sink(
+    bootstrap: str, prefix: str, reader: OutputReader, worker: WorkerProcess, *, device: str, wave: str
+) -> tuple[list[Sent], list[Sent]]:
+    """Delete the feed sink under the running worker, then produce six feeds and seven IoT messages; returns (feeds,
+    IoT messages) once every one of those IoT messages has come out."""
+    await delete_topic(bootstrap, prefix + names.SINK_TOPICS["feed"])
+    feeds = await produce(bootstrap, prefix, [feed(n, wave=wave) for n in range(6)])
+    devices = await produce(bootstrap, prefix, [iot(device, n) for n in range(1, 8)])
+    by_place = {(s.topic, s.partition, s.offset): s for s in devices}
+    assert await reader.read_until(all_seen(Counter(s.marker for s in devices), by_place), 120), worker.tail()
+    return feeds, devices
+
+
+def test_a_family_that_cannot_deliver_stalls_alone_and_recovers(
     kafka_bootstrap: str,
     worker_env: dict[str, str],  # noqa: F811  # the fixture imported above
     workers: Callable[..., WorkerProcess],  # noqa: F811
@@ -114,12 +164,11 @@ def test_a_family_that_cannot_deliver_stalls_alone_and_recovers(  # noqa: PLR091
         async with OutputReader(kafka_bootstrap, prefix, topics=others) as reader:
             by_place = {(s.topic, s.partition, s.offset): s for s in sent}
             assert await reader.read_until(all_seen(Counter(s.marker for s in sent), by_place), 120), worker.tail()
-            await delete_topic(kafka_bootstrap, prefix + feed_sink)
-            feeds = await produce(kafka_bootstrap, prefix, [feed(n, wave="s") for n in range(6)])
-            sent += feeds + await produce(kafka_bootstrap, prefix, [iot("dev-iso", n) for n in range(1, 8)])
+            feeds, devices = await cut_the_feed_sink(
+                kafka_bootstrap, prefix, reader, worker, device="dev-iso", wave="s"
+            )
+            sent += feeds + devices
             iot_sent = [s for s in sent if s.plan.topic == "iot.in"]
-            by_place = {(s.topic, s.partition, s.offset): s for s in sent}
-            assert await reader.read_until(all_seen(Counter(s.marker for s in iot_sent), by_place), 120), worker.tail()
             assert await wait_for(lambda: stalled_gauge(port).get("feed") == 1.0, 60), worker.tail()
             assert stalled_gauge(port).get("iot") == 0.0
 
@@ -129,14 +178,7 @@ def test_a_family_that_cannot_deliver_stalls_alone_and_recovers(  # noqa: PLR091
             iot_sent += later
             by_place = {(s.topic, s.partition, s.offset): s for s in sent}
             assert await reader.read_until(all_seen(Counter(s.marker for s in iot_sent), by_place), 60), worker.tail()
-            iot_ends = _end_offsets(iot_sent)
-            deadline = time.monotonic() + 30
-            while True:
-                committed = await committed_offsets(kafka_bootstrap, group)
-                if all(committed.get(tp) == end for tp, end in iot_ends.items()):
-                    break
-                assert time.monotonic() < deadline, "IoT offsets committed while feeds stall\n" + worker.tail()
-                await asyncio.sleep(0.5)
+            committed = await wait_for_commits(kafka_bootstrap, group, _end_offsets(iot_sent), worker, 30)
             assert all(committed.get(tp, 0) <= s.offset for s in feeds for tp in [(s.topic, s.partition)])
             assert worker.process is not None and worker.process.poll() is None, "still running\n" + worker.tail()
             assert f"{prefix}feeds.in stalled: the batch read from {prefix}feeds.in[" in worker.log_path.read_text()
@@ -144,19 +186,7 @@ def test_a_family_that_cannot_deliver_stalls_alone_and_recovers(  # noqa: PLR091
             await recreate_topic(kafka_bootstrap, prefix + feed_sink)
             # The new sink read from its start, beside the topics that were never gone.
             async with OutputReader(kafka_bootstrap, prefix, topics=[feed_sink]) as sink:
-                expected = Counter(s.marker for s in sent)
-
-                def everything() -> bool:
-                    return all_seen(expected, by_place)(reader.records + sink.records)
-
-                deadline = time.monotonic() + 120
-                while not everything():
-                    assert time.monotonic() < deadline, "feeds out after the sink is back\n" + worker.tail()
-                    await reader.read_until(lambda _: True, 0)
-                    await sink.read_until(lambda _: True, 0)
-                    await reader.read_to_end()
-                    await sink.read_to_end()
-                seen = output_markers(reader.records + sink.records, by_place)
+                seen = await read_everything(reader, sink, sent=sent, by_place=by_place, worker=worker, timeout_s=120)
             assert await wait_for(lambda: stalled_gauge(port).get("feed") == 0.0, 30), worker.tail()
             repeats = sum(n - 1 for n in seen.values() if n > 1)
             print(f"\n[family isolation] {len(sent)} inputs; {repeats} outputs sent more than once (feeds resent)")
@@ -201,7 +231,7 @@ def _readyz(port: int) -> int:
         return 0
 
 
-def test_exactly_once_runs_each_family_in_its_own_process_so_one_cannot_stop_another(  # noqa: PLR0915 - one story
+def test_exactly_once_runs_each_family_in_its_own_process_so_one_cannot_stop_another(
     kafka_bootstrap: str,
     worker_env: dict[str, str],  # noqa: F811  # the fixture imported above
     workers: Callable[..., WorkerProcess],  # noqa: F811
@@ -217,7 +247,7 @@ def test_exactly_once_runs_each_family_in_its_own_process_so_one_cannot_stop_ano
     others = [topic for topic in OUTPUT_TOPICS if topic != feed_sink]
     port = _free_port()
 
-    async def run() -> None:  # noqa: PLR0915 - one story, told in order
+    async def run() -> None:
         sent = await _create_and_produce(kafka_bootstrap, prefix, [iot("dev-eos", 0)])
         worker = workers(
             MINNOW_KAFKA__PROCESSING_GUARANTEE="exactly_once",
@@ -232,12 +262,11 @@ def test_exactly_once_runs_each_family_in_its_own_process_so_one_cannot_stop_ano
             families = {s.labels.get("worker_family") for s in _samples(port, "minnow_partitions_assigned")}
             assert families == {"feed", "iot"}, families
 
-            await delete_topic(kafka_bootstrap, prefix + feed_sink)
-            feeds = await produce(kafka_bootstrap, prefix, [feed(n, wave="e") for n in range(6)])
-            sent += feeds + await produce(kafka_bootstrap, prefix, [iot("dev-eos", n) for n in range(1, 8)])
+            feeds, devices = await cut_the_feed_sink(
+                kafka_bootstrap, prefix, reader, worker, device="dev-eos", wave="e"
+            )
+            sent += feeds + devices
             iot_sent = [s for s in sent if s.plan.topic == "iot.in"]
-            by_place = {(s.topic, s.partition, s.offset): s for s in sent}
-            assert await reader.read_until(all_seen(Counter(s.marker for s in iot_sent), by_place), 120), worker.tail()
             restarted = "family feed: its worker exited 75"
             assert await wait_for(lambda: restarted in worker.log_path.read_text(), 120), worker.tail()
 
@@ -247,14 +276,7 @@ def test_exactly_once_runs_each_family_in_its_own_process_so_one_cannot_stop_ano
             iot_sent += later
             by_place = {(s.topic, s.partition, s.offset): s for s in sent}
             assert await reader.read_until(all_seen(Counter(s.marker for s in iot_sent), by_place), 60), worker.tail()
-            iot_ends = _end_offsets(iot_sent)
-            deadline = time.monotonic() + 60
-            while True:
-                committed = await committed_offsets(kafka_bootstrap, f"{group}-iot")
-                if all(committed.get(tp) == end for tp, end in iot_ends.items()):
-                    break
-                assert time.monotonic() < deadline, "IoT offsets committed while feeds fail\n" + worker.tail()
-                await asyncio.sleep(0.5)
+            await wait_for_commits(kafka_bootstrap, f"{group}-iot", _end_offsets(iot_sent), worker, 60)
             feed_committed = await committed_offsets(kafka_bootstrap, f"{group}-feed")
             assert all(feed_committed.get((s.topic, s.partition), 0) <= s.offset for s in feeds), feed_committed
             assert worker.process is not None and worker.process.poll() is None, "still running\n" + worker.tail()
@@ -263,22 +285,8 @@ def test_exactly_once_runs_each_family_in_its_own_process_so_one_cannot_stop_ano
             async with OutputReader(
                 kafka_bootstrap, prefix, topics=[feed_sink], isolation_level="read_committed"
             ) as sink:
-                expected = Counter(s.marker for s in sent)
-
-                def everything() -> bool:
-                    return all_seen(expected, by_place)(reader.records + sink.records)
-
-                deadline = time.monotonic() + 180  # the feed process may be in a backoff of up to a minute
-                while not everything():
-                    assert time.monotonic() < deadline, "feeds out after the sink is back\n" + worker.tail()
-                    await reader.read_until(lambda _: True, 0)
-                    await sink.read_until(lambda _: True, 0)
-                    await reader.read_to_end()
-                    await sink.read_to_end()
-                await asyncio.sleep(3)  # a late repeat would show by now
-                await reader.read_to_end()
-                await sink.read_to_end()
-                seen = output_markers(reader.records + sink.records, by_place)
+                # The feed process may be in a backoff of up to a minute.
+                seen = await read_everything(reader, sink, sent=sent, by_place=by_place, worker=worker, timeout_s=180)
             restarts = worker.log_path.read_text().count(restarted)
             print(f"\n[family isolation, exactly-once] {len(sent)} inputs; feed process restarted {restarts} times")
             assert all(seen[s.marker] == 1 for s in sent if s.marker), "exactly once, every family"
