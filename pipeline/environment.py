@@ -25,6 +25,7 @@ OUTSIDE_SETTINGS = frozenset(
         "MINNOW_LOG_FORMAT",  # log format (json|text)
         "MINNOW_LOG_LEVEL",
         "MINNOW_WHEEL_MODEL_DIR",  # setup.py: the model bundle a built wheel carries
+        "MINNOW_FAMILY_PARENT_PID",  # pipeline/stream/family_processes.py: set by a worker for its family processes
     }
 )
 OUTSIDE_PREFIXES = ("MINNOW_TEST_",)  # the test suite's switches (MINNOW_TEST_KAFKA, MINNOW_TEST_CACHE, ...)

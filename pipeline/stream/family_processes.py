@@ -19,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import signal
 import socket
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ from prometheus_client.core import CollectorRegistry, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from pipeline import metrics
 from pipeline.errors import ConfigError, StreamToolError
 from pipeline.settings import KafkaSettings, Settings
 from pipeline.stream import clients
@@ -255,17 +258,23 @@ async def _keep_running(child: Child, stopping: asyncio.Event) -> int:
 
 async def _watch_ready(children: list[Child]) -> None:
     while True:
+        assigned = 0
         for child in children:
-            child.ready = await asyncio.to_thread(_answers_ready, child.port)
+            child.ready, partitions = await asyncio.to_thread(_readiness, child.port)
+            assigned += partitions
+        metrics.PARTITIONS_ASSIGNED.set(assigned)  # what the parent's /readyz reports: its children's, together
         await asyncio.sleep(_POLL_S)
 
 
-def _answers_ready(port: int) -> bool:
+def _readiness(port: int) -> tuple[bool, int]:
+    """(ready, partitions assigned) as a child's /readyz answers; (False, 0) while it does not answer."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=_SCRAPE_TIMEOUT_S) as response:
-            return bool(response.status == 200)
-    except OSError:  # 503 (HTTPError is an OSError) or not listening
-        return False
+            return response.status == 200, int(json.loads(response.read()).get("partitions_assigned", 0))
+    except urllib.error.HTTPError as exc:  # 503: not ready, still with its count
+        return False, int(json.loads(exc.read() or b"{}").get("partitions_assigned", 0))
+    except (OSError, ValueError):  # not listening (restarting), or not its JSON
+        return False, 0
 
 
 async def supervise(settings: Settings) -> int:
@@ -284,6 +293,8 @@ async def supervise(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
 
     def stop(reason: str) -> None:
+        if stopping.is_set():  # once: a second SIGTERM would cut a child's drain short
+            return
         log.warning("%s: stopping every family's worker (each drains and commits)", reason)
         stopping.set()
         for child in children:
