@@ -3,8 +3,9 @@ other inputs go on. The process exits (75) only when it cannot go on as a whole:
 must hand partitions over (a rebalance, a stop) while a batch is still undelivered.
 
 At-least-once only: a failed send inside an exactly-once transaction leaves the transaction to be aborted, which
-faust cannot do and rewind, so there a delivery failure still ends the process at once (docs/architecture-stream.md,
-"One input cannot stop the others"). Knows nothing of faust: the agent passes in whether it may go on waiting.
+faust cannot do and rewind, so there a delivery failure still ends the process at once, and a worker of several
+families runs each in its own process instead (family_processes.py; docs/architecture-stream.md, "One input cannot
+stop the others"). Knows nothing of faust: the agent passes in whether it may go on waiting.
 """
 
 from __future__ import annotations
