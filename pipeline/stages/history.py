@@ -18,7 +18,7 @@ path (`minnow infer`) fold readings the same way:
 - **scale** (off by default): readings can be judged on a square-root or log scale (`scale`), where a count's noise
   no longer grows with its level; the history keeps the scaled readings and reports its baseline in the metric's
   units.
-- **departures** (off by default): a reading far from its hour's usual (`departure_threshold`) although near its
+- **departures** (on by default): a reading far from its hour's usual (`departure_threshold`) although near its
   recent level — the daily rise that did not come, a night that reads like a day — which the season rule above
   lets pass. They have their own record gate (`season_peaks`, ratio `departure_ratio`).
 - **bursts** (off by default): `burst_readings` readings in a row on one side of the baseline, each past
@@ -300,17 +300,13 @@ def _fold(
             last_z = [*last_z[-(cfg.burst_readings - 2) :], m.z] if cfg.burst_readings > 2 else [m.z]
         if cfg.record_days > 0:
             today = _day(ts)
-            peaks = _recent_days(peaks, today, cfg)
-            peaks[str(today)] = max(peaks.get(str(today), 0.0), abs(m.z))
+            peaks = _with_peak(peaks, today, abs(m.z), cfg)
             if cfg.burst_readings >= 2:
                 # A burst that beat its bar enters the record at the bar: the next episode must beat this one's bar
                 # by record_ratio again, not the height of a fault that was already escalated.
-                size = min(m.burst, _burst_bar(history, ts, cfg))
-                burst_peaks = _recent_days(burst_peaks, today, cfg)
-                burst_peaks[str(today)] = max(burst_peaks.get(str(today), 0.0), size)
+                burst_peaks = _with_peak(burst_peaks, today, min(m.burst, _burst_bar(history, ts, cfg)), cfg)
             if cfg.departure_threshold > 0 and m.season_z != 0:
-                season_peaks = _recent_days(season_peaks, today, cfg)
-                season_peaks[str(today)] = max(season_peaks.get(str(today), 0.0), abs(m.season_z))
+                season_peaks = _with_peak(season_peaks, today, abs(m.season_z), cfg)
     recent = [*history.recent[-(cfg.recent_readings - 1) :], value] if cfg.recent_readings > 1 else [value]
     season = history.season
     bin_key = season_bin(ts, cfg.season)
@@ -341,8 +337,11 @@ def _record(peaks: dict[str, float], ts: float, cfg: DetectorSettings) -> float:
     return max((peak for day, peak in peaks.items() if today - int(day) <= cfg.record_days), default=0.0)
 
 
-def _recent_days(peaks: dict[str, float], today: int, cfg: DetectorSettings) -> dict[str, float]:
-    return {day: peak for day, peak in peaks.items() if today - int(day) <= cfg.record_days}
+def _with_peak(peaks: dict[str, float], today: int, size: float, cfg: DetectorSettings) -> dict[str, float]:
+    """A record of daily peaks with `size` in today's, trimmed to the last `record_days` days (a new dict)."""
+    kept = {day: peak for day, peak in peaks.items() if today - int(day) <= cfg.record_days}
+    kept[str(today)] = max(kept.get(str(today), 0.0), size)
+    return kept
 
 
 def _day(ts: float) -> int:

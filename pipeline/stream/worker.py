@@ -592,8 +592,12 @@ def batch_agent(
         async def unit(events: Sequence[Any]) -> list[OutputRecord]:
             records = [input_record(e.message) for e in events]
             origins = {(r.source.topic, r.source.partition) for r in records}
-            held = transactions.hold(origins, within_s=commit_within_s) if transactions is not None else None
-            async with held if held is not None else contextlib.nullcontext():
+            held: AbstractAsyncContextManager[None] = (
+                transactions.hold(origins, within_s=commit_within_s)
+                if transactions is not None
+                else contextlib.nullcontext()
+            )
+            async with held:
                 outputs = await processor.handle(records)
                 for event in events:  # take_events would ack them too, but after the transaction is released
                     await stream.ack(event)
