@@ -28,9 +28,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
@@ -41,6 +40,7 @@ from prometheus_client.registry import Collector
 from pipeline import metrics
 from pipeline.errors import ConfigError, StreamToolError
 from pipeline.settings import KafkaSettings, Settings
+from pipeline.stages.inputs import worker_inputs
 from pipeline.stream import clients
 
 log = logging.getLogger(__name__)
@@ -56,12 +56,20 @@ PARENT_PID = "MINNOW_FAMILY_PARENT_PID"  # internal: set for a family's worker b
 _LIVE_GROUP_STATES = {"PreparingRebalance", "CompletingRebalance", "Stable", "Reconciling", "Assigning"}
 
 
+def family_topics(settings: Settings) -> dict[str, list[str]]:
+    """The input topics of each family this worker reads (the inputs file's, else the families' own), in order."""
+    topics: dict[str, list[str]] = {}
+    for item in worker_inputs(settings):
+        topics.setdefault(item.family, []).append(item.topic)
+    return topics
+
+
 def wanted(settings: Settings) -> bool:
-    """Whether `minnow worker` runs one process per family (exactly-once, several families, not turned off)."""
+    """Whether `minnow worker` runs one process per family (exactly-once, inputs of several families, not off)."""
     return (
         settings.worker.family_processes == "auto"
         and settings.kafka.processing_guarantee == "exactly_once"
-        and len(settings.worker.families) > 1
+        and len(family_topics(settings)) > 1
     )
 
 
@@ -84,14 +92,15 @@ def child_env(settings: Settings, family: str, port: int, base: Mapping[str, str
 
 
 # ------------------------------------------------------------------------------------------------ offsets
-async def migrate_offsets(kafka: KafkaSettings, inputs: Mapping[str, str]) -> dict[str, int]:
-    """Copy the shared group's committed offsets of each family's input topic (`inputs`: family -> topic) into the
+async def migrate_offsets(kafka: KafkaSettings, inputs: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    """Copy the shared group's committed offsets of each family's input topics (`inputs`: family -> topics) into the
     family's group where it has none yet; returns how many partitions each family got. Refuses (ConfigError) while
     the shared group has live members: they read the same inputs and would repeat every output."""
     admin = await clients.started(clients.admin(kafka), kafka)
     try:
-        partitions = await clients.topic_partitions(admin, list(inputs.values()))
-        old = await _committed(kafka, kafka.group_id, _tps(inputs.values(), partitions))
+        every = [topic for topics in inputs.values() for topic in topics]
+        partitions = await clients.topic_partitions(admin, every)
+        old = await _committed(kafka, kafka.group_id, _tps(every, partitions))
         # Asked only when there is something to copy: a new cluster has no group coordinator before a first group.
         described = await admin.describe_consumer_groups([kafka.group_id]) if old else []
     finally:
@@ -105,8 +114,8 @@ async def migrate_offsets(kafka: KafkaSettings, inputs: Mapping[str, str]) -> di
         if group["state"] in _LIVE_GROUP_STATES and group["members"]
     ]
     copied: dict[str, int] = {}
-    for family, topic in inputs.items():
-        tps = _tps([topic], partitions)
+    for family, topics in inputs.items():
+        tps = _tps(topics, partitions)
         group = family_group(kafka.group_id, family)
         wanted = {tp: offset for tp, offset in old.items() if tp in tps}
         if not wanted or await _committed(kafka, group, tps):
@@ -114,8 +123,8 @@ async def migrate_offsets(kafka: KafkaSettings, inputs: Mapping[str, str]) -> di
         if live:
             raise ConfigError(
                 f"consumer group {kafka.group_id} still has {len(live[0]['members'])} live member(s) reading "
-                f"{topic}: stop the workers that run every family in one process before starting one process per "
-                "family (docs/architecture-stream.md, 'One process per family')"
+                f"{', '.join(topics)}: stop the workers that run every family in one process before starting one "
+                "process per family (docs/architecture-stream.md, 'One process per family')"
             )
         await _commit(kafka, group, wanted)
         log.warning(
@@ -123,14 +132,14 @@ async def migrate_offsets(kafka: KafkaSettings, inputs: Mapping[str, str]) -> di
             family,
             group,
             kafka.group_id,
-            topic,
+            ", ".join(topics),
             len(wanted),
         )
         copied[family] = len(wanted)
     return copied
 
 
-def _tps(topics: Any, partitions: Mapping[str, list[int]]) -> list[TopicPartition]:
+def _tps(topics: Sequence[str], partitions: Mapping[str, list[int]]) -> list[TopicPartition]:
     return [TopicPartition(topic, p) for topic in topics for p in partitions.get(topic, [])]
 
 
@@ -282,11 +291,12 @@ async def supervise(settings: Settings) -> int:
     from pipeline.stream.health import start_health_server
 
     worker = settings.worker
+    inputs = family_topics(settings)
     try:
-        await migrate_offsets(settings.kafka, {family: _input_topic(settings, family) for family in worker.families})
+        await migrate_offsets(settings.kafka, inputs)
     except KafkaError as exc:
         raise StreamToolError(f"could not copy consumer group {settings.kafka.group_id}'s offsets: {exc}") from exc
-    children = [Child(family, free_port() if worker.metrics_port else 0, {}) for family in worker.families]
+    children = [Child(family, free_port() if worker.metrics_port else 0, {}) for family in inputs]
     for child in children:
         child.env = child_env(settings, child.family, child.port, os.environ)
     stopping = asyncio.Event()
@@ -333,14 +343,6 @@ async def supervise(settings: Settings) -> int:
             watcher.cancel()
         if server is not None:
             await server.close()
-
-
-def _input_topic(settings: Settings, family: str) -> str:
-    from pipeline.models import FAMILIES
-
-    logical = FAMILIES[family].input_topic
-    assert logical is not None, family  # settings only accept families with an input topic
-    return settings.topic(logical)
 
 
 def run(settings: Settings) -> int:

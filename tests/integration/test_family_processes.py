@@ -44,9 +44,9 @@ def test_a_shared_groups_offsets_move_to_each_familys_group_once(
         await create_topic(kafka_bootstrap, devices, 1)
         shared = {TopicPartition(feeds, 0): 5, TopicPartition(feeds, 1): 2, TopicPartition(devices, 0): 7}
         await _commit(kafka, kafka.group_id, shared)
-        first = await migrate_offsets(kafka, {"feed": feeds, "iot": devices})
+        first = await migrate_offsets(kafka, {"feed": [feeds], "iot": [devices]})
         await _commit(kafka, f"{kafka.group_id}-feed", {TopicPartition(feeds, 0): 9})  # the feed process went on
-        second = await migrate_offsets(kafka, {"feed": feeds, "iot": devices})
+        second = await migrate_offsets(kafka, {"feed": [feeds], "iot": [devices]})
         after = {
             **await committed_offsets(kafka_bootstrap, f"{kafka.group_id}-feed"),
             **await committed_offsets(kafka_bootstrap, f"{kafka.group_id}-iot"),
@@ -78,7 +78,7 @@ def test_offsets_are_not_copied_while_the_shared_group_has_a_live_member(
                 assert asyncio.get_running_loop().time() < deadline, "the old worker never joined"
                 await old_worker.getmany(timeout_ms=500)
             with pytest.raises(ConfigError) as refused:
-                await migrate_offsets(kafka, {"feed": feeds})
+                await migrate_offsets(kafka, {"feed": [feeds]})
         finally:
             await old_worker.stop()
         return str(refused.value)

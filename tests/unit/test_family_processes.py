@@ -16,7 +16,15 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.settings import KafkaSettings, Settings, WorkerSettings
-from pipeline.stream.family_processes import Child, ChildMetrics, _keep_running, child_env, free_port, wanted
+from pipeline.stream.family_processes import (
+    Child,
+    ChildMetrics,
+    _keep_running,
+    child_env,
+    family_topics,
+    free_port,
+    wanted,
+)
 from pipeline.stream.health import start_health_server
 
 
@@ -171,3 +179,28 @@ def _alive(pid: int) -> bool:
             return stat.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_the_families_and_topics_are_the_workers_inputs_not_the_default_names(tmp_path: Path) -> None:
+    """With an inputs file the families are those it lists, with the user's topics (two feed topics go to the
+    feed process, whose offsets are copied for both); a file listing one family's topics only keeps one process,
+    whatever MINNOW_WORKER__FAMILIES says."""
+    both = tmp_path / "both.yaml"
+    both.write_text(
+        "inputs:\n"
+        "  - {topic: social.posts, kind: feed}\n"
+        "  - {topic: partner.posts, kind: feed}\n"
+        "  - {topic: support.tickets, kind: ticket}\n"
+    )
+    feeds_only = tmp_path / "feeds.yaml"
+    feeds_only.write_text("inputs:\n  - {topic: social.posts, kind: feed}\n  - {topic: partner.posts, kind: feed}\n")
+
+    def settings(inputs: Path) -> Settings:
+        return Settings(
+            kafka=KafkaSettings(processing_guarantee="exactly_once"),
+            worker=WorkerSettings(inputs_file=inputs),
+        )
+
+    assert family_topics(settings(both)) == {"feed": ["social.posts", "partner.posts"], "ticket": ["support.tickets"]}
+    assert wanted(settings(both))
+    assert not wanted(settings(feeds_only))
