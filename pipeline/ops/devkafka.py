@@ -240,9 +240,7 @@ def _launch(
     if secure is not None and secure_ports is not None:
         text = _with_secure_listeners(text, secure, *secure_ports)
     properties.write_text(text)
-    jvm = [java, *JVM_OPTIONS, f"-Dlog4j2.configurationFile={LOG_CONFIG}", f"-Dkafka.logs.dir={logs_dir}"]
-    classpath = ["-cp", str(lib / "*")]
-    fmt = [*jvm, *classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties)]
+    fmt = [*_java(java, lib, run_dir), "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties)]
     for name, password in secure.scram_users if secure is not None else ():
         # SCRAM credentials live in the cluster metadata; a KRaft cluster takes its first ones at format time.
         fmt += ["--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]"]
@@ -264,14 +262,25 @@ def _launch(
     )
 
 
+def _java(java: str, lib: Path, run_dir: Path) -> list[str]:
+    """The JVM and classpath of Kafka's tools and broker for a run folder (its logs go to run_dir/logs)."""
+    logs = run_dir / "logs"
+    return [
+        java,
+        *JVM_OPTIONS,
+        f"-Dlog4j2.configurationFile={LOG_CONFIG}",
+        f"-Dkafka.logs.dir={logs}",
+        "-cp",
+        str(lib / "*"),
+    ]
+
+
 def _run_broker(java: str, lib: Path, run_dir: Path) -> int:
     """Start the broker JVM on the run folder's server.properties (already formatted); its pid."""
-    logs_dir = run_dir / "logs"
-    jvm = [java, *JVM_OPTIONS, f"-Dlog4j2.configurationFile={LOG_CONFIG}", f"-Dkafka.logs.dir={logs_dir}"]
     with (run_dir / "console.log").open("ab") as out:
         # A session of its own: Ctrl-C in the dev shell or pytest must not reach the broker.
         child = subprocess.Popen(
-            [*jvm, "-cp", str(lib / "*"), "kafka.Kafka", str(run_dir / "server.properties")],
+            [*_java(java, lib, run_dir), "kafka.Kafka", str(run_dir / "server.properties")],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
