@@ -171,12 +171,10 @@ class Child:
     env: dict[str, str]
     process: asyncio.subprocess.Process | None = None
     ready: bool = False
-    restarts: int = 0
     exits: list[int] = field(default_factory=list)
     argv: tuple[str, ...] = ("-m", "pipeline.cli", "worker")  # after the Python interpreter
 
     async def start(self) -> None:
-        self.ready = False
         # Its own session: a terminal's Ctrl-C reaches the parent only, which stops the children once, in order.
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, *self.argv, env={**self.env, PARENT_PID: str(os.getpid())}, start_new_session=True
@@ -251,7 +249,6 @@ async def _keep_running(child: Child, stopping: asyncio.Event) -> int:
             return code if code != 0 else 1
         if time.monotonic() - started >= _STEADY_S:
             backoff = _FIRST_BACKOFF_S
-        child.restarts += 1
         log.error(
             "family %s: its worker exited 75 (see its last lines above); starting it again in %.0f s, the other "
             "families go on",
