@@ -541,6 +541,20 @@ class DetectorSettings(_Frozen):
     departure_ratio: float = Field(
         default=1.5, gt=0, description="how far a departure must beat the largest departure of the last record_days"
     )
+    cluster_threshold: float = Field(
+        default=0.0,
+        ge=0,
+        description="robust z past which a reading counts towards a cluster; 0 = cluster detector off",
+    )
+    cluster_readings: int = Field(
+        default=288, ge=3, le=1024, description="readings in the cluster detector's own robust baseline"
+    )
+    cluster_window_s: float = Field(
+        default=21_600.0, gt=0, description="seconds (event time) a cluster's readings are counted over"
+    )
+    cluster_ratio: float = Field(
+        default=1.5, gt=0, description="how far a cluster's count must beat the largest count of the last record_days"
+    )
     cooldown_s: float = Field(
         default=86_400.0,
         ge=0,
@@ -580,6 +594,10 @@ class MetricDetectorSettings(_Frozen):
     burst_threshold: float | None = Field(default=None, gt=0)
     departure_threshold: float | None = Field(default=None, ge=0)
     departure_ratio: float | None = Field(default=None, gt=0)
+    cluster_threshold: float | None = Field(default=None, ge=0)
+    cluster_readings: int | None = Field(default=None, ge=3, le=1024)
+    cluster_window_s: float | None = Field(default=None, gt=0)
+    cluster_ratio: float | None = Field(default=None, gt=0)
     cooldown_s: float | None = Field(default=None, ge=0)
 
 

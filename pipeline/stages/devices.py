@@ -31,7 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.models import Anomaly, AnyEvent, ErrorRecord, IoTMessage, IoTWindow, MetricWindow, Scores
-from pipeline.settings import DetectorSettings, IoTSettings, Scale, Settings
+from pipeline.settings import DetectorSettings, IoTSettings, Settings
 from pipeline.stages.history import MetricHistory, Signal, step
 
 Placement = Literal["window", "late", "future"]
@@ -260,7 +260,7 @@ def rescore(anomaly: Anomaly, signals: Mapping[str, Signal], escalate_above: flo
         if signal.score > metric.score:
             update |= {"score": signal.score, "detector": signal.detector}
             if signal.score > escalate_above:
-                reasons.append(_explain(name, metric.value, signal, detectors(name).scale))
+                reasons.append(_explain(name, metric.value, signal, detectors(name)))
         metrics[name] = metric.model_copy(update=update)
     return Anomaly(score=max(m.score for m in metrics.values()), metrics=metrics, reasons=reasons)
 
@@ -305,16 +305,26 @@ def bounded(anomaly: Anomaly) -> Anomaly:
     return anomaly.model_copy(update={"metrics": metrics, "reasons": reasons, "omitted": omitted})
 
 
-def _explain(name: str, value: float, signal: Signal, scale: Scale) -> str:
+def _explain(name: str, value: float, signal: Signal, cfg: DetectorSettings) -> str:
     if signal.detector == "level_shift":
         return (
             f"{name}={value} continues a level shift away from this device's median {signal.expected:.6g} "
             f"(over {signal.readings} readings)"
         )
     baseline = "this hour's usual" if signal.detector == "season" else "this device's recent median"
-    on = f" (on a {scale} scale)" if scale != "none" else ""
+    on = f" (on a {cfg.scale} scale)" if cfg.scale != "none" else ""
     said = f"{name}={value} is {signal.z:+.1f} robust standard deviations{on} from {baseline} {signal.expected:.6g}"
-    return f"{said}, the last of {signal.burst} readings in a row this far out" if signal.burst else said
+    if signal.burst:
+        return f"{said}, the last of {signal.burst} readings in a row this far out"
+    if signal.cluster:
+        record = f", more than {cfg.cluster_ratio:g}x as many as on any of the last {cfg.record_days} days"
+        return (
+            f"{said}; {signal.cluster} {'reading' if signal.cluster == 1 else 'readings'} within "
+            f"{cfg.cluster_window_s / 3600:g} h {'was' if signal.cluster == 1 else 'were'} past "
+            f"{cfg.cluster_threshold:g} robust standard deviations of its last {cfg.cluster_readings} readings"
+            + (record if cfg.record_days else "")
+        )
+    return said
 
 
 def _tracked(history: Mapping[str, MetricHistory], readings: Mapping[str, float]) -> list[str]:

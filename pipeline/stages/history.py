@@ -21,15 +21,20 @@ path (`minnow infer`) fold readings the same way:
 - **departures** (on by default): a reading far from its hour's usual (`departure_threshold`) although near its
   recent level — the daily rise that did not come, a night that reads like a day — which the season rule above
   lets pass. They have their own record gate (`season_peaks`, ratio `departure_ratio`).
+- **clusters** (off by default): readings far from the metric's own longer baseline (the median and MAD of its last
+  `cluster_readings` readings, no season) counted over the last `cluster_window_s` seconds; the count must beat
+  `cluster_ratio` x the largest count of the days before today (`cluster_peaks`; with none, one such reading is
+  enough). It judges how *often* a metric leaves its usual, not by how much: spikes that come more often than
+  on any recent day, each no taller than the last fortnight's largest, which the record gate above lets pass.
 - **bursts** (off by default): `burst_readings` readings in a row on one side of the baseline, each past
   `burst_threshold`; the burst's size is the smallest |z| of the run. It has its own record gate (`burst_peaks`), and
   a burst that beats its bar enters that record *at the bar*, so one episode does not raise the bar for two weeks.
 
 A history score is `1 - (1 - e) ** ((x / limit) ** 2)` for the spike's z (limit: `threshold`, or the record gate's
 bar when higher), for the burst (limit: `burst_threshold`, or its record gate's bar), for the departure (limit:
-`departure_threshold`, or its record gate's bar) and for the CUSUM (limit `cusum_limit`): 0 at the baseline,
-exactly the escalation score e at the limit, towards 1 beyond, so routing compares one number with the bounds score
-(pipeline/stages/devices.py `rescore`).
+`departure_threshold`, or its record gate's bar), for the cluster's count (limit: its bar) and for the CUSUM (limit
+`cusum_limit`): 0 at the baseline, exactly the escalation score e at the limit, towards 1 beyond, so routing
+compares one number with the bounds score (pipeline/stages/devices.py `rescore`).
 """
 
 from __future__ import annotations
@@ -85,6 +90,17 @@ class MetricHistory(BaseModel):
         description="UTC day number -> the largest |z| from the hour's usual that day (departures only; the last "
         "`record_days` days)",
     )
+    cluster_recent: list[float] = Field(
+        default_factory=list, description="the last `cluster_readings` readings, oldest first (clusters only)"
+    )
+    cluster_times: list[float] = Field(
+        default_factory=list,
+        description="event times of the readings past `cluster_threshold` in the last `cluster_window_s` (bounded)",
+    )
+    cluster_peaks: dict[str, float] = Field(
+        default_factory=dict,
+        description="UTC day number -> the largest cluster count of that day (the last `record_days` days)",
+    )
     last_alert: float | None = Field(
         default=None, description="event time (Unix seconds) this metric last escalated: the start of its cooldown"
     )
@@ -102,6 +118,9 @@ class Signal(BaseModel):
     expected: float | None = Field(default=None, description="the baseline the z is taken from")
     detector: Detector | None = Field(default=None, description="the detector that gave the score")
     burst: int = Field(default=0, ge=0, description="readings in a row the deviation held, when a burst gave the score")
+    cluster: int = Field(
+        default=0, ge=0, description="readings past cluster_threshold within cluster_window_s, when a cluster gave it"
+    )
 
 
 def season_bin(ts: float, season: str) -> str | None:
@@ -130,6 +149,10 @@ class _Measured:
     burst: float  # the smallest |z| of the last burst_readings readings when all lie on one side; 0 otherwise
     season_z: float  # the z against the hour's usual alone; 0 when the bin is not usable yet
     season_level: float
+    cluster: int  # readings past cluster_threshold in the window, this one included; 0 when this one is not
+
+
+CLUSTER_TIMES = 256  # the event times a cluster keeps: its state stays bounded whatever the reading rate
 
 
 def step(
@@ -225,7 +248,26 @@ def _measure(history: MetricHistory | None, value: float, ts: float, cfg: Detect
         burst=_burst(history, z, cfg),
         season_z=s_z,
         season_level=s_level,
+        cluster=_cluster(history, value, ts, cfg),
     )
+
+
+def _cluster(history: MetricHistory, value: float, ts: float, cfg: DetectorSettings) -> int:
+    """Readings past the cluster threshold within the window that ends at this one; 0 unless this one is past it."""
+    if cfg.cluster_threshold == 0 or len(history.cluster_recent) < cfg.cluster_readings:
+        return 0
+    level, spread = robust(history.cluster_recent)
+    if abs(_z(value, level, spread)) < cfg.cluster_threshold:
+        return 0
+    return 1 + sum(1 for t in history.cluster_times if ts - t < cfg.cluster_window_s)
+
+
+def _cluster_bar(history: MetricHistory, ts: float, cfg: DetectorSettings) -> float:
+    """ratio x the largest count of the days before today: today's own count must not raise the bar it is judged
+    against (a cluster grows one reading at a time). With none, one reading past the threshold is enough."""
+    today = str(_day(ts))
+    earlier = {day: peak for day, peak in history.cluster_peaks.items() if day != today}
+    return max(0.5, cfg.cluster_ratio * _record(earlier, ts, cfg))
 
 
 def _burst(history: MetricHistory, z: float, cfg: DetectorSettings) -> float:
@@ -264,15 +306,17 @@ def _signal(
     shift = history_score(max(m.up, m.down), cfg.cusum_limit, escalate_above) if cfg.cusum_limit > 0 else 0.0
     burst = history_score(m.burst, _burst_bar(history, ts, cfg), escalate_above) if m.burst > 0 else 0.0
     departure = _departure(history, m, ts, cfg, escalate_above)
+    cluster = history_score(m.cluster, _cluster_bar(history, ts, cfg), escalate_above) if m.cluster else 0.0
     # The strongest detector speaks for the reading; on a tie the earlier in this list: (score, z, expected level on
-    # the detector's scale, detector, readings in a row).
-    candidates: list[tuple[float, float, float, Detector, int]] = [
-        (spike, m.z, m.expected, m.detector, 0),
-        (burst, m.z, m.expected, m.detector, cfg.burst_readings),
-        (shift, m.z, m.level, "level_shift", 0),
-        (departure, m.season_z, m.season_level, "season", 0),
+    # the detector's scale, detector, readings in a row, readings in the cluster).
+    candidates: list[tuple[float, float, float, Detector, int, int]] = [
+        (spike, m.z, m.expected, m.detector, 0, 0),
+        (burst, m.z, m.expected, m.detector, cfg.burst_readings, 0),
+        (shift, m.z, m.level, "level_shift", 0, 0),
+        (departure, m.season_z, m.season_level, "season", 0, 0),
+        (cluster, m.z, m.expected, m.detector, 0, m.cluster),
     ]
-    score, z, expected, detector, burst_readings = max(candidates, key=lambda candidate: candidate[0])
+    score, z, expected, detector, burst_readings, cluster_readings = max(candidates, key=lambda c: c[0])
     return Signal(
         warming_up=False,
         readings=seen,
@@ -281,6 +325,7 @@ def _signal(
         expected=from_scale(expected, cfg.scale),
         detector=detector,
         burst=burst_readings,
+        cluster=cluster_readings,
     )
 
 
@@ -308,6 +353,7 @@ def _fold(
             if cfg.departure_threshold > 0 and m.season_z != 0:
                 season_peaks = _with_peak(season_peaks, today, abs(m.season_z), cfg)
     recent = [*history.recent[-(cfg.recent_readings - 1) :], value] if cfg.recent_readings > 1 else [value]
+    cluster_recent, cluster_times, cluster_peaks = _fold_cluster(history, value, ts, cfg, m)
     season = history.season
     bin_key = season_bin(ts, cfg.season)
     if bin_key is not None:
@@ -325,8 +371,26 @@ def _fold(
         last_z=last_z,
         burst_peaks=burst_peaks,
         season_peaks=season_peaks,
+        cluster_recent=cluster_recent,
+        cluster_times=cluster_times,
+        cluster_peaks=cluster_peaks,
         last_alert=history.last_alert,
     )
+
+
+def _fold_cluster(
+    history: MetricHistory, value: float, ts: float, cfg: DetectorSettings, m: _Measured | None
+) -> tuple[list[float], list[float], dict[str, float]]:
+    """The cluster detector's baseline ring, event times and daily counts with this reading in; all empty when the
+    detector is off, so a metric that does not use it carries none of its state."""
+    if cfg.cluster_threshold == 0:
+        return [], [], {}
+    ring = [*history.cluster_recent[-(cfg.cluster_readings - 1) :], value]
+    if m is None or not m.cluster:
+        return ring, history.cluster_times, history.cluster_peaks
+    kept = [t for t in history.cluster_times if ts - t < cfg.cluster_window_s]
+    peaks = _with_peak(history.cluster_peaks, _day(ts), float(m.cluster), cfg) if cfg.record_days > 0 else {}
+    return ring, [*kept[-(CLUSTER_TIMES - 1) :], ts], peaks
 
 
 def _record(peaks: dict[str, float], ts: float, cfg: DetectorSettings) -> float:

@@ -407,3 +407,21 @@ def test_the_device_core_imports_no_kafka_library() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_a_cluster_escalates_through_track_and_says_how_many_and_over_what() -> None:
+    """With MINNOW_IOT__CLUSTER_THRESHOLD=6 (and spikes unable to speak), a reading far from the device's own longer
+    baseline escalates through `track` when no such reading came in the last record_days, tagged
+    anomaly.deviation; the reason says how many readings within the window were past the threshold."""
+    iot = SETTINGS.iot.model_copy(
+        update={"cluster_threshold": 6.0, "cluster_readings": 100, "threshold": 1e6, "record_days": 14}
+    )
+    cfg = SETTINGS.model_copy(update={"iot": iot.model_copy(update={"warmup_days": 0})})
+    state = trained(200, cfg)
+    _, after = tracked(state, msg(300, T0 + 60 * 300, temperature_c=26.0), cfg)
+    assert after.route == "escalate" and after.anomaly is not None
+    assert after.escalation_reasons == ["anomaly.high_score", "anomaly.deviation"]
+    assert after.anomaly.reasons[-1].endswith(
+        "1 reading within 6 h was past 6 robust standard deviations of its last 100 readings, more than 1.5x as many "
+        "as on any of the last 14 days"
+    )

@@ -7,6 +7,7 @@ import pytest
 
 from pipeline.settings import DetectorSettings, IoTSettings, Settings
 from pipeline.stages.history import (
+    CLUSTER_TIMES,
     MetricHistory,
     Signal,
     fold,
@@ -341,3 +342,90 @@ def test_departures_have_their_own_bounded_record_gate() -> None:
     assert missed.score > E and missed.z is not None and abs(missed.z) > cfg.departure_ratio * record
     young = run(values[: int(1.5 * DAY / 600)], cfg, step=600)
     assert judge(young, 10.0, T0 + 1.5 * DAY, cfg, E).score < E  # warming up: too few days of departures
+
+
+def spiky(days: int, step: float = 600.0, height: float = 20.0) -> list[float]:
+    """Noise around 10 (sd 0.5) with one spike of `height` every day at 03:00 UTC; one reading every 10 min."""
+    rng = np.random.default_rng(7)
+    out = []
+    for i in range(int(days * DAY / step)):
+        at_three = ((T0 + i * step) % DAY) == 3 * HOUR
+        out.append(10.0 + (height if at_three else float(rng.normal(0, 0.5))))
+    return out
+
+
+CLUSTERS = DetectorSettings(
+    warmup_readings=50,
+    season="none",
+    record_days=14,
+    warmup_days=2,
+    departure_threshold=0.0,
+    cluster_threshold=6.0,
+    cluster_readings=144,
+    cluster_window_s=6 * HOUR,
+    cluster_ratio=1.5,
+)
+
+
+def test_spikes_that_come_more_often_than_on_any_recent_day_escalate_as_a_cluster() -> None:
+    """Ten days with one 20-high spike a day, then three 15-high spikes within two hours: each is smaller than the
+    record, so the record gate lets every one pass. With clusters on, the second is two in six hours where every
+    earlier day had one (bar 1.5 x 1): it escalates, `cluster` 2; the third too (`cluster` 3) — today's own count
+    does not raise the bar it is judged against. The first (one, as on any day) does not; nor any with clusters off
+    (the record gate alone)."""
+    history = run(spiky(10), CLUSTERS, step=600)
+    assert max(history.cluster_peaks.values()) == 1.0 and len(history.cluster_times) == 1
+    off = CLUSTERS.model_copy(update={"cluster_threshold": 0.0})
+    history_off = run(spiky(10), off, step=600)
+    at = T0 + 10 * DAY + 8 * HOUR
+    signals, signals_off = [], []
+    for k in range(3):
+        ts = at + k * 3600
+        signal, history = step(history, 25.0, ts, CLUSTERS, E)
+        signal_off, history_off = step(history_off, 25.0, ts, off, E)
+        signals.append(signal)
+        signals_off.append(signal_off)
+    assert [s.score > E for s in signals] == [False, True, True]
+    assert [s.cluster for s in signals] == [1, 2, 3]
+    assert signals[1].detector == "recent" and signals[1].z is not None and signals[1].z > 6
+    assert not any(s.score > E for s in signals_off)  # the record gate alone: each is smaller than 1.2 x 20-high
+    assert max(history.cluster_peaks.values()) == 3.0
+
+
+def test_a_cluster_no_larger_than_recent_days_clusters_is_no_news() -> None:
+    """A metric that had three readings past the threshold within six hours yesterday does not escalate today's two
+    (bar 1.5 x 3); with none in the last record_days, one reading past the threshold is enough."""
+    values = spiky(6, height=0.0)  # noise only
+    history = run(values, CLUSTERS, step=600)
+    for k in range(3):  # yesterday's cluster
+        history = fold(history, 30.0, T0 + 6 * DAY + (1 + k) * HOUR, CLUSTERS)
+    assert max(history.cluster_peaks.values()) == 3.0
+    today = []
+    for k in range(2):
+        signal, history = step(history, 30.0, T0 + 7 * DAY + (5 + k) * HOUR, CLUSTERS, E)
+        today.append(signal)
+    assert not any(s.score > E for s in today)
+    assert max(history.cluster_peaks.values()) == 3.0
+    no_spikes = CLUSTERS.model_copy(update={"threshold": 1e6})  # only the cluster detector can speak
+    quiet = run(values, no_spikes, step=600)
+    alone = judge(quiet, 14.0, T0 + 6 * DAY + HOUR, no_spikes, E)
+    assert alone.score > E and alone.cluster == 1
+
+
+def test_the_cluster_state_is_bounded_and_empty_while_clusters_are_off() -> None:
+    """Its ring holds cluster_readings readings, its event times at most CLUSTER_TIMES, its daily counts at most
+    record_days + 1 days; a metric with clusters off carries none of it, and turning them off empties it."""
+    cfg = CLUSTERS.model_copy(update={"record_days": 3, "cluster_window_s": 30 * DAY, "cluster_ratio": 1e9})
+    values = [10.0 + (40.0 if i % 2 else 0.0) * (i > 200) for i in range(1200)]  # past 200, every other reading
+    history = run(values, cfg, step=600)
+    assert len(history.cluster_recent) == cfg.cluster_readings
+    assert 0 < len(history.cluster_times) <= CLUSTER_TIMES
+    assert len(history.cluster_peaks) <= cfg.record_days + 1
+    off = cfg.model_copy(update={"cluster_threshold": 0.0})
+    assert run(values, off, step=600).model_dump(include={"cluster_recent", "cluster_times", "cluster_peaks"}) == {
+        "cluster_recent": [],
+        "cluster_times": [],
+        "cluster_peaks": {},
+    }
+    emptied = fold(history, 10.0, T0 + 1200 * 600, off)
+    assert not emptied.cluster_recent and not emptied.cluster_times and not emptied.cluster_peaks
