@@ -119,7 +119,7 @@ class Signal(BaseModel):
     detector: Detector | None = Field(default=None, description="the detector that gave the score")
     burst: int = Field(default=0, ge=0, description="readings in a row the deviation held, when a burst gave the score")
     cluster: int = Field(
-        default=0, ge=0, description="readings past cluster_threshold within cluster_window_s, when a cluster gave it"
+        default=0, ge=0, description="readings past cluster_threshold within cluster_window_s, when a cluster scored"
     )
 
 
