@@ -117,8 +117,8 @@ async def migrate_offsets(kafka: KafkaSettings, inputs: Mapping[str, Sequence[st
     for family, topics in inputs.items():
         tps = _tps(topics, partitions)
         group = family_group(kafka.group_id, family)
-        wanted = {tp: offset for tp, offset in old.items() if tp in tps}
-        if not wanted or await _committed(kafka, group, tps):
+        to_copy = {tp: offset for tp, offset in old.items() if tp in tps}
+        if not to_copy or await _committed(kafka, group, tps):
             continue
         if live:
             raise ConfigError(
@@ -126,16 +126,16 @@ async def migrate_offsets(kafka: KafkaSettings, inputs: Mapping[str, Sequence[st
                 f"{', '.join(topics)}: stop the workers that run every family in one process before starting one "
                 "process per family (docs/architecture-stream.md, 'One process per family')"
             )
-        await _commit(kafka, group, wanted)
+        await _commit(kafka, group, to_copy)
         log.warning(
             "family %s: group %s starts from group %s's committed offsets of %s (%d partitions)",
             family,
             group,
             kafka.group_id,
             ", ".join(topics),
-            len(wanted),
+            len(to_copy),
         )
-        copied[family] = len(wanted)
+        copied[family] = len(to_copy)
     return copied
 
 
@@ -293,9 +293,10 @@ async def supervise(settings: Settings) -> int:
         await migrate_offsets(settings.kafka, inputs)
     except KafkaError as exc:
         raise StreamToolError(f"could not copy consumer group {settings.kafka.group_id}'s offsets: {exc}") from exc
-    children = [Child(family, free_port() if worker.metrics_port else 0, {}) for family in inputs]
-    for child in children:
-        child.env = child_env(settings, child.family, child.port, os.environ)
+    children = []
+    for family in inputs:
+        port = free_port() if worker.metrics_port else 0
+        children.append(Child(family, port, child_env(settings, family, port, os.environ)))
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
 
